@@ -1,0 +1,92 @@
+"""The catalogue interface: the single authority on who may read which dataset.
+
+Backends (local NeXus index, SciCat, PaNOSC Search API) subclass :class:`Catalogue` and are
+found through the ``panosc_portal.catalogues`` entry-point group, so a site can add its own
+without touching the portal. Nothing here imports JupyterHub.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from datetime import date
+from importlib.metadata import entry_points
+
+from traitlets.config import LoggingConfigurable
+
+from portal.catalogue.model import CatalogueUser, Dataset
+
+ENTRY_POINT_GROUP = "panosc_portal.catalogues"
+
+
+class CatalogueError(Exception):
+    """Base of the errors a catalogue raises on purpose, with a message for a person."""
+
+
+class DatasetNotFound(CatalogueError):
+    """The pid does not exist *or* the user may not read it.
+
+    The two cases are deliberately indistinguishable, so an embargoed dataset is never
+    revealed to someone who guesses its pid.
+    """
+
+    def __init__(self, pid: str) -> None:
+        super().__init__(f"dataset {pid!r} was not found, or you do not have access to it")
+        self.pid = pid
+
+
+class CatalogueUnavailable(CatalogueError):
+    """The backend could not be reached; the message names the URL (or path) and the cause."""
+
+
+def may_read(dataset: Dataset, user: CatalogueUser, members: frozenset[str], today: date) -> bool:
+    """The one access rule every backend applies.
+
+    A user may read a dataset when they are a member of its proposal (from their identity
+    claims or from the catalogue's own member list), when it is open data, or when one of
+    their groups is granted access (SciCat's ``ownerGroup``/``accessGroups``).
+    """
+    return (
+        dataset.proposal in user.proposals
+        or user.username in members
+        or dataset.is_public(today)
+        or bool(dataset.access_groups & user.groups)
+    )
+
+
+class Catalogue(LoggingConfigurable):
+    """What the hub and the spawner ask about datasets. Every answer is already access-checked."""
+
+    @abstractmethod
+    def datasets_for(self, user: CatalogueUser) -> list[Dataset]:
+        """Every dataset this user may read, newest first."""
+
+    @abstractmethod
+    def get(self, pid: str, user: CatalogueUser) -> Dataset:
+        """The dataset ``pid`` if this user may read it, else :class:`DatasetNotFound`."""
+
+    @abstractmethod
+    def search(
+        self,
+        user: CatalogueUser,
+        *,
+        text: str = "",
+        technique: str = "",
+        proposal: str = "",
+        instrument: str = "",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Dataset]:
+        """Datasets this user may read that match every given filter.
+
+        ``technique`` is a PaNET id or name and also matches the techniques below it.
+        """
+
+
+def catalogue_class(name: str) -> type[Catalogue]:
+    """The backend class registered under ``name`` in the catalogue entry-point group."""
+    found = entry_points(group=ENTRY_POINT_GROUP)
+    for ep in found:
+        if ep.name == name:
+            return ep.load()
+    known = ", ".join(sorted(ep.name for ep in found)) or "none installed"
+    raise CatalogueError(f"unknown catalogue backend {name!r}; installed backends: {known}")

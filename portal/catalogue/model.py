@@ -1,0 +1,75 @@
+"""The values that flow from the catalogue to the spawner: plain, frozen dataclasses.
+
+They carry no behaviour tied to a backend, so every step of a session (catalogue, mount
+plan, spawner) can be tested alone with hand-made values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset as a catalogue reports it.
+
+    ``location`` is the storage path exactly as the catalogue gives it (for example
+    ``/data/visitor/ma1234/id21/xrf_map_0001``); the mount plan, not the catalogue,
+    decides what it means on a host, so a catalogue can never point a mount anywhere.
+    """
+
+    pid: str
+    title: str
+    proposal: str
+    instrument: str
+    location: str
+    techniques: tuple[str, ...] = ()
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    public_date: date | None = None
+    size: int = 0
+    file_count: int = 0
+    access_groups: frozenset[str] = frozenset()
+
+    def is_public(self, today: date) -> bool:
+        """Open data: its embargo (public date) has passed."""
+        return self.public_date is not None and self.public_date <= today
+
+    @property
+    def technique_names(self) -> tuple[str, ...]:
+        """Human names of :attr:`techniques`, for pages and ``datasets.json``."""
+        from portal.catalogue import techniques
+
+        names = []
+        for pid in self.techniques:
+            try:
+                names.append(techniques.get(pid).name)
+            except KeyError:
+                names.append(pid)
+        return tuple(names)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An experiment proposal: the unit of data ownership at a facility."""
+
+    id: str
+    title: str = ""
+    members: frozenset[str] = frozenset()
+    public_date: date | None = None
+
+
+@dataclass(frozen=True)
+class CatalogueUser:
+    """Who is asking, as the hub knows them from the identity provider.
+
+    Built on the hub from the user's auth_state; ``access_token`` is only ever sent to a
+    catalogue backend that forwards it, never to a single-user server.
+    """
+
+    username: str
+    sub: str = ""
+    groups: frozenset[str] = frozenset()
+    proposals: frozenset[str] = frozenset()
+    access_token: str | None = field(default=None, repr=False)

@@ -1,0 +1,119 @@
+"""The ``panosc-portal`` command: check and render settings, run the demo, index a catalogue.
+
+Every failure a person can fix is printed as one clear message and exit code 1 or 2,
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from portal import __version__
+from portal.demo import default_state_dir
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from portal import settings
+
+    s = settings.load(args.file)
+    print(
+        f"{args.file}: OK (issuer {s.auth.issuer}, catalogue {s.catalogue.backend},"
+        f" spawner {s.spawner.backend})"
+    )
+    return 0
+
+
+def _config_render(args: argparse.Namespace) -> int:
+    from portal import render, settings
+
+    print(render.render_python(settings.load(args.file)), end="")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("oidc_provider_mock") is None:
+        print(
+            "panosc-portal demo needs the demo extra: pip install 'panosc-portal[demo]'",
+            file=sys.stderr,
+        )
+        return 2
+    from portal.demo.run import DemoError, run_demo
+
+    try:
+        return run_demo(args.state_dir or default_state_dir(), args.port, args.oidc_port)
+    except DemoError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+
+
+def _catalogue_index(args: argparse.Namespace) -> int:
+    from portal.catalogue.local import index_tree
+
+    report = index_tree(args.root, args.index)
+    print(
+        f"{args.root}: {report.added} added, {report.updated} updated, {report.removed} removed,"
+        f" {report.unchanged} unchanged, {len(report.skipped_files)} file(s) skipped"
+    )
+    for path in report.skipped_files:
+        print(f"  skipped: {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="panosc-portal", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"panosc-portal {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="check or render a portal.yaml").add_subparsers(
+        dest="action", required=True
+    )
+    check = config.add_parser("check", help="validate a portal.yaml")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_config_check)
+    rend = config.add_parser("render", help="print the JupyterHub config a portal.yaml makes")
+    rend.add_argument("file", type=Path)
+    rend.set_defaults(func=_config_render)
+
+    demo = sub.add_parser("demo", help="run the whole portal locally on sample data")
+    demo.add_argument("--port", type=int, default=8000, help="portal port (default 8000)")
+    demo.add_argument(
+        "--oidc-port", type=int, default=9400, help="demo identity provider port (default 9400)"
+    )
+    demo.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where data, database and logs live (default ~/.local/state/panosc-portal/demo)",
+    )
+    demo.set_defaults(func=_demo)
+
+    cat = sub.add_parser("catalogue", help="catalogue tools").add_subparsers(
+        dest="action", required=True
+    )
+    index = cat.add_parser("index", help="index a local NeXus data tree (incremental)")
+    index.add_argument("root", type=Path)
+    index.add_argument("--index", type=Path, default=None, help="SQLite index file")
+    index.set_defaults(func=_catalogue_index)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from portal.catalogue import CatalogueError
+    from portal.settings import SettingsError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SettingsError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except CatalogueError as e:
+        print(f"catalogue: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

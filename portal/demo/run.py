@@ -1,0 +1,231 @@
+"""``panosc-portal demo``: the whole portal on one machine, with nothing outside it.
+
+It generates sample data (once), indexes it, starts a real OpenID Connect provider
+(oidc-provider-mock) with the demo users, writes a ``portal.yaml`` for them and starts
+JupyterHub from it exactly as a site would. Every child runs in its own process group,
+so Ctrl-C (or SIGTERM) stops all of them and the servers they started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+import yaml
+
+from portal import render, settings
+from portal.catalogue.local import index_tree
+from portal.demo.sampledata import DEMO_USERS, generate
+
+DEMO_CLIENT_ID = "panosc-portal-demo"
+DEMO_CLIENT_SECRET = "demo-client-secret"  # the demo provider accepts any secret
+READY_TIMEOUT = 90.0
+
+
+class DemoError(Exception):
+    """The demo cannot start; the message says what to do."""
+
+
+def check_port_free(port: int, what: str, flag: str) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise DemoError(f"port {port} ({what}) is in use; choose another with {flag}") from None
+
+
+def read_only(tree: Path) -> None:
+    """Make the sample data read-only, as facility storage is for users.
+
+    As root, the tree is also handed to ``nobody``, so a capability-less root server
+    cannot simply ``chmod`` it back.
+    """
+    for path in [tree, *tree.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = 0o555 if path.is_dir() else 0o444
+        if os.geteuid() == 0:
+            os.chown(path, 65534, 65534)
+        path.chmod(mode)
+
+
+def secret_file(path: Path, make: Callable[[], str]) -> str:
+    """A secret generated on the first run and kept (mode 600) for the next ones."""
+    if not path.exists():
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def demo_settings(state: Path, port: int, oidc_port: int) -> dict:
+    """The demo's ``portal.yaml``, written to the state folder so it can be read and reused."""
+    return {
+        "hub": {"ip": "127.0.0.1", "port": port, "state_dir": str(state / "hub")},
+        "auth": {
+            "issuer": f"http://127.0.0.1:{oidc_port}",
+            "client_id": DEMO_CLIENT_ID,
+            "client_secret": DEMO_CLIENT_SECRET,
+            "allowed_groups": ["researchers", "trainers", "admins"],
+            "admin_groups": ["admins"],
+            "discovery_timeout": 20,
+        },
+        "catalogue": {
+            "backend": "local",
+            "local": {
+                "data_root": str(state / "data"),
+                "index_path": str(state / "hub/catalogue.sqlite"),
+            },
+        },
+        "spawner": {"backend": "local", "home_dir": str(state / "homes/{username}")},
+    }
+
+
+@dataclass
+class Demo:
+    """The processes of one demo run, and how to stop them all."""
+
+    state: Path
+    port: int
+    oidc_port: int
+    children: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def start_child(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.state / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (owned by child)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.state,
+            start_new_session=True,
+        )
+        self.children.append((name, proc))
+        return proc
+
+    def wait_ready(self, name: str, url: str) -> None:
+        proc = dict(self.children)[name]
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DemoError(f"{name} exited with code {proc.returncode}:\n{self.tail(name)}")
+            try:
+                if requests.get(url, timeout=2).status_code < 500:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise DemoError(
+            f"{name} was not ready at {url} after {READY_TIMEOUT:g} s:\n{self.tail(name)}"
+        )
+
+    def tail(self, name: str, lines: int = 25) -> str:
+        log = self.state / "logs" / f"{name}.log"
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(f"  | {line}" for line in text) + f"\n  (full log: {log})"
+
+    def stop(self) -> None:
+        """SIGTERM every child (the hub stops its proxy and servers), then SIGKILL stragglers."""
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for _, proc in reversed(self.children):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def prepare(state: Path, port: int, oidc_port: int) -> Path:
+    """Sample data, catalogue index, secrets and config: everything before processes start."""
+    for sub in ("hub", "logs", "homes"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    data = state / "data"
+    if not (data / "proposals.yaml").exists():
+        print(f"Generating sample data in {data} ...", flush=True)
+        generate(data)
+        read_only(data)
+    report = index_tree(data, state / "hub/catalogue.sqlite")
+    print(
+        f"Catalogue: {report.added + report.updated + report.unchanged} datasets indexed"
+        f" ({report.added} new, {report.updated} changed, {report.removed} removed)",
+        flush=True,
+    )
+    config_yaml = state / "portal.yaml"
+    config_yaml.write_text(
+        "# Written by `panosc-portal demo` on every run; edit the flags, not this file.\n"
+        + yaml.safe_dump(demo_settings(state, port, oidc_port), sort_keys=False)
+    )
+    config_py = state / "hub/jupyterhub_config.py"
+    config_py.write_text(render.render_python(settings.load(config_yaml)))
+    return config_py
+
+
+def print_banner(url: str, state: Path) -> None:
+    print(f"\nPaNOSC Portal demo is running: {url}\n")
+    print("Click 'Sign in with Umbrella', then pick a user on the demo identity provider's page:")
+    for name, claims in DEMO_USERS.items():
+        proposals = ", ".join(claims["proposals"]) or "none"
+        groups = ", ".join(claims["groups"])
+        print(f"  {name:6} sub={claims['sub']:28} groups: {groups:26} proposals: {proposals}")
+    print(
+        f"\nState and logs: {state} (delete it to start afresh). Press Ctrl-C to stop.", flush=True
+    )
+
+
+def run_demo(state: Path, port: int, oidc_port: int) -> int:
+    """Start the demo and block until Ctrl-C/SIGTERM or until the hub exits."""
+    state = state.resolve()
+    check_port_free(port, "the portal", "--port")
+    check_port_free(oidc_port, "the demo identity provider", "--oidc-port")
+    config_py = prepare(state, port, oidc_port)
+
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env["JUPYTERHUB_CRYPT_KEY"] = secret_file(
+        state / "hub/crypt_key", lambda: secrets.token_hex(32)
+    )
+    demo = Demo(state, port, oidc_port)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        users = [f"--user-claims={json.dumps(claims)}" for claims in DEMO_USERS.values()]
+        demo.start_child(
+            "oidc-provider",
+            [sys.executable, "-m", "oidc_provider_mock", "-p", str(oidc_port), *users],
+            env,
+        )
+        demo.wait_ready(
+            "oidc-provider", f"http://127.0.0.1:{oidc_port}/.well-known/openid-configuration"
+        )
+        demo.start_child(
+            "jupyterhub", [sys.executable, "-m", "jupyterhub", "-f", str(config_py)], env
+        )
+        demo.wait_ready("jupyterhub", f"http://127.0.0.1:{port}/hub/health")
+        print_banner(f"http://127.0.0.1:{port}/", state)
+        hub = dict(demo.children)["jupyterhub"]
+        while hub.poll() is None:
+            time.sleep(0.5)
+        print(f"JupyterHub exited with code {hub.returncode}:\n{demo.tail('jupyterhub')}")
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopping the demo ...", flush=True)
+        return 0
+    finally:
+        demo.stop()
+        print("Demo stopped.", flush=True)

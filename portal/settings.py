@@ -1,0 +1,238 @@
+"""``portal.yaml``: the friendly configuration, validated with line-precise errors.
+
+The file is parsed twice: once by PyYAML's composer, which keeps the line of every node,
+and once into plain data that pydantic validates. Each validation error is then placed
+back on the line of the offending key, so a site admin reads
+``portal.yaml:12: auth.issuer: ...`` instead of a traceback. :mod:`portal.render` turns a
+valid :class:`PortalSettings` into traitlets config for JupyterHub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class SettingsError(Exception):
+    """``portal.yaml`` is unreadable or invalid; ``str()`` is a message for a person."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSettings(Section):
+    ip: str = Field("127.0.0.1", description="Address the hub's public proxy listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port users connect to.")
+    base_url: str = Field("/", pattern=r"^/", description="URL prefix, e.g. /portal/.")
+    public_url: AnyHttpUrl | None = Field(
+        None, description="The URL users reach, if behind a reverse proxy (https://...)."
+    )
+    state_dir: Path = Field(Path("state"), description="Database, secrets, catalogue index.")
+    db_url: str | None = Field(None, description="Default: SQLite in state_dir.")
+    admin_users: list[str] = Field(default_factory=list)
+
+
+class AuthSettings(Section):
+    issuer: AnyHttpUrl
+    client_id: str = Field(min_length=1)
+    client_secret: str | None = None
+    callback_url: AnyHttpUrl | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    username_claims: list[str] = Field(
+        default_factory=lambda: ["preferred_username", "email", "sub"], min_length=1
+    )
+    groups_claim: str = "groups"
+    group_prefixes: list[str] = Field(default_factory=list)
+    proposals_claim: str = "proposals"
+    allowed_groups: list[str] = Field(default_factory=list)
+    admin_groups: list[str] = Field(default_factory=list)
+    allow_all: bool = False
+    login_label: str = "Umbrella"
+    discovery_timeout: float = Field(30.0, gt=0)
+    tls_verify: bool = True
+
+
+class LocalCatalogueSettings(Section):
+    data_root: Path
+    index_path: Path | None = None
+
+
+class CatalogueSettings(Section):
+    backend: Literal["local"] = "local"
+    local: LocalCatalogueSettings | None = None
+
+    @model_validator(mode="after")
+    def _backend_section(self) -> CatalogueSettings:
+        if getattr(self, self.backend) is None:
+            raise ValueError(
+                f"backend {self.backend!r} needs a '{self.backend}:' section"
+                f" (for local: data_root: /path/to/data)"
+            )
+        return self
+
+
+class SpawnerSettings(Section):
+    backend: Literal["local"] = "local"
+    storage_roots: dict[str, Path] = Field(default_factory=dict)
+    processed_root: Path | None = None
+    default_datasets: Literal["all", "none"] = "all"
+    home_dir: str | None = None
+
+    @field_validator("storage_roots")
+    @classmethod
+    def _absolute_prefixes(cls, roots: dict[str, Path]) -> dict[str, Path]:
+        for prefix in roots:
+            if not prefix.startswith("/"):
+                raise ValueError(f"storage root prefix {prefix!r} must be an absolute path")
+        return roots
+
+
+class PortalSettings(Section):
+    hub: HubSettings = Field(default_factory=HubSettings)
+    auth: AuthSettings
+    catalogue: CatalogueSettings
+    spawner: SpawnerSettings = Field(default_factory=SpawnerSettings)
+    extra_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    source: Path | None = Field(None, exclude=True)
+
+    @field_validator("extra_config")
+    @classmethod
+    def _class_names(cls, extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name in extra:
+            if not name[:1].isupper() or not name.isidentifier():
+                raise ValueError(
+                    f"{name!r} is not a configurable class name; use e.g. JupyterHub or Spawner"
+                )
+        return extra
+
+
+# -- errors placed on lines -----------------------------------------------------------
+
+
+def _line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int:
+    """The 1-based line of the key at ``loc``, or of the deepest key of it that exists."""
+    node, line = root, root.start_mark.line
+    for step in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(step)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
+            if step >= len(node.value):
+                break
+            node = node.value[step]
+            line = node.start_mark.line
+        else:
+            break
+    return line + 1
+
+
+def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid at ``loc`` in the settings model, for 'unknown key' messages."""
+    for step in loc:
+        field = model.model_fields.get(str(step))
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return [name for name in model.model_fields if name != "source"]
+
+
+def _describe(error: dict[str, Any], root: yaml.Node | None, source: str) -> str:
+    loc = tuple(p for p in error["loc"] if not isinstance(p, str) or not p.startswith("function"))
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        valid = _fields_of(PortalSettings, loc[:-1])
+        message = f"unknown key {loc[-1]!r}; valid keys here: {', '.join(valid)}"
+        field = ".".join(str(p) for p in loc[:-1]) or "(top level)"
+    elif kind == "missing":
+        message = "is required but missing"
+    elif kind == "url_parsing" or kind == "url_scheme":
+        message = f"{message}; expected a URL such as https://login.example.eu/realms/umbrella"
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    line = ""
+    if root is not None:
+        line = f":{_line_of(root, loc)}"
+    return f"{source}{line}: {field}: {message}"
+
+
+def parse(text: str, source: str = "portal.yaml", base_dir: Path | None = None) -> PortalSettings:
+    """Validate the text of a ``portal.yaml``; relative paths are taken from ``base_dir``."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise SettingsError([f"{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingsError([f"{source}:1: the file must be a mapping of sections (auth:, ...)"])
+    try:
+        settings = PortalSettings.model_validate(data)
+    except ValidationError as e:
+        raise SettingsError([_describe(err, root, source) for err in e.errors()]) from None
+    return _absolute(settings, base_dir or Path.cwd(), Path(source))
+
+
+def _absolute(settings: PortalSettings, base: Path, source: Path) -> PortalSettings:
+    """Resolve every relative path in the settings against ``base`` (the file's folder)."""
+
+    def fix(path: Path | None) -> Path | None:
+        return None if path is None else (base / path).resolve()
+
+    catalogue = settings.catalogue
+    if catalogue.local is not None:
+        local = catalogue.local.model_copy(
+            update={
+                "data_root": fix(catalogue.local.data_root),
+                "index_path": fix(catalogue.local.index_path),
+            }
+        )
+        catalogue = catalogue.model_copy(update={"local": local})
+    spawner = settings.spawner.model_copy(
+        update={
+            "storage_roots": {k: fix(v) for k, v in settings.spawner.storage_roots.items()},
+            "processed_root": fix(settings.spawner.processed_root),
+        }
+    )
+    hub = settings.hub.model_copy(update={"state_dir": fix(settings.hub.state_dir)})
+    return settings.model_copy(
+        update={"hub": hub, "catalogue": catalogue, "spawner": spawner, "source": source}
+    )
+
+
+def load(path: str | Path) -> PortalSettings:
+    """Read and validate a ``portal.yaml`` file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError([f"{path}: cannot read the file: {e}"]) from None
+    return parse(text, str(path), path.resolve().parent)

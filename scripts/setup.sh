@@ -1,0 +1,65 @@
+# Shared set-up for scripts/demo and scripts/test: idempotent, safe to run again.
+# Usage: source scripts/setup.sh; setup_portal demo|test
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+CHP_VERSION="5.3"
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# Install Debian packages that are missing; explain plainly when root is needed.
+apt_need() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+            sudo="sudo"
+        else
+            say "These Debian packages are needed: ${missing[*]}"
+            say "Install them as root, then run this command again:"
+            say "    sudo apt-get install -y ${missing[*]}"
+            exit 1
+        fi
+    fi
+    say "Installing Debian packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+setup_portal() {
+    local purpose="$1"   # demo | test
+    command -v python3 >/dev/null || apt_need python3
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+        say "Python >= 3.11 is needed (found $(python3 --version)); Debian 12 ships 3.11."; exit 1; }
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -c 'import ensurepip, venv' 2>/dev/null || apt_need python3-venv
+        say "Creating the virtualenv $VENV"
+        python3 -m venv "$VENV"
+    fi
+    command -v node >/dev/null && command -v npm >/dev/null || apt_need nodejs npm
+    if [ "$purpose" = test ]; then
+        apt_need chromium procps
+    fi
+
+    local extra="demo"; [ "$purpose" = test ] && extra="test"
+    local stamp="$VENV/.installed-$extra"
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+        say "Installing panosc-portal[$extra] and its dependencies (about a minute the first time)"
+        "$VENV/bin/pip" install -q --upgrade pip
+        "$VENV/bin/pip" install -q -e "$ROOT[$extra]"
+        touch "$stamp"
+    fi
+    if [ ! -x "$VENV/bin/configurable-http-proxy" ]; then
+        say "Installing configurable-http-proxy $CHP_VERSION (npm) into the virtualenv"
+        npm install --silent --no-fund --no-audit --prefix "$VENV/chp" \
+            "configurable-http-proxy@$CHP_VERSION" >/dev/null 2>&1 \
+            || npm install --no-fund --no-audit --prefix "$VENV/chp" "configurable-http-proxy@$CHP_VERSION"
+        ln -sf "$VENV/chp/node_modules/.bin/configurable-http-proxy" "$VENV/bin/configurable-http-proxy"
+    fi
+    export PATH="$VENV/bin:$PATH"
+}
