@@ -84,7 +84,7 @@ def _nx_child(group: h5py.Group, nx_class: str) -> h5py.Group | None:
 
 
 def read_nexus_metadata(path: Path) -> dict[str, str]:
-    """Title, times, application definition, instrument and sample of a NeXus file.
+    """Title, times, application definition, instrument, sample and probe of a NeXus file.
 
     Raises ``OSError`` for a file that is not HDF5 or cannot be read; the caller skips it.
     """
@@ -103,6 +103,10 @@ def read_nexus_metadata(path: Path) -> dict[str, str]:
             group = _nx_child(entry, nx_class)
             if group is not None and isinstance(group.get("name"), h5py.Dataset):
                 meta[key] = _text(group["name"][()])
+        instrument = _nx_child(entry, "NXinstrument")
+        source = _nx_child(instrument, "NXsource") if instrument is not None else None
+        if source is not None and isinstance(source.get("probe"), h5py.Dataset):
+            meta["probe"] = _text(source["probe"][()])
     return meta
 
 
@@ -226,7 +230,9 @@ class LocalCatalogue(Catalogue):
                     proposal,
                     meta.get("instrument") or instrument,
                     str(folder.absolute()),
-                    " ".join(techniques.for_definition(meta.get("definition"))),
+                    " ".join(
+                        techniques.for_definition(meta.get("definition"), probe=meta.get("probe"))
+                    ),
                     meta.get("start_time"),
                     meta.get("end_time"),
                     sum(s.st_size for s in stats),
