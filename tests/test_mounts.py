@@ -53,7 +53,9 @@ def test_datasets_map_through_their_root_read_only(tree: Path) -> None:
     ]
     manifest = json.loads(plan.manifest_json())["datasets"]
     assert manifest[0]["pid"] == "a" and manifest[0]["path"] == "datasets/MA1234/scan1"
-    assert manifest[0]["techniques"] == [{"pid": "PaNET01188", "name": "small angle x-ray scattering"}]
+    assert manifest[0]["techniques"] == [
+        {"pid": "PaNET01188", "name": "small angle x-ray scattering"}
+    ]
 
 
 @pytest.mark.parametrize(

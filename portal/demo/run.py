@@ -68,8 +68,19 @@ def secret_file(path: Path, make: Callable[[], str]) -> str:
     return path.read_text().strip()
 
 
+def ephemeral_port() -> int:
+    """A free port for an internal listener nobody types (hub API, proxy API)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def demo_settings(state: Path, port: int, oidc_port: int) -> dict:
-    """The demo's ``portal.yaml``, written to the state folder so it can be read and reused."""
+    """The demo's ``portal.yaml``, written to the state folder so it can be read and reused.
+
+    The hub's and the proxy's internal APIs get ephemeral ports, so two demos (or a demo
+    and another JupyterHub) can run side by side on one machine.
+    """
     return {
         "hub": {"ip": "127.0.0.1", "port": port, "state_dir": str(state / "hub")},
         "auth": {
@@ -88,6 +99,10 @@ def demo_settings(state: Path, port: int, oidc_port: int) -> dict:
             },
         },
         "spawner": {"backend": "local", "home_dir": str(state / "homes/{username}")},
+        "extra_config": {
+            "JupyterHub": {"hub_bind_url": f"http://127.0.0.1:{ephemeral_port()}"},
+            "ConfigurableHTTPProxy": {"api_url": f"http://127.0.0.1:{ephemeral_port()}"},
+        },
     }
 
 
@@ -120,7 +135,7 @@ class Demo:
             if proc.poll() is not None:
                 raise DemoError(f"{name} exited with code {proc.returncode}:\n{self.tail(name)}")
             try:
-                if requests.get(url, timeout=2).status_code < 500:
+                if requests.get(url, timeout=2).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -175,11 +190,11 @@ def prepare(state: Path, port: int, oidc_port: int) -> Path:
 
 def print_banner(url: str, state: Path) -> None:
     print(f"\nPaNOSC Portal demo is running: {url}\n")
-    print("Click 'Sign in with Umbrella', then pick a user on the demo identity provider's page:")
+    print("Click 'Sign in with Umbrella', then click one of these users on the provider's page:")
     for name, claims in DEMO_USERS.items():
         proposals = ", ".join(claims["proposals"]) or "none"
         groups = ", ".join(claims["groups"])
-        print(f"  {name:6} sub={claims['sub']:28} groups: {groups:26} proposals: {proposals}")
+        print(f"  {claims['sub']:20} {name:6} groups: {groups:24} proposals: {proposals}")
     print(
         f"\nState and logs: {state} (delete it to start afresh). Press Ctrl-C to stop.", flush=True
     )

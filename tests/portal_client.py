@@ -1,0 +1,94 @@
+"""A test client that signs in to the portal through the real OIDC code flow, like a browser."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urljoin
+
+import requests
+
+
+class PortalClient:
+    """One user's browser session against the hub, plus a hub API token once logged in."""
+
+    def __init__(self, hub_url: str) -> None:
+        self.hub_url = hub_url.rstrip("/")
+        self.http = requests.Session()
+        self.token: str | None = None
+
+    def login(self, sub: str) -> requests.Response:
+        """Click "Sign in with Umbrella", then pick ``sub`` on the provider's page."""
+        page = self.http.get(f"{self.hub_url}/hub/oauth_login?next=/hub/home", timeout=30)
+        page.raise_for_status()
+        assert "/oauth2/authorize" in page.url, f"not redirected to the provider: {page.url}"
+        # The provider's form posts back to the same URL, query string included.
+        done = self.http.post(page.url, data={"sub": sub}, timeout=60)
+        return done
+
+    def xsrf_headers(self) -> dict[str, str]:
+        return {"X-XSRFToken": self.http.cookies.get("_xsrf", path="/hub/") or ""}
+
+    def api_token(self) -> str:
+        """A hub API token for this user, made through the hub's own REST API."""
+        if self.token is None:
+            r = self.http.post(
+                f"{self.hub_url}/hub/api/users/{self.username()}/tokens",
+                json={"note": "tests"},
+                headers=self.xsrf_headers(),
+                timeout=30,
+            )
+            r.raise_for_status()
+            self.token = r.json()["token"]
+        return self.token
+
+    def username(self) -> str:
+        r = self.http.get(f"{self.hub_url}/hub/api/user", headers=self.xsrf_headers(), timeout=30)
+        r.raise_for_status()
+        return r.json()["name"]
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        """Call the hub API (``/hub/api/...``) or a server (``/user/...``) with the token."""
+        headers = {"Authorization": f"token {self.api_token()}", **kwargs.pop("headers", {})}
+        return requests.request(
+            method,
+            urljoin(self.hub_url + "/", path.lstrip("/")),
+            headers=headers,
+            timeout=kwargs.pop("timeout", 60),
+            **kwargs,
+        )
+
+    def spawn(self, server: str = "", options: dict | None = None, timeout: float = 120) -> dict:
+        """Start a server through the REST API and wait until it is ready."""
+        name = self.username()
+        path = (
+            f"hub/api/users/{name}/servers/{server}" if server else f"hub/api/users/{name}/server"
+        )
+        r = self.api("POST", path, json=options or {})
+        assert r.status_code in (201, 202), f"spawn refused: {r.status_code} {r.text}"
+        return self.wait_ready(server, timeout)
+
+    def wait_ready(self, server: str = "", timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.api("GET", f"hub/api/users/{self.username()}").json()
+            state = model["servers"].get(server)
+            if state and state["ready"]:
+                return state
+            if not state or not state.get("pending"):
+                raise AssertionError(f"server {server!r} failed to start: {model}")
+            time.sleep(0.5)
+        raise AssertionError(f"server {server!r} not ready after {timeout} s")
+
+    def stop(self, server: str = "") -> None:
+        name = self.username()
+        path = (
+            f"hub/api/users/{name}/servers/{server}" if server else f"hub/api/users/{name}/server"
+        )
+        r = self.api("DELETE", path)
+        assert r.status_code in (202, 204), r.text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if server not in self.api("GET", f"hub/api/users/{name}").json()["servers"]:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"server {server!r} did not stop")

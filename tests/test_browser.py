@@ -1,0 +1,67 @@
+"""In the browser: sign in through the provider's page, reach JupyterLab, open NeXus in h5web.
+
+Drives Debian's Chromium with Playwright (never a downloaded browser) and saves screenshots
+in test-artifacts/ for people to look at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, expect, sync_playwright
+
+from portal.demo.sampledata import DEMO_USERS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "Debian's chromium is not installed (scripts/test installs it)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_login_lab_and_h5web(browser: Browser, demo, artifacts: Path) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(demo.url)
+    expect(page.get_by_text("Sign in with Umbrella")).to_be_visible()
+    page.screenshot(path=artifacts / "01-hub-login.png")
+    page.get_by_text("Sign in with Umbrella").click()
+
+    page.wait_for_url(f"{demo.issuer}/**")
+    page.screenshot(path=artifacts / "02-umbrella-provider.png")
+    page.locator(f"button[value='{DEMO_USERS['bob']['sub']}']").click()
+
+    page.wait_for_url("**/user/bob/lab**", timeout=120_000)
+    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
+    page.get_by_text("datasets", exact=True).first.wait_for()
+    page.screenshot(path=artifacts / "03-jupyterlab.png")
+
+    no_news = page.get_by_role("button", name="No", exact=True)
+    if no_news.is_visible():
+        no_news.click()  # JupyterLab's "get notified about news?" toast
+    page.goto(f"{demo.url}/user/bob/lab/tree/datasets/ES1001/ceo2_powder_0001")
+    page.locator(".jp-DirListing-item", has_text="ceo2_powder_0001.nxs").dblclick()
+    explorer = page.get_by_role("tree").first
+    expect(explorer.get_by_text("entry", exact=True)).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("NX Heatmap")).to_be_visible()  # h5web follows the NeXus default
+    expect(page.locator("canvas").first).to_be_visible()
+    page.wait_for_timeout(2000)  # let the heatmap finish drawing
+    page.screenshot(path=artifacts / "04-h5web-nexus.png")

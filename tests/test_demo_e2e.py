@@ -1,0 +1,111 @@
+"""End to end, without a browser: the real demo stack, the full OIDC code flow, a real spawn.
+
+Runs ``panosc-portal demo`` (OIDC provider process, JupyterHub, configurable-http-proxy,
+the local spawner) and talks to it over HTTP only, as a user's browser would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from portal.demo.sampledata import DEMO_USERS
+from tests.portal_client import PortalClient
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def alice(demo) -> PortalClient:
+    client = PortalClient(demo.url)
+    page = client.login(DEMO_USERS["alice"]["sub"])
+    assert page.url.endswith("/hub/home"), page.url
+    client.spawn()
+    return client
+
+
+def listing(client: PortalClient, path: str) -> set[str]:
+    r = client.api("GET", f"user/alice/api/contents/{path}")
+    assert r.status_code == 200, f"{path}: {r.status_code} {r.text}"
+    return {item["name"] for item in r.json()["content"]}
+
+
+def test_researcher_sees_own_and_open_data_only(alice: PortalClient) -> None:
+    assert listing(alice, "datasets") == {"MA1234", "ES1001", "OD2019", "datasets.json"}
+    assert "xrf_map_0001" in listing(alice, "datasets/MA1234")
+    assert "agbh_saxs_0001" in listing(alice, "datasets/OD2019")  # open data
+
+
+def test_embargoed_dataset_of_another_proposal_is_absent(alice: PortalClient) -> None:
+    assert alice.api("GET", "user/alice/api/contents/datasets/IH2002").status_code == 404
+    manifest = json.loads(
+        alice.api("GET", "user/alice/api/contents/datasets/datasets.json").json()["content"]
+    )
+    pids = {d["pid"] for d in manifest["datasets"]}
+    assert not any(pid.startswith("IH2002/") for pid in pids)
+    assert any(pid.startswith("OD2019/") for pid in pids)
+
+
+def test_reads_a_nexus_file_of_an_allowed_dataset(alice: PortalClient) -> None:
+    path = "datasets/MA1234/xrf_map_0001/xrf_map_0001.nxs"
+    r = alice.api("GET", f"user/alice/api/contents/{path}", params={"format": "base64"})
+    assert r.status_code == 200, r.text
+    assert base64.b64decode(r.json()["content"])[:8] == b"\x89HDF\r\n\x1a\n"
+
+
+def test_writing_into_a_dataset_fails_but_home_is_writable(alice: PortalClient) -> None:
+    body = {"type": "file", "format": "text", "content": "overwrite attempt"}
+    inside = alice.api(
+        "PUT", "user/alice/api/contents/datasets/MA1234/xrf_map_0001/x.txt", json=body
+    )
+    assert inside.status_code == 403, inside.text
+    replace = alice.api(
+        "PUT", "user/alice/api/contents/datasets/MA1234/xrf_map_0001/xrf_map_0001.nxs", json=body
+    )
+    assert replace.status_code == 403, replace.text
+    home = alice.api("PUT", "user/alice/api/contents/notes.txt", json=body)
+    assert home.status_code in (200, 201), home.text
+
+
+def test_admin_sees_the_admin_page(demo) -> None:
+    dave = PortalClient(demo.url)
+    dave.login(DEMO_USERS["dave"]["sub"])
+    page = dave.http.get(f"{demo.url}/hub/admin", timeout=30)
+    assert page.status_code == 200 and "admin" in page.text.lower()
+    assert dave.api("GET", "hub/api/users").status_code == 200  # admins may list users
+
+
+def test_researcher_is_not_admin(alice: PortalClient, demo) -> None:
+    assert alice.http.get(f"{demo.url}/hub/admin", timeout=30).status_code == 403
+    assert alice.api("GET", "hub/api/users").status_code == 403
+
+
+def server_environments(username: str) -> list[bytes]:
+    """The environment of every process running as this user's single-user server."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            data = environ.read_bytes()
+        except OSError:
+            continue
+        if f"JUPYTERHUB_USER={username}".encode() in data.split(b"\0"):
+            found.append(data)
+    return found
+
+
+def test_oidc_tokens_never_reach_the_server(alice: PortalClient, demo) -> None:
+    """The hub holds alice's Umbrella tokens; her server's environment has none of them."""
+    dave = PortalClient(demo.url)
+    dave.login(DEMO_USERS["dave"]["sub"])
+    state = dave.api("GET", "hub/api/users/alice").json()["auth_state"]
+    assert state["access_token"] and state["proposals"] == ["ES1001", "MA1234"]
+    environments = server_environments("alice")
+    assert environments, "alice's server process was not found"
+    for env in environments:
+        assert state["access_token"].encode() not in env
+        if state.get("refresh_token"):
+            assert state["refresh_token"].encode() not in env
+        assert state["id_token"].encode() not in env

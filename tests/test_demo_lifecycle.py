@@ -1,0 +1,70 @@
+"""The demo command as a person runs it: Ctrl-C stops everything; a second run reuses the state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from portal.demo.sampledata import DEMO_USERS
+from tests.conftest import start_demo
+from tests.portal_client import PortalClient
+
+pytestmark = pytest.mark.e2e
+
+
+def processes_in(folder: Path) -> list[str]:
+    """Processes whose working directory lies inside ``folder`` (every demo child does)."""
+    found = []
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            target = Path(os.readlink(cwd))
+            cmdline = (cwd.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if target.is_relative_to(folder):
+            found.append(f"{cwd.parent.name}: {cmdline}")
+    return found
+
+
+def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path) -> None:
+    state, log = tmp_path / "state", tmp_path / "demo.log"
+    first = start_demo(state, log)
+    assert "Generating sample data" in first.output()
+    for name in DEMO_USERS:
+        assert name in first.output()  # the banner lists the demo logins
+    bob = PortalClient(first.url)
+    bob.login(DEMO_USERS["bob"]["sub"])
+    bob.spawn()
+    running = processes_in(state)
+    assert any("jupyterhub-singleuser" in p for p in running), running
+    assert any("configurable-http-proxy" in p for p in running), running
+    assert any("oidc_provider_mock" in p for p in running), running
+
+    assert first.interrupt() == 0
+    assert "Demo stopped." in first.output()
+    assert processes_in(state) == []
+
+    data_files = sorted((state / "data").rglob("*.nxs"))
+    mtimes = [p.stat().st_mtime_ns for p in data_files]
+    log.write_text("")
+    second = start_demo(state, log)
+    try:
+        assert "Generating sample data" not in second.output()
+        assert "(0 new, 0 changed, 0 removed)" in second.output()
+        assert [p.stat().st_mtime_ns for p in data_files] == mtimes
+        again = PortalClient(second.url)
+        again.login(DEMO_USERS["bob"]["sub"])
+        assert (state / "homes/bob/datasets/datasets.json").exists()
+    finally:
+        assert second.interrupt() == 0
+    assert processes_in(state) == []
+
+
+def test_busy_port_gives_a_clear_message(tmp_path: Path, demo) -> None:
+    from portal.cli import main
+
+    port = int(demo.url.rsplit(":", 1)[1])
+    code = main(["demo", "--port", str(port), "--state-dir", str(tmp_path)])
+    assert code == 1
