@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import EntryPointType
 from traitlets import Dict, Enum, Unicode
 from traitlets.config import Configurable
@@ -23,8 +24,15 @@ ALLOWED_OPTIONS = frozenset({"datasets"})
 _catalogues: dict[type[Catalogue], Catalogue] = {}
 
 
-class SpawnRefused(Exception):
-    """A spawn the user asked for is not allowed; JupyterHub shows the message to the user."""
+class SpawnRefused(SpawnException):
+    """A spawn the user asked for is not allowed (JupyterHub's policy-failure exception).
+
+    The REST API answers with its status and message instead of a 500, the spawn page
+    shows the message, and the hub logs it without a traceback.
+    """
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message, reason="refused", status_code=status)
 
 
 def user_from_auth_state(username: str, auth_state: dict | None) -> CatalogueUser:
@@ -47,7 +55,8 @@ def check_user_options(options: dict[str, Any]) -> list[str] | None:
     unknown = sorted(set(options) - ALLOWED_OPTIONS)
     if unknown:
         raise SpawnRefused(
-            f"unknown server option(s) {', '.join(unknown)}; allowed: {', '.join(ALLOWED_OPTIONS)}"
+            f"unknown server option(s) {', '.join(unknown)}; allowed: {', '.join(ALLOWED_OPTIONS)}",
+            400,
         )
     pids = options.get("datasets")
     if pids is None:
@@ -55,7 +64,7 @@ def check_user_options(options: dict[str, Any]) -> list[str] | None:
     if isinstance(pids, str):
         pids = [pids]
     if not isinstance(pids, list) or not all(isinstance(p, str) and p for p in pids):
-        raise SpawnRefused("server option 'datasets' must be a list of dataset pids")
+        raise SpawnRefused("server option 'datasets' must be a list of dataset pids", 400)
     return list(dict.fromkeys(pids))
 
 

@@ -109,3 +109,24 @@ def test_oidc_tokens_never_reach_the_server(alice: PortalClient, demo) -> None:
         if state.get("refresh_token"):
             assert state["refresh_token"].encode() not in env
         assert state["id_token"].encode() not in env
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "message"),
+    [
+        ({"datasets": ["IH2002/ID19/phantom_tomo_0001"]}, 403, "not found, or you do not have"),
+        ({"datasets": ["../../etc"]}, 403, "'../../etc' was not found"),
+        ({"datasets": "MA1234/ID21/xrf_map_0001; rm -rf"}, 403, "not found"),
+        ({"datasets": [42]}, 400, "must be a list of dataset pids"),
+        ({"image": "attacker/image"}, 400, "unknown server option(s) image"),
+    ],
+)
+def test_forged_spawn_requests_are_refused_clearly(demo, options, status, message) -> None:
+    """carol asks, through the REST API, for what she may not have; nothing starts."""
+    carol = PortalClient(demo.url)
+    carol.login(DEMO_USERS["carol"]["sub"])
+    r = carol.api("POST", "hub/api/users/carol/server", json=options)
+    assert r.status_code == status, r.text
+    assert message in r.json()["message"]
+    assert carol.api("GET", "hub/api/users/carol").json()["servers"] == {}
+    assert not Path(demo.state, "homes/carol/datasets/IH2002").exists()
