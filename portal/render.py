@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from portal import __version__
+from portal.catalogue import catalogue_class
 from portal.settings import PortalSettings
 
 Config = dict[str, dict[str, Any]]
@@ -65,11 +66,18 @@ def render_config(settings: PortalSettings) -> Config:
     config["UmbrellaOAuthenticator"] = umbrella
 
     local = settings.catalogue.local
+    remote = settings.catalogue.backend_section
     if settings.catalogue.backend == "local" and local is not None:
         config["LocalCatalogue"] = {
             "data_root": str(local.data_root),
             "index_path": str(local.index_path or state / "catalogue.sqlite"),
         }
+    elif remote is not None:
+        # Keys are the traits' names; the class is whatever the entry point names, so a
+        # site's c.SciCatCatalogue.* and ours always address the same class.
+        traits = remote.model_dump(mode="json", exclude_none=True)
+        traits["url"] = traits["url"].rstrip("/")
+        config[catalogue_class(settings.catalogue.backend).__name__] = traits
     roots = {prefix: str(path) for prefix, path in spawner.storage_roots.items()}
     if not roots and local is not None:
         roots = {str(local.data_root): str(local.data_root)}

@@ -73,18 +73,60 @@ class LocalCatalogueSettings(Section):
     index_path: Path | None = None
 
 
+class HttpCatalogueSettings(Section):
+    """An HTTP catalogue; each key sets the trait of the same name, unset keys keep its default."""
+
+    url: AnyHttpUrl
+    timeout: float | None = Field(None, gt=0, description="Seconds per request (default 10).")
+    retries: int | None = Field(
+        None, ge=0, le=10, description="Extra attempts after a 5xx or connection error (2)."
+    )
+    cache_ttl: float | None = Field(
+        None, ge=0, description="Seconds an answer is reused for the same user and token (30)."
+    )
+    token_header: str | None = Field(None, description="Header carrying the user's token.")
+    token_scheme: str | None = Field(None, description="Word before the token, e.g. Bearer.")
+
+
+class SciCatCatalogueSettings(HttpCatalogueSettings):
+    """SciCat (API v3): ``url`` is the server, without ``/api/v3``."""
+
+
+class SearchApiCatalogueSettings(HttpCatalogueSettings):
+    """A PaNOSC Search API: ``url`` is where ``/datasets`` lives."""
+
+    location_template: str | None = Field(
+        None, description="Storage location from {files_path}, {proposal}, {instrument}, ..."
+    )
+
+
+#: The section each catalogue backend reads, and the key it needs at least.
+_CATALOGUE_SECTIONS = {
+    "local": ("local", "data_root: /path/to/data"),
+    "scicat": ("scicat", "url: https://scicat.example-facility.eu"),
+    "search-api": ("search_api", "url: https://search.example-facility.eu/api"),
+}
+
+
 class CatalogueSettings(Section):
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "scicat", "search-api"] = "local"
     local: LocalCatalogueSettings | None = None
+    scicat: SciCatCatalogueSettings | None = None
+    search_api: SearchApiCatalogueSettings | None = None
 
     @model_validator(mode="after")
     def _backend_section(self) -> CatalogueSettings:
-        if getattr(self, self.backend) is None:
+        section, needs = _CATALOGUE_SECTIONS[self.backend]
+        if getattr(self, section) is None:
             raise ValueError(
-                f"backend {self.backend!r} needs a '{self.backend}:' section"
-                f" (for local: data_root: /path/to/data)"
+                f"backend {self.backend!r} needs a '{section}:' section (at least {needs})"
             )
         return self
+
+    @property
+    def backend_section(self) -> BaseModel | None:
+        """The settings of the chosen backend (``search-api`` reads ``search_api:``)."""
+        return getattr(self, _CATALOGUE_SECTIONS[self.backend][0])
 
 
 class SpawnerSettings(Section):

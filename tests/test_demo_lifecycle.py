@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path
     assert any("configurable-http-proxy" in p for p in running), running
     assert any("oidc_provider_mock" in p for p in running), running
 
+    first.proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not leave orphans
     assert first.interrupt() == 0
     assert "Demo stopped." in first.output()
     assert processes_in(state) == []

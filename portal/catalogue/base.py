@@ -8,7 +8,7 @@ without touching the portal. Nothing here imports JupyterHub.
 from __future__ import annotations
 
 from abc import abstractmethod
-from datetime import date
+from datetime import UTC, date, datetime
 from importlib.metadata import entry_points
 
 from traitlets.config import LoggingConfigurable
@@ -50,6 +50,16 @@ def may_read(dataset: Dataset, user: CatalogueUser, members: frozenset[str], tod
         or user.username in members
         or dataset.is_public(today)
         or bool(dataset.access_groups & user.groups)
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def newest_first(datasets: list[Dataset]) -> list[Dataset]:
+    """The order every backend returns: newest start time first, undated datasets last."""
+    return sorted(
+        datasets, key=lambda d: (d.start_time is None, -(d.start_time or _EPOCH).timestamp())
     )
 
 

@@ -9,9 +9,11 @@ takes effect at the next spawn without re-indexing.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -21,7 +23,13 @@ import yaml
 from traitlets import Unicode, default
 
 from portal.catalogue import techniques
-from portal.catalogue.base import Catalogue, CatalogueUnavailable, DatasetNotFound, may_read
+from portal.catalogue.base import (
+    Catalogue,
+    CatalogueUnavailable,
+    DatasetNotFound,
+    may_read,
+    newest_first,
+)
 from portal.catalogue.model import CatalogueUser, Dataset
 
 NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
@@ -53,6 +61,11 @@ class ProposalRules:
     access_groups: frozenset[str] = frozenset()
     public_date: date | None = None
     dataset_public_dates: dict[str, date] = field(default_factory=dict)
+
+
+#: The rules of a proposal ``proposals.yaml`` does not list: no members, groups or public date.
+#: One shared instance, as queries look it up for every row.
+NO_RULES = ProposalRules()
 
 
 @dataclass(frozen=True)
@@ -261,22 +274,20 @@ class LocalCatalogue(Catalogue):
             self._proposals_cache = (mtime, load_proposals(path))
         return self._proposals_cache[1]
 
-    def _rows(self, where: str = "", args: tuple = ()) -> Iterator[tuple]:
+    @contextmanager
+    def _index(self) -> Iterator[sqlite3.Connection]:
         try:
             db = self._connect()
         except sqlite3.Error as e:
             raise CatalogueUnavailable(f"catalogue index {self.index_path}: {e}") from e
-        with db:
-            yield from db.execute(
-                "SELECT pid, title, proposal, instrument, location, techniques, start_time,"
-                " end_time, size, file_count FROM datasets " + where,
-                args,
-            )
-        db.close()
+        try:
+            yield db
+        finally:
+            db.close()
 
     def _dataset(self, row: tuple, rules: dict[str, ProposalRules]) -> Dataset:
         pid, title, proposal, instrument, location, techs, start, end, size, count = row
-        rule = rules.get(proposal, ProposalRules())
+        rule = rules.get(proposal, NO_RULES)
         name = pid.rsplit("/", 1)[-1]
         return Dataset(
             pid=pid,
@@ -293,23 +304,64 @@ class LocalCatalogue(Catalogue):
             access_groups=rule.access_groups,
         )
 
-    def _readable(self, user: CatalogueUser, where: str = "", args: tuple = ()) -> list[Dataset]:
+    def _visible_proposals(
+        self,
+        db: sqlite3.Connection,
+        user: CatalogueUser,
+        rules: dict[str, ProposalRules],
+        today: date,
+    ) -> list[str]:
+        """The proposals in which ``user`` may read at least one dataset, by the rule itself.
+
+        Each proposal is put to :func:`may_read` once, as a probe carrying its earliest
+        public date, and only those proposals' rows are read and built into datasets, so a
+        query costs what the user can see, not the size of the facility. ``may_read`` still
+        decides every dataset afterwards.
+        """
+        visible = []
+        for (proposal,) in db.execute("SELECT DISTINCT proposal FROM datasets"):
+            rule = rules.get(proposal, NO_RULES)
+            dates = [d for d in (rule.public_date, *rule.dataset_public_dates.values()) if d]
+            probe = Dataset(
+                pid="",
+                title="",
+                proposal=proposal,
+                instrument="",
+                location="",
+                public_date=min(dates, default=None),
+                access_groups=rule.access_groups,
+            )
+            if may_read(probe, user, rule.members, today):
+                visible.append(proposal)
+        return visible
+
+    def _readable(
+        self, user: CatalogueUser, clauses: Sequence[str] = (), args: tuple = ()
+    ) -> list[Dataset]:
+        """The datasets ``user`` may read among those matching every SQL clause, newest first."""
         rules = self.proposals()
         today = datetime.now(UTC).date()
         found = []
-        for row in self._rows(where, args):
-            dataset = self._dataset(row, rules)
-            members = rules.get(dataset.proposal, ProposalRules()).members
-            if may_read(dataset, user, members, today):
-                found.append(dataset)
-        found.sort(key=lambda d: (d.start_time is None, -(d.start_time or _EPOCH).timestamp()))
+        with self._index() as db:
+            visible = json.dumps(self._visible_proposals(db, user, rules, today))
+            where = " AND ".join(["proposal IN (SELECT value FROM json_each(?))", *clauses])
+            rows = db.execute(
+                "SELECT pid, title, proposal, instrument, location, techniques, start_time,"
+                " end_time, size, file_count FROM datasets WHERE " + where,
+                (visible, *args),
+            )
+            for row in rows:
+                dataset = self._dataset(row, rules)
+                if may_read(dataset, user, rules.get(dataset.proposal, NO_RULES).members, today):
+                    found.append(dataset)
+        found = newest_first(found)
         return found
 
     def datasets_for(self, user: CatalogueUser) -> list[Dataset]:
         return self._readable(user)
 
     def get(self, pid: str, user: CatalogueUser) -> Dataset:
-        found = self._readable(user, "WHERE pid = ?", (pid,))
+        found = self._readable(user, ["pid = ?"], (pid,))
         if not found:
             raise DatasetNotFound(pid)
         return found[0]
@@ -336,15 +388,11 @@ class LocalCatalogue(Catalogue):
             clauses.append("(title || ' ' || pid) LIKE ? ESCAPE '\\'")
             escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             args.append(f"%{escaped}%")
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        found = self._readable(user, where, tuple(args))
+        found = self._readable(user, clauses, tuple(args))
         if technique:
             wanted = techniques.descendants(techniques.get(technique).pid)
             found = [d for d in found if wanted.intersection(d.techniques)]
         return found[offset : offset + limit]
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def index_tree(data_root: str | os.PathLike, index_path: str | None = None) -> IndexReport:

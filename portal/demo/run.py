@@ -150,7 +150,11 @@ class Demo:
         return "\n".join(f"  | {line}" for line in text) + f"\n  (full log: {log})"
 
     def stop(self) -> None:
-        """SIGTERM every child (the hub stops its proxy and servers), then SIGKILL stragglers."""
+        """SIGTERM every child (the hub stops its proxy and servers), then SIGKILL stragglers.
+
+        It takes 20 s at most; ``run_demo`` ignores further Ctrl-C presses meanwhile, so an
+        impatient second press cannot abandon the clean-up half way and leave orphans.
+        """
         for _, proc in reversed(self.children):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -215,8 +219,11 @@ def run_demo(state: Path, port: int, oidc_port: int) -> int:
     demo = Demo(state, port, oidc_port)
 
     def on_signal(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the first signal starts the clean-up;
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # later ones must not interrupt it
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         users = [f"--user-claims={json.dumps(claims)}" for claims in DEMO_USERS.values()]

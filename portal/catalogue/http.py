@@ -1,0 +1,320 @@
+"""What the HTTP catalogue backends (SciCat, PaNOSC Search API) share, written once.
+
+Both speak LoopBack-style JSON over HTTP, so this module owns everything that is about the
+wire rather than about one API: the base URL and the user's token header, timeouts, retries
+with exponential backoff, paging with ``limit``/``skip``, a short per-user answer cache and
+the errors a person can act on. A backend only builds its queries and maps its records to
+:class:`~portal.catalogue.model.Dataset`.
+
+Calls block: the spawner runs them in a thread (``asyncio.to_thread``), so one instance is
+shared between threads; the cache is locked and each thread keeps its own HTTP session.
+Imports nothing from JupyterHub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime
+from typing import Any
+
+import requests
+from traitlets import Float, Int, Unicode
+
+from portal.catalogue import techniques
+from portal.catalogue.base import (
+    Catalogue,
+    CatalogueError,
+    CatalogueUnavailable,
+    may_read,
+    newest_first,
+)
+from portal.catalogue.model import CatalogueUser, Dataset
+
+#: The public date given to published / public records: HTTP catalogues report a flag, not
+#: the day the embargo ended, and :meth:`Dataset.is_public` only needs a day in the past.
+PUBLISHED = date.min
+
+
+class CatalogueCredentialsRejected(CatalogueError):
+    """The catalogue answered 401 or 403 to the user's token: expired, revoked or not its own."""
+
+
+class NotFound(CatalogueError):
+    """The catalogue answered 404; a backend turns it into ``DatasetNotFound(pid)``."""
+
+
+class _TtlCache:
+    """Successful answers for ``ttl`` seconds, keyed by who asked and what was asked.
+
+    The key always holds the user's identity *and* a digest of their token (see
+    :meth:`HttpCatalogue._cache_key`), so one user's answer is never served to another, nor
+    to the same user once their token changed. Expired entries are dropped on every insert,
+    which bounds the size by the request rate times ``ttl``.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key: tuple, value: Any, ttl: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for old in [k for k, (expires, _) in self._entries.items() if expires <= now]:
+                del self._entries[old]
+            self._entries[key] = (now + ttl, value)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost reason of a connection error ("Connection refused"), not urllib3's prose."""
+    while (inner := error.__cause__ or error.__context__) is not None:
+        error = inner
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def parse_time(value: object) -> datetime | None:
+    """An ISO 8601 time from a JSON record (``...Z`` included), or ``None`` if absent or bad."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def technique_id(*candidates: object) -> str:
+    """A PaNET id for a record's technique, from the first candidate the portal knows.
+
+    Catalogues tag techniques with PaNET ids, full IRIs or only names; normalising to the
+    plain id lets :func:`techniques.descendants` match them. A technique the portal does not
+    know keeps the first value given, so it is shown rather than lost.
+    """
+    given = [str(c) for c in candidates if c]
+    for value in given:
+        try:
+            return techniques.get(value).pid
+        except KeyError:
+            continue
+    return given[0] if given else ""
+
+
+def filter_param(query: dict[str, Any]) -> dict[str, str]:
+    """A LoopBack filter as the ``filter`` query parameter, compact and key-sorted.
+
+    Sorted keys make equal queries equal cache keys.
+    """
+    return {"filter": json.dumps(query, separators=(",", ":"), sort_keys=True)}
+
+
+def technique_filter(technique: str) -> set[str]:
+    """Every spelling of ``technique`` and its descendants a catalogue may store: id and IRI."""
+    wanted = techniques.descendants(techniques.get(technique).pid)
+    return wanted | {techniques.IRI_PREFIX + pid for pid in wanted}
+
+
+class HttpCatalogue(Catalogue):
+    """Base of the catalogues that answer over HTTP; configure it as its subclasses' name.
+
+    ``c.HttpCatalogue.timeout = 5`` sets both backends, ``c.SciCatCatalogue.timeout = 5``
+    only one. Every answer is access-checked again here with :func:`may_read`: a backend is
+    asked with the user's token, but never trusted to have filtered.
+    """
+
+    url = Unicode(
+        "",
+        config=True,
+        help="Base URL of the catalogue server, e.g. https://scicat.example-facility.eu.",
+    )
+    timeout = Float(
+        10.0,
+        config=True,
+        help="Seconds to wait for the server to connect and for each read before giving up.",
+    )
+    retries = Int(
+        2,
+        min=0,
+        config=True,
+        help="Extra attempts after a connection error, a timeout or an HTTP 5xx answer.",
+    )
+    backoff = Float(
+        0.5,
+        config=True,
+        help="Seconds before the first retry; each further retry waits twice as long.",
+    )
+    retry_deadline = Float(
+        20.0,
+        config=True,
+        help="No retry starts later than this many seconds after the first attempt, so a"
+        " spawn fails within about retry_deadline + timeout when the catalogue is down.",
+    )
+    cache_ttl = Float(
+        30.0,
+        min=0,
+        config=True,
+        help="Seconds a successful answer is reused for the same user and token; 0 disables.",
+    )
+    page_size = Int(500, min=1, config=True, help="Records asked for per request (limit).")
+    max_records = Int(
+        20_000,
+        min=1,
+        config=True,
+        help="Stop paging after this many records (a guard against a server ignoring skip).",
+    )
+    token_header = Unicode(
+        "Authorization",
+        config=True,
+        help="HTTP header that carries the user's access token; empty sends no token.",
+    )
+    token_scheme = Unicode(
+        "Bearer",
+        config=True,
+        help="Word before the token in token_header ('Bearer'); empty sends the bare token.",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cache = _TtlCache()
+        self._local = threading.local()
+
+    # -- what a backend provides ------------------------------------------------------
+
+    @abstractmethod
+    def to_dataset(self, record: dict[str, Any]) -> Dataset:
+        """Map one record of the backend's JSON to a :class:`Dataset`."""
+
+    # -- the wire ---------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def _headers(self, user: CatalogueUser) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if user.access_token and self.token_header:
+            scheme = f"{self.token_scheme} " if self.token_scheme else ""
+            headers[self.token_header] = scheme + user.access_token
+        return headers
+
+    def _cache_key(self, user: CatalogueUser, url: str, params: dict[str, str]) -> tuple:
+        token = hashlib.sha256(user.access_token.encode()).hexdigest() if user.access_token else ""
+        return (user.username, user.sub, token, url, tuple(sorted(params.items())))
+
+    def _send(self, url: str, params: dict[str, str], headers: dict[str, str]) -> requests.Response:
+        """GET with retries: connection errors, timeouts and 5xx, bounded in count and time."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                response = self._session().get(
+                    url, params=params, headers=headers, timeout=self.timeout
+                )
+                if response.status_code < 500:
+                    return response
+                problem = f"it answered HTTP {response.status_code} {response.reason}"
+            except requests.Timeout:
+                problem = f"no answer within {self.timeout:g} s"
+            except requests.ConnectionError as e:
+                problem = f"cannot connect: {_root_cause(e)}"
+            delay = self.backoff * 2**attempt
+            attempt += 1
+            if attempt > self.retries or time.monotonic() - started + delay > self.retry_deadline:
+                tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+                raise CatalogueUnavailable(f"catalogue {url} is unavailable: {problem} ({tries})")
+            self.log.warning("catalogue %s: %s; retrying in %.2f s", url, problem, delay)
+            time.sleep(delay)
+
+    def get_json(self, user: CatalogueUser, path: str, params: dict[str, str] | None = None) -> Any:
+        """The JSON answer to ``GET url + path`` asked as ``user``, cached for ``cache_ttl``."""
+        if not self.url:
+            raise CatalogueUnavailable(f"{type(self).__name__}.url is not set")
+        url = self.url.rstrip("/") + path
+        params = params or {}
+        key = self._cache_key(user, url, params)
+        cached = self._cache.get(key) if self.cache_ttl > 0 else None
+        if cached is not None:
+            return cached
+        response = self._send(url, params, self._headers(user))
+        status = response.status_code
+        if status in (401, 403):
+            raise CatalogueCredentialsRejected(
+                f"catalogue {url} refused the access token of {user.username} (HTTP {status});"
+                " signing out and in again renews it"
+                if user.access_token
+                else f"catalogue {url} refused anonymous access (HTTP {status}); the hub holds"
+                f" no access token for {user.username}"
+            )
+        if status == 404:
+            raise NotFound(f"catalogue {url}: not found")
+        if status >= 300:
+            raise CatalogueUnavailable(
+                f"catalogue {url} refused the request (HTTP {status}): {response.text[:200]}"
+            )
+        try:
+            data = response.json()
+        except ValueError:
+            raise CatalogueUnavailable(f"catalogue {url} did not answer JSON") from None
+        if self.cache_ttl > 0:
+            self._cache.put(key, data, self.cache_ttl)
+        return data
+
+    def records(self, user: CatalogueUser, path: str, query: dict[str, Any]) -> Iterator[dict]:
+        """Every record a LoopBack endpoint returns for ``query`` (a filter), page by page.
+
+        ``limit``/``skip`` are added here. Only an empty page ends the listing: a server may
+        cap ``limit`` below ``page_size``, and a short page must not silently drop the rest.
+        """
+        skip = 0
+        while skip < self.max_records:
+            page = self.get_json(
+                user, path, filter_param({**query, "limit": self.page_size, "skip": skip})
+            )
+            if not isinstance(page, list):
+                raise CatalogueUnavailable(
+                    f"catalogue {self.url.rstrip('/')}{path} answered"
+                    f" {type(page).__name__} where a list of records was expected"
+                )
+            if not page:
+                return
+            yield from page
+            skip += len(page)
+        self.log.warning("catalogue %s%s: stopped after %d records", self.url, path, skip)
+
+    # -- access, again, on the portal side --------------------------------------------
+
+    def readable(self, user: CatalogueUser, records: Iterable[dict[str, Any]]) -> list[Dataset]:
+        """The records ``user`` may read by the portal's own rule, as datasets, newest first.
+
+        Records without a ``pid`` cannot be asked for again at spawn time; they are skipped.
+        """
+        today = datetime.now(UTC).date()
+        datasets = (self.to_dataset(r) for r in records if isinstance(r, dict) and r.get("pid"))
+        found = [d for d in datasets if may_read(d, user, frozenset(), today)]
+        found = newest_first(found)
+        return found
+
+
+__all__ = [
+    "PUBLISHED",
+    "CatalogueCredentialsRejected",
+    "HttpCatalogue",
+    "NotFound",
+    "filter_param",
+    "parse_time",
+    "technique_filter",
+    "technique_id",
+]
