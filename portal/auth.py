@@ -8,7 +8,10 @@ oauthenticator's ``GenericOAuthenticator``, which this extends, it reads the iss
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import html
 import re
 import time
 from typing import Any
@@ -16,8 +19,11 @@ from urllib.parse import urlencode
 
 import requests
 from oauthenticator.generic import GenericOAuthenticator
-from oauthenticator.oauth2 import OAuthLogoutHandler
-from traitlets import Bool, Float, List, Unicode, default
+from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler, _deserialize_state
+from tornado import web
+from traitlets import Float, List, Unicode, default
+
+from portal.idtoken import ASYMMETRIC_ALGORITHMS, IdTokenError, JwksCache, verify_id_token
 
 ENDPOINTS = {
     "authorization_endpoint": "authorize_url",
@@ -83,8 +89,39 @@ def safe_username(value: str) -> str:
     return name[:64]
 
 
+def login_nonce(state_id: str, secret: bytes) -> str:
+    """The OIDC nonce for one login, derived from its OAuth state id.
+
+    Derived rather than stored: the callback recomputes it from the state cookie it already
+    checks, so a replayed ID token from another login fails the nonce check.
+    """
+    digest = hmac.new(secret, f"oidc-nonce:{state_id}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+class UmbrellaLoginHandler(OAuthLoginHandler):
+    """oauthenticator's login redirect (state, PKCE), plus an OIDC ``nonce``."""
+
+    def _generate_state_id(self) -> str:
+        self._state_id = super()._generate_state_id()
+        return self._state_id
+
+    def authorize_redirect(self, *args: Any, extra_params: dict | None = None, **kw: Any) -> None:
+        extra_params = dict(extra_params or {})
+        extra_params["nonce"] = login_nonce(self._state_id, self.settings["cookie_secret"])
+        super().authorize_redirect(*args, extra_params=extra_params, **kw)
+
+
 class UmbrellaLogoutHandler(OAuthLogoutHandler):
     """Ends the hub session, then RP-initiated logout at the issuer, which sends the user back."""
+
+    _id_token: str | None = None
+
+    async def handle_logout(self) -> None:
+        await super().handle_logout()
+        user = self.current_user  # still known to this request after the cookie is cleared
+        if user is not None:
+            self._id_token = ((await user.get_auth_state()) or {}).get("id_token")
 
     async def render_logout_page(self) -> None:
         end_session = self.authenticator.end_session_url
@@ -92,12 +129,15 @@ class UmbrellaLogoutHandler(OAuthLogoutHandler):
             return await super().render_logout_page()
         back = f"{self.request.protocol}://{self.request.host}{self.hub.base_url}login"
         params = {"client_id": self.authenticator.client_id, "post_logout_redirect_uri": back}
+        if self._id_token:
+            params["id_token_hint"] = self._id_token
         self.redirect(f"{end_session}?{urlencode(params)}")
 
 
 class UmbrellaOAuthenticator(GenericOAuthenticator):
     """Log in with Umbrella (or a facility Keycloak brokering it) over OpenID Connect."""
 
+    login_handler = UmbrellaLoginHandler
     logout_handler = UmbrellaLogoutHandler
 
     issuer = Unicode(
@@ -146,10 +186,35 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         config=True,
         help="Claim listing the user's proposal ids; kept in auth_state for the catalogue.",
     )
-    discover_on_start = Bool(
-        True,
+    jwks_url = Unicode(
+        "",
         config=True,
-        help="Read the discovery document when the hub starts (turn off only in tests).",
+        help="The issuer's JWKS (signing keys) URL. Default: jwks_uri from discovery.",
+    )
+    id_token_leeway = Float(
+        60.0,
+        config=True,
+        help="Seconds of clock skew tolerated when checking the ID token's exp and iat.",
+    )
+    id_token_algorithms = List(
+        Unicode(),
+        default_value=list(ASYMMETRIC_ALGORITHMS),
+        config=True,
+        help="Signature algorithms accepted for ID tokens. Only asymmetric ones are allowed.",
+    )
+    refresh_margin = Float(
+        120.0,
+        config=True,
+        help="""Refresh the user's tokens when they expire within this many seconds.
+
+        Checked before every spawn (and when JupyterHub refreshes auth); a failed refresh
+        sends the user to log in again.
+        """,
+    )
+    login_logo_url = Unicode(
+        "",
+        config=True,
+        help="Image shown on the login button (a URL or a data: URI); empty for none.",
     )
 
     @default("login_service")
@@ -172,10 +237,26 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
     def _auth_state_groups_key_default(self) -> str:
         return "groups"
 
+    @default("auth_refresh_strict")
+    def _auth_refresh_strict_default(self) -> bool:
+        return True  # never keep serving a user whose tokens could not be refreshed
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.issuer and self.discover_on_start:
+        bad = sorted(set(self.id_token_algorithms) - set(ASYMMETRIC_ALGORITHMS))
+        if bad:
+            raise ValueError(
+                f"UmbrellaOAuthenticator.id_token_algorithms: {', '.join(bad)} not allowed;"
+                f" use asymmetric algorithms ({', '.join(ASYMMETRIC_ALGORITHMS)})"
+            )
+        if self.issuer:
             self.apply_discovery(discover(self.issuer, self.discovery_timeout, self.tls_verify))
+        self._keys = JwksCache(self._fetch_jwks)
+
+    async def _fetch_jwks(self) -> dict[str, Any]:
+        return await self.httpfetch(
+            self.jwks_url, "fetching the issuer's signing keys", method="GET"
+        )
 
     def apply_discovery(self, doc: dict[str, Any]) -> None:
         """Fill each endpoint the site did not set from the discovery document."""
@@ -184,6 +265,128 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
                 setattr(self, trait, doc[key])
         if not self.end_session_url and doc.get("end_session_endpoint"):
             self.end_session_url = doc["end_session_endpoint"]
+        if not self.jwks_url:
+            self.jwks_url = doc["jwks_uri"]
+
+    def get_custom_html(self, base_url: str) -> str:
+        """The login button: "Sign in with <login_service>", with the configured logo.
+
+        JupyterHub renders this as a template, so ``authenticator_login_url`` keeps ``next``.
+        """
+        logo = ""
+        if self.login_logo_url:
+            src = html.escape(self.login_logo_url, quote=True)
+            logo = f'<img src="{src}" alt="" style="height:1.6em;margin-right:.5em">'
+        label = html.escape(f"Sign in with {self.login_service}")
+        return (
+            '<div class="service-login text-center">'
+            '<a role="button" class="btn btn-jupyter btn-lg" id="umbrella-login"'
+            f' href="{{{{ authenticator_login_url | e }}}}">{logo}{label}</a></div>'
+        )
+
+    # -- tokens ----------------------------------------------------------------------
+
+    async def get_token_info(self, handler: Any, params: dict) -> dict:
+        """Exchange a code (or refresh token) for tokens, and verify the ID token.
+
+        At login the ID token is required and must carry this login's nonce; a refresh
+        may omit it. ``expires_at`` is added so a spawn can tell whether to refresh.
+        """
+        token_info = await super().get_token_info(handler, params)
+        login = params.get("grant_type") == "authorization_code"
+        id_token = token_info.get("id_token")
+        if login and not id_token:
+            raise web.HTTPError(
+                403, "The identity provider returned no ID token; request the 'openid' scope."
+            )
+        if id_token:
+            nonce = None
+            if login:
+                state = _deserialize_state(handler.get_state_cookie())
+                nonce = login_nonce(state.get("state_id", ""), handler.settings["cookie_secret"])
+            try:
+                claims = await verify_id_token(
+                    id_token,
+                    keys=self._keys,
+                    issuer=self.issuer,
+                    client_id=self.client_id,
+                    nonce=nonce,
+                    leeway=self.id_token_leeway,
+                    algorithms=tuple(self.id_token_algorithms),
+                )
+            except IdTokenError as e:
+                self.log.warning("Refusing login: %s", e)
+                raise web.HTTPError(403, f"Sign-in refused: {e}") from None
+            token_info["id_token_sub"] = claims["sub"]
+        if token_info.get("expires_in"):
+            token_info["expires_at"] = time.time() + float(token_info["expires_in"])
+        return token_info
+
+    async def token_to_user(self, token_info: dict) -> dict:
+        """Userinfo claims, which must be about the subject the ID token named."""
+        user_info = await super().token_to_user(token_info)
+        expected = token_info.get("id_token_sub")
+        if expected and str(user_info.get("sub")) != expected:
+            raise web.HTTPError(403, "Sign-in refused: userinfo and ID token name different users")
+        return user_info
+
+    async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> Any:
+        """Keep the user's tokens fresh; ``False`` (log in again) when that is impossible.
+
+        Tokens that stay valid beyond ``refresh_margin`` are kept as they are. Otherwise
+        the refresh token is used; if there is none, or the provider refuses it, the user
+        must log in again rather than run with a stale token.
+        """
+        state = await user.get_auth_state()
+        if not state:
+            return False
+        expires_at = (state.get("token_response") or {}).get("expires_at")
+        if expires_at is not None and expires_at - time.time() > self.refresh_margin:
+            return True
+        refresh_token = state.get("refresh_token")
+        if not refresh_token:
+            self.log.info("Tokens of %s expire and cannot be refreshed: login needed", user.name)
+            return False
+        try:
+            params = self.build_refresh_token_request_params(refresh_token)
+            token_info = await self.get_token_info(handler, params)
+            token_info.setdefault("refresh_token", refresh_token)
+            model = await self._token_to_auth_model(token_info)
+        except Exception as e:
+            self.log.warning("Refreshing tokens of %s failed (%s): login needed", user.name, e)
+            return False
+        if model["name"] != user.name:
+            self.log.warning(
+                "Refreshed identity of %s maps to %s: login needed", user.name, model["name"]
+            )
+            return False
+        self.log.info("Refreshed the tokens of %s", user.name)
+        return model
+
+    async def run_post_auth_hook(self, handler: Any, authentication: dict) -> dict:
+        """Refuse a login whose ``sub`` differs from the one recorded for this username.
+
+        Two identities whose claims map to the same username must never share an
+        account (and its data): the first one keeps it, the second is told why it cannot
+        log in.
+        """
+        user = handler.find_user(authentication["name"]) if handler is not None else None
+        if user is not None:
+            known = ((await user.get_auth_state()) or {}).get("sub")
+            new = (authentication.get("auth_state") or {}).get("sub")
+            if known and new and known != new:
+                self.log.warning(
+                    "Refusing login as %s: sub %s differs from the recorded %s",
+                    user.name,
+                    new,
+                    known,
+                )
+                raise web.HTTPError(
+                    403,
+                    f"Sign-in refused: the username {user.name!r} already belongs to another"
+                    " identity. Ask the portal's administrators to resolve the clash.",
+                )
+        return await super().run_post_auth_hook(handler, authentication)
 
     def claims_list(self, claims: dict[str, Any], name: str) -> list[str]:
         """A claim that may be a list or a space-separated string, as a list of strings."""

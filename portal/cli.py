@@ -49,6 +49,13 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from portal.serve import serve
+
+    serve(args.config)
+    return 0  # not reached: serve() becomes JupyterHub
+
+
 def _catalogue_index(args: argparse.Namespace) -> int:
     from portal.catalogue.local import index_tree
 
@@ -76,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
     rend = config.add_parser("render", help="print the JupyterHub config a portal.yaml makes")
     rend.add_argument("file", type=Path)
     rend.set_defaults(func=_config_render)
+
+    srv = sub.add_parser("serve", help="run the portal a portal.yaml describes")
+    srv.add_argument("-c", "--config", type=Path, default=Path("portal.yaml"), help="portal.yaml")
+    srv.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="run the whole portal locally on sample data")
     demo.add_argument("--port", type=int, default=8000, help="portal port (default 8000)")

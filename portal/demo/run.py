@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 import yaml
 
-from portal import render, settings
+from portal import settings
 from portal.catalogue.local import index_tree
 from portal.demo.sampledata import DEMO_USERS, generate
+from portal.serve import prepare_hub
+from portal.settings import PortalSettings
 
 DEMO_CLIENT_ID = "panosc-portal-demo"
 DEMO_CLIENT_SECRET = "demo-client-secret"  # the demo provider accepts any secret
@@ -58,14 +58,6 @@ def read_only(tree: Path) -> None:
         if os.geteuid() == 0:
             os.chown(path, 65534, 65534)
         path.chmod(mode)
-
-
-def secret_file(path: Path, make: Callable[[], str]) -> str:
-    """A secret generated on the first run and kept (mode 600) for the next ones."""
-    if not path.exists():
-        path.write_text(make())
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def ephemeral_port() -> int:
@@ -167,7 +159,7 @@ class Demo:
                 proc.wait()
 
 
-def prepare(state: Path, port: int, oidc_port: int) -> Path:
+def prepare(state: Path, port: int, oidc_port: int) -> PortalSettings:
     """Sample data, catalogue index, secrets and config: everything before processes start."""
     for sub in ("hub", "logs", "homes"):
         (state / sub).mkdir(parents=True, exist_ok=True)
@@ -187,9 +179,7 @@ def prepare(state: Path, port: int, oidc_port: int) -> Path:
         "# Written by `panosc-portal demo` on every run; edit the flags, not this file.\n"
         + yaml.safe_dump(demo_settings(state, port, oidc_port), sort_keys=False)
     )
-    config_py = state / "hub/jupyterhub_config.py"
-    config_py.write_text(render.render_python(settings.load(config_yaml)))
-    return config_py
+    return settings.load(config_yaml)
 
 
 def print_banner(url: str, state: Path) -> None:
@@ -209,13 +199,7 @@ def run_demo(state: Path, port: int, oidc_port: int) -> int:
     state = state.resolve()
     check_port_free(port, "the portal", "--port")
     check_port_free(oidc_port, "the demo identity provider", "--oidc-port")
-    config_py = prepare(state, port, oidc_port)
-
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    env["JUPYTERHUB_CRYPT_KEY"] = secret_file(
-        state / "hub/crypt_key", lambda: secrets.token_hex(32)
-    )
+    hub_command, env = prepare_hub(prepare(state, port, oidc_port))
     demo = Demo(state, port, oidc_port)
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -235,9 +219,7 @@ def run_demo(state: Path, port: int, oidc_port: int) -> int:
         demo.wait_ready(
             "oidc-provider", f"http://127.0.0.1:{oidc_port}/.well-known/openid-configuration"
         )
-        demo.start_child(
-            "jupyterhub", [sys.executable, "-m", "jupyterhub", "-f", str(config_py)], env
-        )
+        demo.start_child("jupyterhub", hub_command, env)
         demo.wait_ready("jupyterhub", f"http://127.0.0.1:{port}/hub/health")
         print_banner(f"http://127.0.0.1:{port}/", state)
         hub = dict(demo.children)["jupyterhub"]
