@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import requests
+from jupyterhub.utils import url_path_join
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler, _deserialize_state
 from tornado import web
@@ -237,6 +238,17 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
     def _auth_state_groups_key_default(self) -> str:
         return "groups"
 
+    @default("custom_403_message")
+    def _custom_403_message_default(self) -> str:
+        return (
+            "You are signed in with Umbrella, but your account is not in a group allowed to"
+            " use this portal. If you think it should be, contact the facility's user office."
+        )
+
+    @default("basic_auth")
+    def _basic_auth_default(self) -> bool:
+        return True  # client_secret_basic: the OIDC default token endpoint authentication
+
     @default("auth_refresh_strict")
     def _auth_refresh_strict_default(self) -> bool:
         return True  # never keep serving a user whose tokens could not be refreshed
@@ -335,8 +347,24 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
 
         Tokens that stay valid beyond ``refresh_margin`` are kept as they are. Otherwise
         the refresh token is used; if there is none, or the provider refuses it, the user
-        must log in again rather than run with a stale token.
+        must log in again rather than run with a stale token: a browser session is ended
+        and its error page offers "Sign in again".
         """
+        if handler is not None and not hasattr(handler, "_token_authenticated"):
+            # JupyterHub 6.1 reads this attribute after a failed refresh, but only sets it
+            # for token-authenticated requests: without it a browser gets a 500 instead of
+            # being sent to log in again.
+            handler._token_authenticated = False
+        refreshed = await self._refresh_tokens(user, handler)
+        if refreshed is False and handler is not None and not handler._token_authenticated:
+            handler.clear_login_cookie()
+            login = url_path_join(handler.hub.base_url, "login")
+            handler.extra_error_html = (
+                f'<a class="btn btn-jupyter" href="{login}">Sign in again</a>'
+            )
+        return refreshed
+
+    async def _refresh_tokens(self, user: Any, handler: Any) -> Any:
         state = await user.get_auth_state()
         if not state:
             return False
@@ -350,7 +378,8 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         try:
             params = self.build_refresh_token_request_params(refresh_token)
             token_info = await self.get_token_info(handler, params)
-            token_info.setdefault("refresh_token", refresh_token)
+            if not token_info.get("refresh_token"):  # many providers keep the old one valid
+                token_info["refresh_token"] = refresh_token
             model = await self._token_to_auth_model(token_info)
         except Exception as e:
             self.log.warning("Refreshing tokens of %s failed (%s): login needed", user.name, e)

@@ -35,7 +35,7 @@ def wait_http(
             text = log.read_text(errors="replace")[-3000:] if log else ""
             pytest.fail(f"process exited with {proc.returncode} before {url} answered:\n{text}")
         try:
-            if requests.get(url, timeout=2).status_code < 500:
+            if requests.get(url, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
