@@ -54,8 +54,12 @@ def render_config(settings: PortalSettings) -> Config:
         "admin_groups": sorted(auth.admin_groups),
         "allow_all": auth.allow_all,
         "login_service": auth.login_label,
+        "login_logo_url": auth.login_logo,
         "discovery_timeout": auth.discovery_timeout,
         "tls_verify": auth.tls_verify,
+        "basic_auth": auth.token_endpoint_auth == "client_secret_basic",
+        "refresh_margin": auth.refresh_margin,
+        "id_token_leeway": auth.id_token_leeway,
     }
     if auth.client_secret:
         umbrella["client_secret"] = auth.client_secret

@@ -64,8 +64,16 @@ class AuthSettings(Section):
     admin_groups: list[str] = Field(default_factory=list)
     allow_all: bool = False
     login_label: str = "Umbrella"
+    login_logo: str = Field("", description="Logo on the login button: a URL or data: URI.")
     discovery_timeout: float = Field(30.0, gt=0)
     tls_verify: bool = True
+    token_endpoint_auth: Literal["client_secret_basic", "client_secret_post"] = Field(
+        "client_secret_basic", description="How the hub authenticates to the token endpoint."
+    )
+    refresh_margin: float = Field(
+        120.0, ge=0, description="Refresh tokens expiring within this many seconds before a spawn."
+    )
+    id_token_leeway: float = Field(60.0, ge=0, le=600, description="Clock skew allowed (s).")
 
 
 class LocalCatalogueSettings(Section):
