@@ -85,16 +85,16 @@ def render_config(settings: PortalSettings) -> Config:
     roots = {prefix: str(path) for prefix, path in spawner.storage_roots.items()}
     if not roots and local is not None:
         roots = {str(local.data_root): str(local.data_root)}
+    config["PortalCatalogue"] = {"backend": settings.catalogue.backend}
     spawner_config: dict[str, Any] = {
-        "catalogue_class": settings.catalogue.backend,
         "storage_roots": roots,
         "default_datasets": spawner.default_datasets,
     }
     if spawner.processed_root:
         spawner_config["processed_root"] = str(spawner.processed_root)
+    config["PortalSpawner"] = spawner_config  # every backend is a PortalSpawner
     if spawner.home_dir:
-        spawner_config["home_dir_template"] = spawner.home_dir
-    config["PortalLocalSpawner"] = spawner_config
+        config["PortalLocalSpawner"] = {"home_dir_template": spawner.home_dir}
 
     for cls, traits in settings.extra_config.items():
         config.setdefault(cls, {}).update(traits)

@@ -10,18 +10,13 @@ import asyncio
 from typing import Any
 
 from jupyterhub.spawner import SpawnException
-from jupyterhub.traitlets import EntryPointType
 from traitlets import Dict, Enum, Unicode
 from traitlets.config import Configurable
 
-from portal.catalogue import Catalogue, CatalogueError, CatalogueUser
-from portal.catalogue.base import ENTRY_POINT_GROUP
-from portal.catalogue.local import LocalCatalogue
+from portal.catalogue import Catalogue, CatalogueError, CatalogueUser, PortalCatalogue
 from spawner.mounts import MountError, MountPlan, StorageRoot, plan_mounts
 
 ALLOWED_OPTIONS = frozenset({"datasets"})
-
-_catalogues: dict[type[Catalogue], Catalogue] = {}
 
 
 class SpawnRefused(SpawnException):
@@ -68,16 +63,13 @@ def check_user_options(options: dict[str, Any]) -> list[str] | None:
     return list(dict.fromkeys(pids))
 
 
-class PortalSpawnerMixin(Configurable):
-    """Traits and spawn-time authorisation shared by the portal's spawners."""
+class PortalSpawner(Configurable):
+    """Traits and spawn-time authorisation shared by the portal's spawners.
 
-    catalogue_class = EntryPointType(
-        default_value=LocalCatalogue,
-        klass=Catalogue,
-        entry_point_group=ENTRY_POINT_GROUP,
-        config=True,
-        help="The catalogue backend (entry point name in panosc_portal.catalogues, or class).",
-    )
+    A mixin: ``PortalLocalSpawner(PortalSpawner, SimpleLocalProcessSpawner)`` and so on, so
+    ``c.PortalSpawner.storage_roots`` configures every backend at once.
+    """
+
     storage_roots = Dict(
         key_trait=Unicode(),
         value_trait=Unicode(),
@@ -102,11 +94,8 @@ class PortalSpawnerMixin(Configurable):
 
     @property
     def catalogue(self) -> Catalogue:
-        """One catalogue instance per hub process and backend class, configured like us."""
-        cls = self.catalogue_class
-        if cls not in _catalogues:
-            _catalogues[cls] = cls(config=self.config, log=self.log)
-        return _catalogues[cls]
+        """The hub's one catalogue (``c.PortalCatalogue.backend``)."""
+        return PortalCatalogue.instance(config=self.config, log=self.log).catalogue
 
     async def authorised_plan(self) -> MountPlan:
         """Ask the catalogue, now, for each requested dataset; plan their mounts.

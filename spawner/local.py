@@ -18,7 +18,7 @@ from pathlib import Path
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import default
 
-from spawner.common import PortalSpawnerMixin
+from spawner.common import PortalSpawner
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountPlan
 
 PR_CAPBSET_DROP = 24
@@ -61,7 +61,7 @@ def expose_plan(home: Path, plan: MountPlan) -> None:
     (top / MANIFEST_NAME).write_text(plan.manifest_json(), encoding="utf-8")
 
 
-class PortalLocalSpawner(PortalSpawnerMixin, SimpleLocalProcessSpawner):
+class PortalLocalSpawner(PortalSpawner, SimpleLocalProcessSpawner):
     """Local single-user servers with the user's datasets linked read-only into ~/datasets."""
 
     @default("home_dir_template")

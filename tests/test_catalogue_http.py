@@ -492,7 +492,7 @@ def test_portal_yaml_configures_remote_backends(tmp_path: Path) -> None:
         "timeout": 5.0,
         "token_scheme": "",
     }
-    assert config["PortalLocalSpawner"]["catalogue_class"] == "scicat"
+    assert config["PortalCatalogue"]["backend"] == "scicat"
 
     search = settings.parse(
         PORTAL_YAML.format(
@@ -506,7 +506,7 @@ def test_portal_yaml_configures_remote_backends(tmp_path: Path) -> None:
     )
     config = render.render_config(search)
     assert config["SearchApiCatalogue"]["location_template"] == "/data/{proposal}/{dataset}"
-    assert catalogue_class(config["PortalLocalSpawner"]["catalogue_class"]) is SearchApiCatalogue
+    assert catalogue_class(config["PortalCatalogue"]["backend"]) is SearchApiCatalogue
 
 
 def test_portal_yaml_names_the_missing_or_wrong_remote_section(tmp_path: Path) -> None:

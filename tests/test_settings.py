@@ -159,4 +159,4 @@ def test_rendered_config_loads_into_a_real_jupyterhub(tmp_path: Path, oidc_provi
     assert authenticator.token_url == f"{oidc_provider}/oauth2/token"
     assert authenticator.admin_groups == {"admins"}
     assert config.Spawner.start_timeout == 99  # extra_config passed through
-    assert config.PortalLocalSpawner.storage_roots == {"/data/visitor": "/srv/gpfs/visitor"}
+    assert config.PortalSpawner.storage_roots == {"/data/visitor": "/srv/gpfs/visitor"}

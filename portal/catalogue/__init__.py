@@ -5,6 +5,7 @@ from portal.catalogue.base import (
     CatalogueError,
     CatalogueUnavailable,
     DatasetNotFound,
+    PortalCatalogue,
     catalogue_class,
     may_read,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "CatalogueUser",
     "Dataset",
     "DatasetNotFound",
+    "PortalCatalogue",
     "Proposal",
     "catalogue_class",
     "may_read",

@@ -11,7 +11,8 @@ from abc import abstractmethod
 from datetime import UTC, date, datetime
 from importlib.metadata import entry_points
 
-from traitlets.config import LoggingConfigurable
+from traitlets import Unicode
+from traitlets.config import LoggingConfigurable, SingletonConfigurable
 
 from portal.catalogue.model import CatalogueUser, Dataset
 
@@ -100,3 +101,24 @@ def catalogue_class(name: str) -> type[Catalogue]:
             return ep.load()
     known = ", ".join(sorted(ep.name for ep in found)) or "none installed"
     raise CatalogueError(f"unknown catalogue backend {name!r}; installed backends: {known}")
+
+
+class PortalCatalogue(SingletonConfigurable):
+    """The catalogue the hub uses: one per hub process, shared by spawners and hub pages.
+
+    ``c.PortalCatalogue.backend = "scicat"`` picks the backend; the backend's own traits
+    (``c.SciCatCatalogue.url`` ...) configure it.
+    """
+
+    backend = Unicode(
+        "local",
+        config=True,
+        help=f"Catalogue backend: an entry point name in the {ENTRY_POINT_GROUP} group.",
+    )
+    _catalogue: Catalogue | None = None
+
+    @property
+    def catalogue(self) -> Catalogue:
+        if self._catalogue is None:
+            self._catalogue = catalogue_class(self.backend)(parent=self)
+        return self._catalogue
