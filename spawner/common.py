@@ -7,27 +7,19 @@ The backends (local, Docker, Kubernetes) differ only in how they realise a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from jupyterhub.spawner import SpawnException
-from traitlets import Dict, Enum, Unicode
+from traitlets import Dict, Enum, Unicode, default
 from traitlets.config import Configurable
 
-from portal.catalogue import Catalogue, CatalogueError, CatalogueUser, PortalCatalogue
+from portal.catalogue import Catalogue, CatalogueError, CatalogueUser, Dataset, PortalCatalogue
+from spawner.environments import Environment, load_environments
+from spawner.form import options_form
 from spawner.mounts import MountError, MountPlan, StorageRoot, plan_mounts
-
-ALLOWED_OPTIONS = frozenset({"datasets"})
-
-
-class SpawnRefused(SpawnException):
-    """A spawn the user asked for is not allowed (JupyterHub's policy-failure exception).
-
-    The REST API answers with its status and message instead of a 500, the spawn page
-    shows the message, and the hub logs it without a traceback.
-    """
-
-    def __init__(self, message: str, status: int = 403) -> None:
-        super().__init__(message, reason="refused", status_code=status)
+from spawner.options import Resources, ServerOptions, SpawnRefused, parse_options, pick_environment
 
 
 def user_from_auth_state(username: str, auth_state: dict | None) -> CatalogueUser:
@@ -42,25 +34,29 @@ def user_from_auth_state(username: str, auth_state: dict | None) -> CatalogueUse
     )
 
 
-def check_user_options(options: dict[str, Any]) -> list[str] | None:
-    """The dataset pids asked for, after checking the options against the allow-list.
+def flatten_options(raw: dict[str, list[str]]) -> dict[str, Any]:
+    """Form and query values arrive as lists; every option but ``datasets`` is single."""
+    return {k: v[0] if k != "datasets" and len(v) == 1 else v for k, v in raw.items()}
 
-    ``None`` means "not chosen" (a plain spawn); a list means exactly those datasets.
-    """
-    unknown = sorted(set(options) - ALLOWED_OPTIONS)
-    if unknown:
-        raise SpawnRefused(
-            f"unknown server option(s) {', '.join(unknown)}; allowed: {', '.join(ALLOWED_OPTIONS)}",
-            400,
-        )
-    pids = options.get("datasets")
-    if pids is None:
-        return None
-    if isinstance(pids, str):
-        pids = [pids]
-    if not isinstance(pids, list) or not all(isinstance(p, str) and p for p in pids):
-        raise SpawnRefused("server option 'datasets' must be a list of dataset pids", 400)
-    return list(dict.fromkeys(pids))
+
+@dataclass(frozen=True)
+class SpawnPlan:
+    """Everything a backend needs to start one server, decided and checked on the hub."""
+
+    options: ServerOptions
+    environment: Environment
+    datasets: tuple[Dataset, ...]
+    mounts: MountPlan
+    resources: Resources
+
+    @property
+    def default_url(self) -> str:
+        """Desktops open on the desktop; a lab for one chosen dataset opens in its folder."""
+        if self.options.server_type == "desktop":
+            return "/desktop"
+        if self.options.datasets is not None and len(self.mounts.dataset_mounts) == 1:
+            return f"/lab/tree/{self.mounts.dataset_mounts[0].target}"
+        return "/lab"
 
 
 class PortalSpawner(Configurable):
@@ -69,6 +65,9 @@ class PortalSpawner(Configurable):
     A mixin: ``PortalLocalSpawner(PortalSpawner, SimpleLocalProcessSpawner)`` and so on, so
     ``c.PortalSpawner.storage_roots`` configures every backend at once.
     """
+
+    #: The server types a backend can run (the local backend has no desktop).
+    supported_server_types: tuple[str, ...] = ("lab", "desktop")
 
     storage_roots = Dict(
         key_trait=Unicode(),
@@ -91,31 +90,107 @@ class PortalSpawner(Configurable):
         config=True,
         help="What a spawn with no 'datasets' option mounts: all the user's datasets, or none.",
     )
+    environments_file = Unicode(
+        "",
+        config=True,
+        help="The environments table. Default: the images/environments.yaml shipped with us.",
+    )
+    resource_presets = Dict(
+        default_value={"small": {"cpu": 1, "memory": "2G"}, "large": {"cpu": 4, "memory": "16G"}},
+        config=True,
+        help="""Resource presets users may pick, besides "default" (the environment's hint).
+
+        Name -> {"cpu": cores, "memory": "8G"}.
+        """,
+    )
+
+    @default("options_form")
+    def _options_form_default(self) -> Callable:
+        return options_form
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        """Form fields as user options; the form always states its datasets (none is a choice)."""
+        options = {k: v for k, v in formdata.items() if k != "_xsrf"}
+        options.setdefault("datasets", [])
+        return flatten_options(options)
+
+    def options_from_query(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """``/hub/spawn?opt-type=desktop&opt-datasets=PID`` as user options."""
+        return flatten_options(query)
 
     @property
     def catalogue(self) -> Catalogue:
         """The hub's one catalogue (``c.PortalCatalogue.backend``)."""
         return PortalCatalogue.instance(config=self.config, log=self.log).catalogue
 
-    async def authorised_plan(self) -> MountPlan:
-        """Ask the catalogue, now, for each requested dataset; plan their mounts.
+    @property
+    def environments(self) -> dict[str, Environment]:
+        return load_environments(Path(self.environments_file) if self.environments_file else None)
+
+    # -- progress ---------------------------------------------------------------------
+
+    def progress_event(self, message: str, progress: int) -> None:
+        """Tell the user's spawn page what is happening now."""
+        self.log.info("%s: %s", self._log_name, message)
+        self._events.append({"progress": progress, "message": message})
+
+    async def progress(self) -> AsyncIterator[dict]:
+        """The events of the current start, as they happen (JupyterHub stops reading at the end)."""
+        sent = 0
+        while True:
+            events = getattr(self, "_events", [])
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            await asyncio.sleep(0.2)
+
+    # -- the decision -----------------------------------------------------------------
+
+    async def user_for_catalogue(self) -> CatalogueUser:
+        return user_from_auth_state(self.user.name, await self.user.get_auth_state())
+
+    async def prepare_spawn(self) -> SpawnPlan:
+        """Check the options, ask the catalogue *now* for each dataset, and plan the mounts.
 
         Nothing the browser sent is trusted: a pid is mounted only if the catalogue returns
         it for this user at this moment, and only through a configured storage root.
         """
-        pids = check_user_options(self.user_options or {})
-        user = user_from_auth_state(self.user.name, await self.user.get_auth_state())
+        self._events: list[dict] = []
+        environments = self.environments
+        options = parse_options(self.user_options or {}, environments, self.resource_presets)
+        if options.server_type not in self.supported_server_types:
+            raise SpawnRefused(
+                f"this portal's {type(self).__name__} cannot run a {options.server_type}"
+                f" server; it runs: {', '.join(self.supported_server_types)}",
+                400,
+            )
+        user = await self.user_for_catalogue()
         catalogue = self.catalogue
         try:
-            if pids is None:
-                wanted = "all" if self.default_datasets == "all" else "none"
-                datasets = (
-                    await asyncio.to_thread(catalogue.datasets_for, user) if wanted == "all" else []
-                )
+            if options.datasets is None:
+                self.progress_event("Looking up your datasets in the catalogue", 10)
+                datasets = []
+                if self.default_datasets == "all":
+                    datasets = await asyncio.to_thread(catalogue.datasets_for, user)
             else:
-                datasets = [await asyncio.to_thread(catalogue.get, p, user) for p in pids]
+                self.progress_event(f"Checking access to {len(options.datasets)} dataset(s)", 10)
+                datasets = [
+                    await asyncio.to_thread(catalogue.get, p, user) for p in options.datasets
+                ]
             roots = [StorageRoot(k, v) for k, v in self.storage_roots.items()]
-            return plan_mounts(datasets, roots, self.processed_root or None)
+            mounts = plan_mounts(datasets, roots, self.processed_root or None)
         except (CatalogueError, MountError) as e:
             self.log.warning("refusing spawn for %s: %s", self.user.name, e)
             raise SpawnRefused(str(e)) from e
+        if options.environment:
+            environment = environments[options.environment]
+        else:
+            environment = pick_environment(datasets, environments, options.server_type)
+        preset = self.resource_presets.get(options.resources)
+        resources = (
+            Resources(float(preset["cpu"]), str(preset["memory"]))
+            if preset
+            else Resources(environment.cpu, environment.memory)
+        )
+        self.progress_event(f"Mounting {len(mounts.dataset_mounts)} dataset(s) read-only", 30)
+        return SpawnPlan(options, environment, tuple(datasets), mounts, resources)

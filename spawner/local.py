@@ -62,15 +62,17 @@ def expose_plan(home: Path, plan: MountPlan) -> None:
 
 
 class PortalLocalSpawner(PortalSpawner, SimpleLocalProcessSpawner):
-    """Local single-user servers with the user's datasets linked read-only into ~/datasets."""
+    """Local single-user servers with the user's datasets linked read-only into ~/datasets.
+
+    Every server runs in the hub's own Python environment, so the environment option only
+    picks the landing page; desktops need a container backend.
+    """
+
+    supported_server_types = ("lab",)
 
     @default("home_dir_template")
     def _default_home_dir_template(self) -> str:
         return str(Path.home() / ".local/share/panosc-portal/homes/{username}")
-
-    @default("default_url")
-    def _default_default_url(self) -> str:
-        return "/lab"
 
     def make_preexec_fn(self, name: str) -> Callable[[], None]:
         parent = super().make_preexec_fn(name)
@@ -89,17 +91,12 @@ class PortalLocalSpawner(PortalSpawner, SimpleLocalProcessSpawner):
         return args
 
     async def start(self) -> tuple[str, int]:
-        plan = await self.authorised_plan()
+        spawn = await self.prepare_spawn()
         home = Path(self.home_dir)
         home.mkdir(parents=True, exist_ok=True)
-        expose_plan(home, plan)
-        self.log.info(
-            "server %s of %s: %d dataset(s) linked under %s",
-            self._log_name,
-            self.user.name,
-            len(plan.dataset_mounts),
-            home / DATASETS_DIR,
-        )
+        expose_plan(home, spawn.mounts)
+        self.default_url = spawn.default_url
+        self.progress_event("Starting JupyterLab", 60)
         return await super().start()
 
 

@@ -49,19 +49,29 @@ def test_login_lab_and_h5web(browser: Browser, demo, artifacts: Path) -> None:
     page.screenshot(path=artifacts / "02-umbrella-provider.png")
     page.locator(f"button[value='{DEMO_USERS['bob']['sub']}']").click()
 
-    page.wait_for_url("**/user/bob/lab**", timeout=120_000)
-    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
-    page.get_by_text("datasets", exact=True).first.wait_for()
-    page.screenshot(path=artifacts / "03-jupyterlab.png")
+    # The spawn form: bob filters his datasets, picks the CeO2 powder pattern and starts.
+    page.wait_for_url("**/hub/spawn**")
+    page.fill("#panosc-filter", "ceo2")
+    rows = page.locator(".panosc-dataset:visible")
+    expect(rows).to_have_count(1)
+    rows.first.locator("input").check()
+    expect(page.locator("#panosc-environment")).to_have_value("diffraction")
+    page.screenshot(path=artifacts / "03-spawn-form.png", full_page=True)
+    page.get_by_role("button", name="Start").click()
 
+    # JupyterLab opens in the chosen dataset's folder.
+    page.wait_for_url("**/user/bob/lab/tree/datasets/ES1001/ceo2_powder_0001**", timeout=120_000)
+    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
+    listing = page.locator(".jp-DirListing-item", has_text="ceo2_powder_0001.nxs")
+    expect(listing).to_be_visible()
     no_news = page.get_by_role("button", name="No", exact=True)
     if no_news.is_visible():
         no_news.click()  # JupyterLab's "get notified about news?" toast
-    page.goto(f"{demo.url}/user/bob/lab/tree/datasets/ES1001/ceo2_powder_0001")
-    page.locator(".jp-DirListing-item", has_text="ceo2_powder_0001.nxs").dblclick()
+    page.screenshot(path=artifacts / "04-jupyterlab.png")
+    listing.dblclick()
     explorer = page.get_by_role("tree").first
     expect(explorer.get_by_text("entry", exact=True)).to_be_visible(timeout=60_000)
     expect(page.get_by_text("NX Heatmap")).to_be_visible()  # h5web follows the NeXus default
     expect(page.locator("canvas").first).to_be_visible()
     page.wait_for_timeout(2000)  # let the heatmap finish drawing
-    page.screenshot(path=artifacts / "04-h5web-nexus.png")
+    page.screenshot(path=artifacts / "05-h5web-nexus.png")

@@ -1,0 +1,94 @@
+"""The spawn form: server type, environment, the user's datasets by proposal, resources.
+
+Rendered with Jinja2 autoescaping, so titles and other catalogue strings are always
+escaped. The datasets listed are the catalogue's answer for this user; what is finally
+mounted is decided again at spawn time, whatever the form sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment as Jinja
+from jinja2 import FileSystemLoader, select_autoescape
+
+from portal.catalogue import Dataset
+from spawner.environments import Environment
+from spawner.options import ENVIRONMENT_DEFAULT, pick_environment
+
+_TEMPLATES = Jinja(
+    loader=FileSystemLoader(Path(__file__).with_name("templates")),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+)
+
+SERVER_TYPE_LABELS = {"lab": "JupyterLab", "desktop": "Remote desktop (XFCE, silx view, PyMca)"}
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""
+
+
+def form_context(
+    datasets: list[Dataset],
+    environments: Mapping[str, Environment],
+    supported_types: tuple[str, ...],
+    presets: Mapping[str, Mapping[str, Any]],
+    selected: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The template's values: plain data, so the form can be tested without a hub."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for d in sorted(datasets, key=lambda d: (d.proposal, d.title.lower())):
+        groups.setdefault(d.proposal, []).append(
+            {
+                "pid": d.pid,
+                "title": d.title,
+                "instrument": d.instrument,
+                "techniques": ", ".join(d.technique_names) or "technique not recorded",
+                "size": human_size(d.size),
+                "env": pick_environment([d], environments, "lab").name,
+                "search": " ".join((d.pid, d.title, d.proposal, d.instrument, *d.technique_names)),
+                "checked": d.pid in selected,
+            }
+        )
+    chosen = [d for d in datasets if d.pid in selected]
+    return {
+        "server_types": [
+            {"name": t, "label": SERVER_TYPE_LABELS[t], "available": t in supported_types}
+            for t in SERVER_TYPE_LABELS
+        ],
+        "environments": list(environments.values()),
+        "initial_environment": pick_environment(chosen, environments, "lab").name,
+        "groups": groups,
+        "presets": [
+            {"name": ENVIRONMENT_DEFAULT, "label": "the environment's default"},
+            *(
+                {"name": n, "label": f"{n}: {p['cpu']:g} CPU, {p['memory']} memory"}
+                for n, p in presets.items()
+            ),
+        ],
+    }
+
+
+def render_form(context: dict[str, Any]) -> str:
+    return _TEMPLATES.get_template("spawn_form.html").render(**context)
+
+
+async def options_form(spawner: Any) -> str:
+    """``Spawner.options_form`` for the portal's spawners (JupyterHub awaits it)."""
+    user = await spawner.user_for_catalogue()
+    datasets = await asyncio.to_thread(spawner.catalogue.datasets_for, user)
+    return render_form(
+        form_context(
+            datasets,
+            spawner.environments,
+            spawner.supported_server_types,
+            spawner.resource_presets,
+        )
+    )
