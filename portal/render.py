@@ -16,6 +16,7 @@ from portal.catalogue import catalogue_class
 from portal.settings import PortalSettings
 
 Config = dict[str, dict[str, Any]]
+TEMPLATES = Path(__file__).with_name("templates")
 
 
 def hub_url(settings: PortalSettings) -> str:
@@ -38,6 +39,13 @@ def render_config(settings: PortalSettings) -> Config:
             "cookie_secret_file": str(state / "jupyterhub_cookie_secret"),
             "authenticator_class": "umbrella",
             "spawner_class": f"portal-{spawner.backend}",
+            "allow_named_servers": True,  # a lab and a desktop side by side
+            "template_paths": [str(TEMPLATES)],
+            "extra_handlers": [
+                ("/datasets", "portal.handlers.DatasetsHandler"),
+                ("/open", "portal.handlers.OpenHandler"),
+            ],
+            "named_server_limit_per_user": spawner.named_server_limit,
         },
         "ConfigurableHTTPProxy": {"pid_file": str(state / "jupyterhub-proxy.pid")},
         "Authenticator": {"admin_users": sorted(hub.admin_users)},
@@ -93,6 +101,19 @@ def render_config(settings: PortalSettings) -> Config:
     if spawner.processed_root:
         spawner_config["processed_root"] = str(spawner.processed_root)
     config["PortalSpawner"] = spawner_config  # every backend is a PortalSpawner
+    if spawner.backend == "docker":
+        docker = spawner.docker
+        hub_api = f"http://{docker.hub_connect_ip}:{docker.hub_api_port}"
+        # Containers reach the hub on the bridge; servers outlive a hub restart.
+        config["JupyterHub"].update(
+            hub_bind_url=hub_api, hub_connect_url=hub_api, cleanup_servers=False
+        )
+        config["PortalDockerSpawner"] = {
+            "network_name": docker.network,
+            "home_volume": docker.home_volume,
+            "pull_policy": docker.pull_policy,
+            "manifest_dir": str(state / "manifests"),
+        }
     if spawner.home_dir:
         config["PortalLocalSpawner"] = {"home_dir_template": spawner.home_dir}
 

@@ -137,12 +137,26 @@ class CatalogueSettings(Section):
         return getattr(self, _CATALOGUE_SECTIONS[self.backend][0])
 
 
+class DockerSettings(Section):
+    """The single-host Docker backend."""
+
+    hub_connect_ip: str = Field(
+        "172.17.0.1", description="The host's address on the Docker bridge, for containers."
+    )
+    hub_api_port: int = Field(8081, ge=1, le=65535, description="Port of the hub's API.")
+    network: str = Field("bridge", description="Docker network the servers join.")
+    home_volume: str = Field("panosc-home-{username}", description="Named volume per user.")
+    pull_policy: Literal["never", "ifnotpresent", "always"] = "never"
+
+
 class SpawnerSettings(Section):
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "docker"] = "local"
     storage_roots: dict[str, Path] = Field(default_factory=dict)
     processed_root: Path | None = None
     default_datasets: Literal["all", "none"] = "all"
     home_dir: str | None = None
+    named_server_limit: int = Field(4, ge=1, description="Servers a user may run at once.")
+    docker: DockerSettings = Field(default_factory=DockerSettings)
 
     @field_validator("storage_roots")
     @classmethod

@@ -1,0 +1,147 @@
+"""Extra hub pages: the user's datasets (``/hub/datasets``) and the deep link ``/hub/open``.
+
+``/hub/open?dataset=PID[&type=desktop]`` is what a catalogue's "open in portal" button
+points at: it checks access with the catalogue, picks the environment by technique, and
+starts (or reuses) a named server that opens in the dataset's folder. Whatever it passes
+on is checked again by the spawner at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+from jupyterhub.handlers import BaseHandler
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from portal.catalogue import CatalogueUnavailable, Dataset, DatasetNotFound, PortalCatalogue
+from spawner.common import user_from_auth_state
+from spawner.environments import SERVER_TYPES, load_environments
+from spawner.form import human_size
+from spawner.options import pick_environment
+
+
+def server_name_for(dataset: Dataset, server_type: str, taken: set[str]) -> str:
+    """A valid JupyterHub server name like ``lab-ceo2-powder-0001``, unique among ``taken``."""
+    stem = re.sub(r"[^a-z0-9]+", "-", dataset.pid.rsplit("/", 1)[-1].lower()).strip("-")
+    name = f"{server_type}-{stem}"[:30].rstrip("-") or server_type
+    if name not in taken:
+        return name
+    digest = hashlib.sha256(dataset.pid.encode()).hexdigest()[:6]
+    return f"{name[:23].rstrip('-')}-{digest}"
+
+
+class PortalPage(BaseHandler):
+    """Common to our pages: the catalogue and the current user as the catalogue sees them."""
+
+    @property
+    def catalogue(self) -> Any:
+        return PortalCatalogue.instance(config=self.settings["config"], log=self.log).catalogue
+
+    async def catalogue_user(self) -> Any:
+        user = self.current_user
+        return user_from_auth_state(user.name, await user.get_auth_state())
+
+    @property
+    def server_types(self) -> tuple[str, ...]:
+        return getattr(self.settings["spawner_class"], "supported_server_types", ("lab",))
+
+    async def refuse(self, status: int, message: str) -> None:
+        """A clear page instead of a stack trace, with the way back to the datasets."""
+        self.set_status(status)
+        self.finish(
+            await self.render_template(
+                "error.html",
+                status_code=status,
+                status_message={403: "Forbidden", 404: "Not found"}.get(status, "Unavailable"),
+                message=message,
+                extra_error_html=(
+                    f'<a class="btn btn-jupyter" href="{self.hub.base_url}datasets">'
+                    "Back to your datasets</a>"
+                ),
+            )
+        )
+
+
+class DatasetsHandler(PortalPage):
+    """Search the datasets the user may read, and open one in JupyterLab or a desktop."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        text = self.get_argument("q", "").strip()
+        technique = self.get_argument("technique", "").strip()
+        proposal = self.get_argument("proposal", "").strip()
+        user = await self.catalogue_user()
+        problem = ""
+        try:
+            found = await asyncio.to_thread(
+                self.catalogue.search,
+                user,
+                text=text,
+                technique=technique,
+                proposal=proposal,
+                limit=500,
+            )
+        except KeyError as e:  # an unknown technique: say which and how to write it
+            found, problem = [], str(e.args[0])
+        except CatalogueUnavailable as e:
+            found, problem = [], f"The catalogue cannot be reached right now: {e}"
+        html = await self.render_template(
+            "datasets.html",
+            datasets=[(d, ", ".join(d.technique_names), human_size(d.size)) for d in found],
+            q=text,
+            technique=technique,
+            proposal=proposal,
+            problem=problem,
+            server_types=self.server_types,
+        )
+        self.finish(html)
+
+
+class OpenHandler(PortalPage):
+    """``/hub/open?dataset=PID[&type=desktop]``: the catalogue's "open in portal" link."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        pid = self.get_argument("dataset", "")
+        server_type = self.get_argument("type", "lab")
+        if server_type not in SERVER_TYPES or server_type not in self.server_types:
+            return await self.refuse(
+                400,
+                f"This portal cannot open a {server_type!r} server;"
+                f" it offers {', '.join(self.server_types)}.",
+            )
+        try:
+            dataset = await asyncio.to_thread(self.catalogue.get, pid, await self.catalogue_user())
+        except DatasetNotFound as e:
+            return await self.refuse(404, f"Cannot open this dataset: {e}.")
+        except CatalogueUnavailable as e:
+            return await self.refuse(503, f"The catalogue cannot be reached right now: {e}")
+
+        user = self.current_user
+        for name, spawner in user.spawners.items():
+            options = spawner.user_options or {}
+            if (
+                name
+                and spawner.active
+                and options.get("type") == server_type
+                and options.get("datasets") == [pid]
+            ):
+                return self.redirect(user.server_url(name))
+        running = {n for n, s in user.spawners.items() if s.active}
+        name = server_name_for(dataset, server_type, running)
+        environment = pick_environment([dataset], load_environments(), server_type)
+        query = urlencode(
+            {
+                "opt-type": server_type,
+                "opt-environment": environment.name,
+                "opt-datasets": pid,
+            }
+        )
+        self.redirect(
+            url_path_join(self.hub.base_url, "spawn", user.escaped_name, name) + "?" + query
+        )

@@ -1,0 +1,151 @@
+"""``PortalDockerSpawner``: one container per server, datasets bind-mounted read-only.
+
+The mount plan (:mod:`spawner.mounts`) becomes Docker mounts: a small tmpfs at
+``~/datasets`` (so nothing of an earlier session lingers there), one read-only bind per
+approved dataset inside it, the hub-written ``datasets.json`` bound read-only, and
+writable processed areas when configured. Home is a per-user named volume shared by the
+user's lab and desktop servers. Images come only from the environments table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+from docker.errors import ImageNotFound
+from docker.types import Mount
+from dockerspawner import DockerSpawner
+from traitlets import Unicode, default
+
+from spawner.common import PortalSpawner, SpawnPlan
+from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountPlan
+from spawner.options import SpawnRefused
+
+HOME = PurePosixPath("/home/jovyan")
+JOVYAN_UID, JOVYAN_GID = 1000, 100
+LABEL_PREFIX = "org.panosc.portal"
+
+
+def docker_mounts(plan: MountPlan, manifest: Path, home: PurePosixPath = HOME) -> list[Mount]:
+    """The Docker mounts realising ``plan`` under ``home``; parents before children."""
+    mounts = [
+        Mount(str(home / DATASETS_DIR), None, type="tmpfs", tmpfs_size=1 << 20, tmpfs_mode=0o755),
+        Mount(str(home / DATASETS_DIR / MANIFEST_NAME), str(manifest), type="bind", read_only=True),
+    ]
+    for m in plan.mounts:
+        mounts.append(
+            Mount(str(home / m.target), str(m.source), type="bind", read_only=m.read_only)
+        )
+    return mounts
+
+
+def _braces(text: str) -> str:
+    """Escape ``{}`` for DockerSpawner, which formats label values as templates."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+class PortalDockerSpawner(PortalSpawner, DockerSpawner):
+    """Single-user containers in the environment's image, with exactly the approved datasets."""
+
+    home_volume = Unicode(
+        "panosc-home-{username}",
+        config=True,
+        help="Named Docker volume holding a user's home; {username} is the user's name.",
+    )
+    manifest_dir = Unicode(
+        config=True,
+        help="Host folder where each server's datasets.json is written before it starts.",
+    )
+
+    @default("manifest_dir")
+    def _default_manifest_dir(self) -> str:
+        return os.path.abspath("manifests")
+
+    @default("volumes")
+    def _default_volumes(self) -> dict[str, str]:
+        return {self.home_volume: str(HOME)}
+
+    @default("notebook_dir")
+    def _default_notebook_dir(self) -> str:
+        return str(HOME)
+
+    @default("remove")
+    def _default_remove(self) -> bool:
+        return True  # a stopped server leaves nothing behind but its home volume
+
+    @default("prefix")
+    def _default_prefix(self) -> str:
+        return "panosc"
+
+    @default("pull_policy")
+    def _default_pull_policy(self) -> str:
+        return "never"  # images come from `panosc-portal images build` or the pre-puller
+
+    @default("use_internal_ip")
+    def _default_use_internal_ip(self) -> bool:
+        return True  # the proxy reaches the container on the Docker network; no host port
+
+    @default("extra_host_config")
+    def _default_extra_host_config(self) -> dict:
+        return {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"]}
+
+    _plan_mounts: tuple[Mount, ...] = ()
+
+    @property
+    def manifest_path(self) -> Path:
+        return Path(self.manifest_dir) / f"{self.container_name}.json"
+
+    @property
+    def mount_binds(self) -> list[Mount]:
+        return [*super().mount_binds, *self._plan_mounts]
+
+    async def ensure_image(self, spawn: SpawnPlan) -> None:
+        """A clear refusal when the environment's image is not on this Docker host."""
+        image = spawn.environment.image
+        try:
+            await self.docker("inspect_image", image)
+        except ImageNotFound:
+            if self.pull_policy in ("never", "skip"):
+                raise SpawnRefused(
+                    f"environment {spawn.environment.name!r} needs the image {image}, which is"
+                    f" not on this Docker host; build it with:"
+                    f" panosc-portal images build {spawn.environment.name}",
+                    503,
+                ) from None
+
+    def write_manifest(self, plan: MountPlan) -> None:
+        folder = Path(self.manifest_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.manifest_path.write_text(plan.manifest_json(), encoding="utf-8")
+        self.manifest_path.chmod(0o644)
+        for m in plan.mounts:
+            if not m.read_only and not m.source.exists():
+                m.source.mkdir(parents=True)
+                if os.geteuid() == 0:
+                    os.chown(m.source, JOVYAN_UID, JOVYAN_GID)
+
+    async def start(self) -> tuple[str, int]:
+        spawn = await self.prepare_spawn()
+        await self.ensure_image(spawn)
+        self.image = spawn.environment.image
+        self.write_manifest(spawn.mounts)
+        self._plan_mounts = tuple(docker_mounts(spawn.mounts, self.manifest_path))
+        self.cpu_limit = spawn.resources.cpu
+        self.mem_limit = spawn.resources.memory
+        self.default_url = spawn.default_url
+        pids = ",".join(d.pid for d in spawn.datasets)
+        self.extra_create_kwargs = {
+            "labels": {
+                f"{LABEL_PREFIX}.datasets": _braces(json.dumps([d.pid for d in spawn.datasets])),
+                f"{LABEL_PREFIX}.environment": spawn.environment.name,
+                f"{LABEL_PREFIX}.server-type": spawn.options.server_type,
+            }
+        }
+        self.log.info("%s: datasets %s", self._log_name, pids or "none")
+        self.progress_event(f"Starting environment {spawn.environment.name} ({self.image})", 50)
+        return await super().start()
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        self.manifest_path.unlink(missing_ok=True)
