@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from portal import render
+from portal.catalogue.local import index_tree
 from portal.settings import PortalSettings, load
 
 
@@ -24,6 +25,24 @@ def secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
+def index_local_catalogue(settings: PortalSettings) -> None:
+    """Bring a local catalogue's index up to date (incremental: unchanged files are skipped).
+
+    Run at every start; while the portal runs, ``panosc-portal catalogue index`` (e.g. from
+    cron) picks up new data.
+    """
+    local = settings.catalogue.local
+    if settings.catalogue.backend != "local" or local is None:
+        return
+    index = local.index_path or Path(settings.hub.state_dir) / "catalogue.sqlite"
+    report = index_tree(local.data_root, index)
+    print(
+        f"Catalogue: {report.added + report.updated + report.unchanged} datasets indexed"
+        f" ({report.added} new, {report.updated} changed, {report.removed} removed)",
+        flush=True,
+    )
+
+
 def prepare_hub(settings: PortalSettings) -> tuple[list[str], dict[str, str]]:
     """The JupyterHub command line and environment for ``settings``.
 
@@ -33,6 +52,7 @@ def prepare_hub(settings: PortalSettings) -> tuple[list[str], dict[str, str]]:
     """
     state = Path(settings.hub.state_dir)
     state.mkdir(parents=True, exist_ok=True)
+    index_local_catalogue(settings)
     config_py = state / "jupyterhub_config.py"
     config_py.write_text(render.render_python(settings))
     env = dict(os.environ)

@@ -155,7 +155,9 @@ class SpawnerSettings(Section):
     processed_root: Path | None = None
     default_datasets: Literal["all", "none"] = "all"
     home_dir: str | None = None
-    named_server_limit: int = Field(4, ge=1, description="Servers a user may run at once.")
+    named_server_limit: int = Field(
+        10, ge=1, description="Named servers a user may keep, running or stopped."
+    )
     docker: DockerSettings = Field(default_factory=DockerSettings)
 
     @field_validator("storage_roots")

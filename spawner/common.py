@@ -18,7 +18,7 @@ from traitlets.config import Configurable
 from portal.catalogue import Catalogue, CatalogueError, CatalogueUser, Dataset, PortalCatalogue
 from spawner.environments import Environment, load_environments
 from spawner.form import options_form
-from spawner.mounts import MountError, MountPlan, StorageRoot, plan_mounts
+from spawner.mounts import MountError, MountPlan, StorageRoot, mountable, plan_mounts
 from spawner.options import Resources, ServerOptions, SpawnRefused, parse_options, pick_environment
 
 
@@ -167,17 +167,25 @@ class PortalSpawner(Configurable):
         user = await self.user_for_catalogue()
         catalogue = self.catalogue
         try:
+            roots = [StorageRoot(k, v) for k, v in self.storage_roots.items()]
             if options.datasets is None:
                 self.progress_event("Looking up your datasets in the catalogue", 10)
                 datasets = []
                 if self.default_datasets == "all":
-                    datasets = await asyncio.to_thread(catalogue.datasets_for, user)
+                    # One bad catalogue entry must not block all the others: skip it, say so.
+                    listed = await asyncio.to_thread(catalogue.datasets_for, user)
+                    datasets, refused = mountable(listed, roots)
+                    for problem in refused:
+                        self.log.warning("%s: skipping %s", self._log_name, problem)
+                    if refused:
+                        self.progress_event(
+                            f"Skipped {len(refused)} dataset(s) that cannot be mounted safely", 20
+                        )
             else:
                 self.progress_event(f"Checking access to {len(options.datasets)} dataset(s)", 10)
                 datasets = [
                     await asyncio.to_thread(catalogue.get, p, user) for p in options.datasets
                 ]
-            roots = [StorageRoot(k, v) for k, v in self.storage_roots.items()]
             mounts = plan_mounts(datasets, roots, self.processed_root or None)
         except (CatalogueError, MountError) as e:
             self.log.warning("refusing spawn for %s: %s", self.user.name, e)

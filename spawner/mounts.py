@@ -100,6 +100,20 @@ def resolve_location(dataset: Dataset, roots: Sequence[StorageRoot]) -> Path:
     )
 
 
+def mountable(
+    datasets: Iterable[Dataset], roots: Sequence[StorageRoot]
+) -> tuple[list[Dataset], list[MountError]]:
+    """Split datasets into those that can be mounted safely and the reasons for the others."""
+    ok, refused = [], []
+    for dataset in datasets:
+        try:
+            resolve_location(dataset, roots)
+            ok.append(dataset)
+        except MountError as e:
+            refused.append(e)
+    return ok, refused
+
+
 def plan_mounts(
     datasets: Iterable[Dataset],
     roots: Sequence[StorageRoot],

@@ -80,11 +80,12 @@ class PortalClient:
         raise AssertionError(f"server {server!r} not ready after {timeout} s")
 
     def stop(self, server: str = "") -> None:
+        """Stop a server; a named one is also removed, as the home page's "delete" does."""
         name = self.username()
         path = (
             f"hub/api/users/{name}/servers/{server}" if server else f"hub/api/users/{name}/server"
         )
-        r = self.api("DELETE", path)
+        r = self.api("DELETE", path, json={"remove": True} if server else None)
         assert r.status_code in (202, 204), r.text
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -68,14 +68,20 @@ class Hub:
     def log(self) -> Path:
         return self.folder / "hub.log"
 
+    hub_api_port: int = field(default_factory=free_port)
+    proxy_api_port: int = field(default_factory=free_port)
+
     def write_config(self) -> Path:
+        """portal.yaml for this hub; its ports stay the same across restarts."""
+        internal = {"ConfigurableHTTPProxy": {"api_url": f"http://127.0.0.1:{self.proxy_api_port}"}}
+        if self.config.get("spawner", {}).get("backend") != "docker":  # docker sets its own
+            internal["JupyterHub"] = {"hub_bind_url": f"http://127.0.0.1:{self.hub_api_port}"}
+        extra = self.config.get("extra_config", {})
         config = {
             **self.config,
             "hub": {"port": self.port, "state_dir": str(self.folder / "state")},
             "extra_config": {
-                "JupyterHub": {"hub_bind_url": f"http://127.0.0.1:{free_port()}"},
-                "ConfigurableHTTPProxy": {"api_url": f"http://127.0.0.1:{free_port()}"},
-                **self.config.get("extra_config", {}),
+                cls: {**internal.get(cls, {}), **extra.get(cls, {})} for cls in {*internal, *extra}
             },
         }
         path = self.folder / "portal.yaml"

@@ -22,7 +22,6 @@ import requests
 import yaml
 
 from portal import settings
-from portal.catalogue.local import index_tree
 from portal.demo.sampledata import DEMO_USERS, generate
 from portal.serve import prepare_hub
 from portal.settings import PortalSettings
@@ -160,7 +159,7 @@ class Demo:
 
 
 def prepare(state: Path, port: int, oidc_port: int) -> PortalSettings:
-    """Sample data, catalogue index, secrets and config: everything before processes start."""
+    """Sample data and the demo's portal.yaml: what the demo adds before the hub's own set-up."""
     for sub in ("hub", "logs", "homes"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     data = state / "data"
@@ -168,12 +167,6 @@ def prepare(state: Path, port: int, oidc_port: int) -> PortalSettings:
         print(f"Generating sample data in {data} ...", flush=True)
         generate(data)
         read_only(data)
-    report = index_tree(data, state / "hub/catalogue.sqlite")
-    print(
-        f"Catalogue: {report.added + report.updated + report.unchanged} datasets indexed"
-        f" ({report.added} new, {report.updated} changed, {report.removed} removed)",
-        flush=True,
-    )
     config_yaml = state / "portal.yaml"
     config_yaml.write_text(
         "# Written by `panosc-portal demo` on every run; edit the flags, not this file.\n"
