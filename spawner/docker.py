@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 from pathlib import Path, PurePosixPath
 
+import docker
 from docker.errors import ImageNotFound
 from docker.types import Mount
 from dockerspawner import DockerSpawner
@@ -38,6 +41,25 @@ def docker_mounts(plan: MountPlan, manifest: Path, home: PurePosixPath = HOME) -
             Mount(str(home / m.target), str(m.source), type="bind", read_only=m.read_only)
         )
     return mounts
+
+
+def bridge_gateway(client: docker.DockerClient | None = None) -> str:
+    """This host's address on Docker's default bridge: where containers reach the hub.
+
+    Docker's network inspect names the gateway on most engines; some leave it empty, and
+    then the ``docker0`` interface's own address is the answer.
+    """
+    client = client or docker.from_env()
+    for config in client.networks.get("bridge").attrs.get("IPAM", {}).get("Config") or []:
+        if config.get("Gateway"):
+            return config["Gateway"].split("/")[0]
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
+    if not found:
+        raise RuntimeError("cannot tell this host's address on the docker0 bridge")
+    return found.group(1)
 
 
 def _braces(text: str) -> str:
@@ -138,6 +160,8 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         self.extra_create_kwargs = {
             "labels": {
                 f"{LABEL_PREFIX}.datasets": _braces(json.dumps([d.pid for d in spawn.datasets])),
+                f"{LABEL_PREFIX}.user": _braces(self.user.name),
+                f"{LABEL_PREFIX}.server": _braces(self.name),
                 f"{LABEL_PREFIX}.environment": spawn.environment.name,
                 f"{LABEL_PREFIX}.server-type": spawn.options.server_type,
             }

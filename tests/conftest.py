@@ -50,6 +50,30 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is not installed (scripts/test installs it)"
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture(scope="session")
 def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real oidc-provider-mock process; yields its issuer URL."""
@@ -127,3 +151,54 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoPortal]:
     yield portal
     if portal.proc.poll() is None:
         portal.interrupt()
+
+
+# --- Docker ------------------------------------------------------------------------------
+# Session fixtures for tests that build or run the images of images/ on a real Docker engine
+# (tests/test_images.py; any test that needs an image). A missing engine fails these tests:
+# scripts/test installs and starts one, so its absence is a broken machine, not a reason to
+# skip.
+
+#: The images a test session builds: all seven, since a clean build of them all takes about
+#: 5 minutes on CI's 2 cores (benchmarks/images_build.py). PANOSC_TEST_IMAGES="base xrf"
+#: narrows it for a quicker local run; each name still pulls in the images it is built on.
+TEST_IMAGES_ENV = "PANOSC_TEST_IMAGES"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """The Docker engine's version; fails (never skips) when no engine answers."""
+    from portal.images import BuildError, check_engine
+
+    try:
+        return check_engine()
+    except BuildError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def built_images(docker_engine: str, artifacts: Path) -> dict[str, str]:
+    """Build the test images once per session, as CI does (``--bootstrap-base``); name -> tag.
+
+    The build tool reuses Docker's layer cache, so a session after the first takes seconds.
+    Sizes and build times go to test-artifacts/images-build.txt.
+    """
+    from portal.images import (
+        BOOTSTRAP_IMAGE,
+        BuildError,
+        BuildOptions,
+        build,
+        default_ca_dir,
+        summary,
+    )
+
+    names = os.environ.get(TEST_IMAGES_ENV, "").replace(",", " ").split()
+    options = BuildOptions(
+        base_image=BOOTSTRAP_IMAGE, bootstrap_base=True, extra_ca_certs=default_ca_dir()
+    )
+    try:
+        built = build(names, options)
+    except BuildError as e:
+        pytest.fail(f"images build failed: {e}", pytrace=False)
+    (artifacts / "images-build.txt").write_text(summary(built) + "\n")
+    return {b.name: b.tag for b in built}

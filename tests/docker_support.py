@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
@@ -20,14 +19,6 @@ def engine() -> docker.DockerClient:
     except docker.errors.DockerException as e:
         pytest.fail(f"no Docker engine answers ({e}); scripts/test installs and starts dockerd")
     return client
-
-
-def bridge_ip() -> str:
-    """This host's address on the default Docker bridge (docker0), where containers reach it."""
-    out = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, check=True
-    ).stdout
-    return re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out).group(1)
 
 
 def ensure_images(*names: str) -> None:
@@ -48,10 +39,5 @@ def ensure_images(*names: str) -> None:
 
 
 def portal_containers(client: docker.DockerClient, username: str) -> list:
-    return [
-        c
-        for c in client.containers.list(
-            all=True, filters={"label": "org.panosc.portal.environment"}
-        )
-        if c.name.startswith(f"panosc-{username}")
-    ]
+    """The portal's containers of one user, running or not (by the labels the spawner sets)."""
+    return client.containers.list(all=True, filters={"label": f"org.panosc.portal.user={username}"})

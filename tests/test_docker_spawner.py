@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from portal.demo.sampledata import DEMO_USERS, generate
+from spawner.docker import bridge_gateway
 from spawner.environments import DATA_FILE
 from tests.conftest import free_port
-from tests.docker_support import bridge_ip, engine, ensure_images, portal_containers
+from tests.docker_support import engine, ensure_images, portal_containers
 from tests.portal_client import PortalClient
 from tests.umbrella import Hub, Provider
 
@@ -82,7 +83,7 @@ def hub(provider: Provider, data: Path, tmp_path_factory) -> Iterator[Hub]:
             "spawner": {
                 "backend": "docker",
                 "processed_root": str(folder / "processed"),
-                "docker": {"hub_connect_ip": bridge_ip(), "hub_api_port": free_port()},
+                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
             },
             "extra_config": {
                 "PortalSpawner": {"environments_file": str(folder / "environments.yaml")}
@@ -109,7 +110,7 @@ def alice(hub: Hub, provider: Provider) -> PortalClient:
 
 def container_of(username: str, server: str):
     for c in portal_containers(engine(), username):
-        if c.name.endswith(f"-{server}"):
+        if c.labels["org.panosc.portal.server"] == server:
             return c
     raise AssertionError(f"no container for {username}'s server {server!r}")
 
@@ -158,7 +159,8 @@ def test_exactly_the_two_datasets_are_mounted_read_only(alice: PortalClient) -> 
 def test_forged_requests_are_refused_and_nothing_is_mounted(alice, pid: str, message: str) -> None:
     r = alice.api("POST", "hub/api/users/alice/servers/forged", json={"datasets": [pid]})
     assert r.status_code == 403 and message in r.json()["message"], r.text
-    assert not [c for c in portal_containers(engine(), "alice") if c.name.endswith("-forged")]
+    servers = [c.labels["org.panosc.portal.server"] for c in portal_containers(engine(), "alice")]
+    assert "forged" not in servers
 
 
 def set_members(data: Path, proposal: str, members: list[str]) -> None:
@@ -173,14 +175,14 @@ def test_revoked_membership_is_not_mounted_at_the_next_spawn(hub, provider, data
     rita.login("rita@umbrella.demo")
     set_members(data, "ES1001", ["alice", "bob", "rita"])
     rita.spawn("", {"datasets": [CEO2]})
-    listing = run(container_of("rita", "rita"), "ls /home/jovyan/datasets/ES1001")[1].split()
+    listing = run(container_of("rita", ""), "ls /home/jovyan/datasets/ES1001")[1].split()
     assert listing == ["ceo2_powder_0001", "processed"]
     rita.stop()
     set_members(data, "ES1001", ["alice", "bob"])  # the facility removes rita
     r = rita.api("POST", "hub/api/users/rita/server", json={"datasets": [CEO2]})
     assert r.status_code == 403
     rita.spawn("", {"type": "lab"})  # all her datasets: the revoked one is not among them
-    _, listing = run(container_of("rita", "rita"), "ls /home/jovyan/datasets")
+    _, listing = run(container_of("rita", ""), "ls /home/jovyan/datasets")
     assert "ES1001" not in listing.split()
     rita.stop()
 
@@ -192,7 +194,8 @@ def test_lab_and_second_server_side_by_side_home_survives(alice: PortalClient) -
     assert run(one, "echo kept > /home/jovyan/notes.txt")[0] == 0
     assert run(other, "cat /home/jovyan/notes.txt")[1].strip() == "kept"  # one home, shared
     alice.stop("one")
-    assert not [c for c in portal_containers(engine(), "alice") if c.name.endswith("-one")]
+    servers = [c.labels["org.panosc.portal.server"] for c in portal_containers(engine(), "alice")]
+    assert "one" not in servers
     other.reload()
     assert other.status == "running"
     alice.spawn("one", {"datasets": [XRF]})
@@ -229,3 +232,26 @@ def test_missing_image_is_a_clear_error(alice: PortalClient) -> None:
     assert r.status_code == 503
     assert "needs the image panosc/ghost:0.0.0, which is not on this Docker host" in r.text
     assert "panosc-portal images build ghost" in r.json()["message"]
+
+
+@pytest.mark.browser
+def test_open_link_lands_in_the_dataset_folder(browser, hub: Hub, artifacts: Path) -> None:
+    """The catalogue's "open in portal" link, followed in a real browser."""
+    ensure_images("xrf")  # the environment made for X-ray fluorescence
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(f"{hub.url}/hub/open?dataset={XRF}")
+    page.get_by_text("Sign in with Umbrella").click()
+    page.fill("input[name=sub]", DEMO_USERS["alice"]["sub"])  # typed, as on a login page
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_url("**/user/alice/lab-xrf-map-0001/lab/tree/datasets/MA1234/xrf_map_0001**")
+    listing = page.locator(".jp-DirListing-item", has_text="xrf_map_0001.nxs")
+    listing.wait_for(timeout=120_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=artifacts / "06-open-link-docker.png")
+    box = container_of("alice", "lab-xrf-map-0001")
+    assert box.labels["org.panosc.portal.environment"] == "xrf"  # chosen by technique
+    page.close()
+    alice = PortalClient(hub.url)
+    alice.login(DEMO_USERS["alice"]["sub"])
+    alice.stop("lab-xrf-map-0001")

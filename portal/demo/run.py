@@ -66,12 +66,42 @@ def ephemeral_port() -> int:
         return s.getsockname()[1]
 
 
-def demo_settings(state: Path, port: int, oidc_port: int) -> dict:
+def spawner_settings(state: Path, backend: str) -> tuple[dict, dict]:
+    """The demo's ``spawner:`` section, and the hub address settings that go with it.
+
+    Locally the hub's API gets an ephemeral port on loopback; with Docker it listens on the
+    bridge, where containers reach it. The Docker demo needs the base image built first.
+    """
+    if backend == "local":
+        local = {"backend": "local", "home_dir": str(state / "homes/{username}")}
+        return local, {"hub_bind_url": f"http://127.0.0.1:{ephemeral_port()}"}
+    import docker
+
+    from spawner.docker import bridge_gateway
+    from spawner.environments import load_environments
+
+    image = load_environments()["base"].image
+    try:
+        client = docker.from_env()
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise DemoError(
+            f"the Docker demo needs the image {image}; build it first with:"
+            " panosc-portal images build base --bootstrap-base"
+        ) from None
+    except docker.errors.DockerException as e:
+        raise DemoError(f"--spawner docker needs a running Docker engine: {e}") from None
+    connect = {"hub_connect_ip": bridge_gateway(client), "hub_api_port": ephemeral_port()}
+    return {"backend": "docker", "docker": connect}, {}
+
+
+def demo_settings(state: Path, port: int, oidc_port: int, backend: str = "local") -> dict:
     """The demo's ``portal.yaml``, written to the state folder so it can be read and reused.
 
     The hub's and the proxy's internal APIs get ephemeral ports, so two demos (or a demo
     and another JupyterHub) can run side by side on one machine.
     """
+    spawner, hub_config = spawner_settings(state, backend)
     return {
         "hub": {"ip": "127.0.0.1", "port": port, "state_dir": str(state / "hub")},
         "auth": {
@@ -89,9 +119,9 @@ def demo_settings(state: Path, port: int, oidc_port: int) -> dict:
                 "index_path": str(state / "hub/catalogue.sqlite"),
             },
         },
-        "spawner": {"backend": "local", "home_dir": str(state / "homes/{username}")},
+        "spawner": spawner,
         "extra_config": {
-            "JupyterHub": {"hub_bind_url": f"http://127.0.0.1:{ephemeral_port()}"},
+            "JupyterHub": hub_config,
             "ConfigurableHTTPProxy": {"api_url": f"http://127.0.0.1:{ephemeral_port()}"},
         },
     }
@@ -158,7 +188,7 @@ class Demo:
                 proc.wait()
 
 
-def prepare(state: Path, port: int, oidc_port: int) -> PortalSettings:
+def prepare(state: Path, port: int, oidc_port: int, backend: str) -> PortalSettings:
     """Sample data and the demo's portal.yaml: what the demo adds before the hub's own set-up."""
     for sub in ("hub", "logs", "homes"):
         (state / sub).mkdir(parents=True, exist_ok=True)
@@ -170,7 +200,7 @@ def prepare(state: Path, port: int, oidc_port: int) -> PortalSettings:
     config_yaml = state / "portal.yaml"
     config_yaml.write_text(
         "# Written by `panosc-portal demo` on every run; edit the flags, not this file.\n"
-        + yaml.safe_dump(demo_settings(state, port, oidc_port), sort_keys=False)
+        + yaml.safe_dump(demo_settings(state, port, oidc_port, backend), sort_keys=False)
     )
     return settings.load(config_yaml)
 
@@ -187,12 +217,12 @@ def print_banner(url: str, state: Path) -> None:
     )
 
 
-def run_demo(state: Path, port: int, oidc_port: int) -> int:
+def run_demo(state: Path, port: int, oidc_port: int, backend: str = "local") -> int:
     """Start the demo and block until Ctrl-C/SIGTERM or until the hub exits."""
     state = state.resolve()
     check_port_free(port, "the portal", "--port")
     check_port_free(oidc_port, "the demo identity provider", "--oidc-port")
-    hub_command, env = prepare_hub(prepare(state, port, oidc_port))
+    hub_command, env = prepare_hub(prepare(state, port, oidc_port, backend))
     demo = Demo(state, port, oidc_port)
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -1,0 +1,140 @@
+"""Login to JupyterLab-ready: plain DockerSpawner against PortalDockerSpawner, in one run.
+
+Not a test: a script that prints figures. Two hubs run side by side on this machine, each
+started from a portal.yaml with ``panosc-portal serve`` against one real OIDC provider, and
+the same image (panosc/base). One uses plain ``DockerSpawner`` (the baseline); the other
+ours, asked for 0, 5 and 50 datasets. Rounds are interleaved so drift on the machine hits
+every configuration alike. A round is: a new browser session logs in through the full OIDC
+code flow, starts the server through the REST API, and waits until JupyterLab answers
+``/lab`` with 200; then the server is stopped. Goal: median ratio to plain <= 1.10 at 5.
+
+    .venv/bin/python benchmarks/spawn.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.catalogue import generate
+from spawner.docker import bridge_gateway
+from spawner.environments import load_environments
+from tests.conftest import free_port
+from tests.docker_support import ensure_images
+from tests.portal_client import PortalClient
+from tests.umbrella import Hub, Provider
+
+USER, SUB = "pi0", "pi0@umbrella.bench"
+GOAL = 1.10
+
+
+def hub(folder: Path, provider: Provider, data: Path, plain: bool) -> Hub:
+    extra: dict = {}
+    if plain:
+        extra = {
+            "JupyterHub": {"spawner_class": "docker"},
+            "DockerSpawner": {
+                "image": load_environments()["base"].image,
+                "remove": True,
+                "use_internal_ip": True,
+                "pull_policy": "never",
+            },
+        }
+    return Hub(
+        {
+            "auth": {
+                "issuer": provider.issuer,
+                "client_id": "bench",
+                "client_secret": "s",
+                "allow_all": True,
+            },
+            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
+            "spawner": {
+                "backend": "docker",
+                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
+            },
+            "extra_config": extra,
+        },
+        folder,
+    )
+
+
+def login_to_lab(hub: Hub, options: dict | None) -> float:
+    """Seconds from a fresh login to JupyterLab answering; the server is stopped afterwards."""
+    started = time.perf_counter()
+    client = PortalClient(hub.url)
+    client.login(SUB)
+    client.spawn("", options)
+    while client.api("GET", f"user/{USER}/lab").status_code != 200:
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    client.stop()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    ensure_images("base")
+    client = docker.from_env()
+    with tempfile.TemporaryDirectory(prefix="spawn-bench-") as tmp:
+        base = Path(tmp)
+        data = base / "data"
+        generate(data, datasets=50, proposals=1)
+        pids = sorted(f"{p.parent.parent.name}/{p.parent.name}/{p.name}"
+                      for p in data.glob("*/*/*") if p.is_dir())  # fmt: skip
+        provider = Provider(free_port(), base / "op.log")
+        provider.start()
+        provider.set_user(SUB, preferred_username=USER, proposals=["MX1000"])
+        (base / "plain").mkdir()
+        (base / "portal").mkdir()
+        hubs = {"plain": hub(base / "plain", provider, data, True)}
+        hubs["portal"] = hub(base / "portal", provider, data, False)
+        configs = {
+            "plain DockerSpawner": ("plain", None),
+            "PortalDockerSpawner, 0 datasets": ("portal", {"datasets": []}),
+            "PortalDockerSpawner, 5 datasets": ("portal", {"datasets": pids[:5]}),
+            "PortalDockerSpawner, 50 datasets": ("portal", {"datasets": pids[:50]}),
+        }
+        times: dict[str, list[float]] = {name: [] for name in configs}
+        try:
+            for h in hubs.values():
+                h.start()
+            for which, options in configs.values():  # warm-up: caches, the first home volume
+                login_to_lab(hubs[which], options)
+            for _ in range(args.rounds):
+                for name, (which, options) in configs.items():
+                    times[name].append(login_to_lab(hubs[which], options))
+        finally:
+            for h in hubs.values():
+                h.stop()
+            provider.stop()
+            for c in client.containers.list(all=True, filters={"name": USER}):
+                c.remove(force=True)
+            for v in client.volumes.list(filters={"name": f"panosc-home-{USER}"}):
+                v.remove(force=True)
+    plain = statistics.median(times["plain DockerSpawner"])
+    print(f"login to JupyterLab-ready, {args.rounds} rounds each, seconds")
+    print(f"{'configuration':36} {'median':>7} {'min':>6} {'max':>6} {'ratio':>6}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(
+            f"{name:36} {median:7.2f} {min(values):6.2f} {max(values):6.2f} {median / plain:6.2f}"
+        )
+    ratio = statistics.median(times["PortalDockerSpawner, 5 datasets"]) / plain
+    verdict = "meets" if ratio <= GOAL else "misses"
+    print(f"\nratio at 5 datasets: {ratio:.2f}: {verdict} the {GOAL:.2f} goal")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
