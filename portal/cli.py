@@ -120,6 +120,9 @@ def parser() -> argparse.ArgumentParser:
     from portal.images import add_parser as add_images_parser
 
     add_images_parser(sub)  # images build
+    from portal.course import add_parser as add_course_parser
+
+    add_course_parser(sub)  # course check
     return p
 
 

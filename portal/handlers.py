@@ -12,14 +12,17 @@ import asyncio
 import hashlib
 import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
+from jupyterhub import orm
 from jupyterhub.handlers import BaseHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
 from portal.catalogue import CatalogueUnavailable, Dataset, DatasetNotFound, PortalCatalogue
+from portal.course import CourseError, load_course
 from spawner.common import user_from_auth_state
+from spawner.courses import CourseLibrary, CourseUnavailable, server_name
 from spawner.environments import SERVER_TYPES, load_environments
 from spawner.form import human_size
 from spawner.options import pick_environment
@@ -145,3 +148,76 @@ class OpenHandler(PortalPage):
         self.redirect(
             url_path_join(self.hub.base_url, "spawn", user.escaped_name, name) + "?" + query
         )
+
+
+class CourseHandler(PortalPage):
+    """``/hub/course/<name>``: a trainer's course, for a student, in one click.
+
+    Starts (or reuses) the student's ``course-<name>`` server in the course's environment with
+    the course's datasets, and opens its first notebook. The spawner delivers the course into
+    ``~/courses/<name>/`` when the server starts; opening the link again fetches a git course
+    and delivers the trainer's updates to a running server too, merged with the student's
+    edits (:mod:`spawner.courses`). A backend that cannot deliver to a running server delivers
+    at the next start.
+    """
+
+    @web.authenticated
+    async def get(self, name: str) -> None:
+        library = CourseLibrary.instance(config=self.settings["config"], log=self.log)
+        try:
+            course = load_course(await asyncio.to_thread(library.folder, name, True))
+        except CourseUnavailable as e:
+            status = 404 if name not in library.courses else 503
+            return await self.refuse(status, f"Cannot open this course: {e}.")
+        except CourseError as e:
+            return await self.refuse(503, f"The course {name!r} is broken; tell its trainer: {e}")
+        user = await self.catalogue_user()
+        for pid in course.datasets:
+            try:
+                await asyncio.to_thread(self.catalogue.get, pid, user)
+            except DatasetNotFound:
+                return await self.refuse(
+                    403,
+                    f"The course \u201c{course.title}\u201d uses the dataset {pid}, which you"
+                    " may not read. Ask the course's trainer to give you access.",
+                )
+            except CatalogueUnavailable as e:
+                return await self.refuse(503, f"The catalogue cannot be reached right now: {e}")
+        owner = self.current_user
+        server = server_name(name)
+        spawner = owner.spawners.get(server)
+        if spawner is not None and spawner.ready and hasattr(spawner, "sync_course"):
+            try:
+                await spawner.sync_course()
+            except CourseUnavailable as e:
+                return await self.refuse(503, f"Cannot deliver the course's updates: {e}")
+        first = quote(f"lab/tree/courses/{name}/{course.notebooks[0]}")
+        query = [
+            ("opt-type", "lab"),
+            ("opt-environment", course.environment),
+            *(("opt-datasets", pid) for pid in course.datasets),
+            ("next", url_path_join(owner.server_url(server), first)),
+        ]
+        spawn = url_path_join(self.hub.base_url, "spawn", owner.escaped_name, server)
+        self.redirect(f"{spawn}?{urlencode(query)}")
+
+
+class CourseStudentsHandler(PortalPage):
+    """``/hub/course/<name>/students``: who has started a course, for its trainers and admins.
+
+    A student has started a course when they have its ``course-<name>`` server, running or
+    stopped; the hub's database already knows, so nothing else is recorded.
+    """
+
+    @web.authenticated
+    async def get(self, name: str) -> None:
+        library = CourseLibrary.instance(config=self.settings["config"], log=self.log)
+        if name not in library.courses:
+            return await self.refuse(404, f"There is no course {name!r} on this portal.")
+        groups = (await self.catalogue_user()).groups
+        if not (self.current_user.admin or groups & set(library.trainer_groups)):
+            return await self.refuse(403, "Only trainers see who started a course.")
+        rows = self.db.query(orm.Spawner).filter(orm.Spawner.name == server_name(name)).all()
+        students = sorted(rows, key=lambda s: s.user.name)
+        html = await self.render_template("course_students.html", course=name, students=students)
+        self.finish(html)

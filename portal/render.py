@@ -44,6 +44,8 @@ def render_config(settings: PortalSettings) -> Config:
             "extra_handlers": [
                 ("/datasets", "portal.handlers.DatasetsHandler"),
                 ("/open", "portal.handlers.OpenHandler"),
+                (r"/course/([a-z0-9-]+)", "portal.handlers.CourseHandler"),
+                (r"/course/([a-z0-9-]+)/students", "portal.handlers.CourseStudentsHandler"),
             ],
             "named_server_limit_per_user": spawner.named_server_limit,
         },
@@ -114,12 +116,105 @@ def render_config(settings: PortalSettings) -> Config:
             "pull_policy": docker.pull_policy,
             "manifest_dir": str(state / "manifests"),
         }
+    if spawner.backend == "kube":
+        config["PortalKubeSpawner"] = render_kube(settings, config)
     if spawner.home_dir:
         config["PortalLocalSpawner"] = {"home_dir_template": spawner.home_dir}
 
+    config["JupyterHub"].update(culling(settings))
+    if settings.cull.enabled:  # activity must reach the hub well within the idle timeout
+        interval = activity_interval(settings.cull.timeout)
+        config["JupyterHub"]["last_activity_interval"] = interval
+        config.setdefault("Spawner", {})["environment"] = {
+            "JUPYTERHUB_ACTIVITY_INTERVAL": str(interval)
+        }
+    courses = settings.courses
+    config["CourseLibrary"] = {
+        "courses": {
+            name: source.model_dump(mode="json", exclude_defaults=True)
+            for name, source in courses.sources.items()
+        },
+        "trainer_groups": courses.trainer_groups,
+        "checkout_dir": str(state / "courses"),
+        "update_interval": courses.update_interval,
+    }
     for cls, traits in settings.extra_config.items():
         config.setdefault(cls, {}).update(traits)
     return config
+
+
+def activity_interval(timeout: int) -> int:
+    """How often servers and the proxy report activity: JupyterHub's 300 s, or less for
+    short idle timeouts, so a server in use is never culled for lack of news."""
+    return max(5, min(300, timeout // 3))
+
+
+def culling(settings: PortalSettings) -> dict[str, Any]:
+    """The idle culler as a hub service, allowed only what culling needs.
+
+    The same timeouts go to the home page (``template_vars``), which shows each server's
+    remaining lifetime.
+    """
+    cull = settings.cull
+    lifetime = {"cull_timeout": cull.timeout if cull.enabled else 0}
+    lifetime["cull_max_age"] = cull.max_age if cull.enabled else 0
+    if not cull.enabled:
+        return {"template_vars": lifetime}
+    command = [
+        "python3",
+        "-m",
+        "jupyterhub_idle_culler",
+        f"--timeout={cull.timeout}",
+        f"--cull-every={cull.every}",
+        f"--max-age={cull.max_age}",
+    ]
+    return {
+        "services": [{"name": "idle-culler", "command": command}],
+        "load_roles": [
+            {
+                "name": "idle-culler",
+                "description": "Stop idle servers and servers past their maximum age",
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+                "services": ["idle-culler"],
+            }
+        ],
+        "template_vars": lifetime,
+    }
+
+
+def render_kube(settings: PortalSettings, config: Config) -> dict[str, Any]:
+    """The Kubernetes backend's traits; the hub's and proxy's settings go into ``config``.
+
+    The proxy runs in its own pod (the chart's), so the hub does not start one; the hub
+    listens on all its pod's addresses, and user pods reach it through its Service.
+    """
+    kube = settings.spawner.kube
+    config["JupyterHub"].update(
+        hub_bind_url=f"http://0.0.0.0:{kube.hub_api_port}",
+        hub_connect_url=str(kube.hub_connect_url).rstrip("/"),
+        cleanup_servers=False,
+    )
+    config["ConfigurableHTTPProxy"].update(
+        should_start=False, api_url=str(kube.proxy_api_url).rstrip("/")
+    )
+    home = kube.home
+    traits: dict[str, Any] = {
+        "storage_volumes": {
+            folder: volume.model_dump(exclude_none=True)
+            for folder, volume in kube.storage_volumes.items()
+        },
+        "image_registry": kube.image_registry,
+        "image_pull_policy": kube.image_pull_policy,
+        "image_pull_secrets": kube.image_pull_secrets,
+        "storage_capacity": home.capacity,
+        "storage_access_modes": home.access_modes,
+        "start_timeout": kube.start_timeout,
+        "extra_labels": kube.pod_labels,
+        "profile_overrides": kube.profile_overrides,
+    }
+    if home.storage_class:
+        traits["storage_class"] = home.storage_class
+    return traits
 
 
 def render_python(settings: PortalSettings) -> str:

@@ -9,7 +9,7 @@ valid :class:`PortalSettings` into traitlets config for JupyterHub.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -22,6 +22,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from spawner.courses import NAME as COURSE_NAME
 
 
 class SettingsError(Exception):
@@ -149,8 +151,90 @@ class DockerSettings(Section):
     pull_policy: Literal["never", "ifnotpresent", "always"] = "never"
 
 
+class HostPathSource(Section):
+    path: str = Field(pattern=r"^/", description="The folder on every node.")
+    type: Literal["Directory", "DirectoryOrCreate"] | None = Field(
+        None, description="Directory: refuse to start on a node that lacks it."
+    )
+
+
+class NfsSource(Section):
+    server: str = Field(min_length=1)
+    path: str = Field(pattern=r"^/", description="The exported folder.")
+    readOnly: bool = False
+
+
+class PvcSource(Section):
+    claimName: str = Field(min_length=1)
+    readOnly: bool = False
+
+
+class KubeVolume(Section):
+    """A Kubernetes volume source as in a pod spec: hostPath, nfs or persistentVolumeClaim.
+
+    Its keys are Kubernetes' own (camelCase), so a pod spec's volume can be pasted here.
+    """
+
+    hostPath: HostPathSource | None = None
+    nfs: NfsSource | None = None
+    persistentVolumeClaim: PvcSource | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> KubeVolume:
+        kinds = [k for k in ("hostPath", "nfs", "persistentVolumeClaim") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError(
+                "a storage volume is exactly one of hostPath, nfs, persistentVolumeClaim"
+                + (f"; got {', '.join(kinds)}" if kinds else "")
+            )
+        return self
+
+
+class KubeHomeSettings(Section):
+    """Each user's home: one PersistentVolumeClaim, shared by their servers."""
+
+    capacity: str = Field("10Gi", pattern=r"^[1-9][0-9]*(Mi|Gi|Ti)$")
+    storage_class: str | None = Field(None, description="Default: the cluster's default class.")
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteOnce"], min_length=1
+    )
+
+
+class KubeSettings(Section):
+    """The Kubernetes backend: one pod per server. The Helm chart writes this section."""
+
+    hub_api_port: int = Field(8081, ge=1, le=65535, description="The hub's API port in its pod.")
+    hub_connect_url: AnyHttpUrl = Field(
+        "http://hub:8081", description="The hub's Service, as user pods reach it."
+    )
+    proxy_api_url: AnyHttpUrl = Field(
+        "http://proxy-api:8001", description="configurable-http-proxy's API Service."
+    )
+    storage_volumes: dict[str, KubeVolume] = Field(
+        default_factory=dict,
+        description="Folder in the hub pod (a storage root, the processed root) -> its volume.",
+    )
+    home: KubeHomeSettings = Field(default_factory=KubeHomeSettings)
+    image_registry: str = Field("", description="Prefixed to every environment's image.")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    start_timeout: int = Field(300, ge=10, description="Seconds a pod may take to start.")
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    profile_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Environment -> extra kubespawner settings."
+    )
+
+    @field_validator("storage_volumes")
+    @classmethod
+    def _absolute_folders(cls, volumes: dict[str, KubeVolume]) -> dict[str, KubeVolume]:
+        for folder in volumes:
+            if not folder.startswith("/"):
+                raise ValueError(f"storage volume folder {folder!r} must be an absolute path")
+        return volumes
+
+
 class SpawnerSettings(Section):
-    backend: Literal["local", "docker"] = "local"
+    backend: Literal["local", "docker", "kube"] = "local"
     storage_roots: dict[str, Path] = Field(default_factory=dict)
     processed_root: Path | None = None
     default_datasets: Literal["all", "none"] = "all"
@@ -159,6 +243,7 @@ class SpawnerSettings(Section):
         10, ge=1, description="Named servers a user may keep, running or stopped."
     )
     docker: DockerSettings = Field(default_factory=DockerSettings)
+    kube: KubeSettings = Field(default_factory=KubeSettings)
 
     @field_validator("storage_roots")
     @classmethod
@@ -168,12 +253,91 @@ class SpawnerSettings(Section):
                 raise ValueError(f"storage root prefix {prefix!r} must be an absolute path")
         return roots
 
+    @model_validator(mode="after")
+    def _kube_volumes(self) -> SpawnerSettings:
+        """On Kubernetes, user pods reach storage only through volumes: one must hold each root."""
+        if self.backend != "kube":
+            return self
+        if not self.storage_roots:
+            raise ValueError(
+                "backend 'kube' needs storage_roots (catalogue prefix -> folder in the hub pod),"
+                " each folder held by a volume in kube.storage_volumes"
+            )
+        folders = [PurePosixPath(f) for f in self.kube.storage_volumes]
+        needed = [*self.storage_roots.values(), *filter(None, [self.processed_root])]
+        for path in map(PurePosixPath, needed):
+            if not any(path == f or f in path.parents for f in folders):
+                raise ValueError(
+                    f"kube.storage_volumes holds no volume for {path}; add e.g."
+                    f" '{path}': {{hostPath: {{path: {path}}}}} (or nfs, persistentVolumeClaim)"
+                )
+        return self
+
+
+class CullSettings(Section):
+    """jupyterhub-idle-culler, run by the hub as a service with least-privilege scopes."""
+
+    enabled: bool = True
+    timeout: int = Field(3600, ge=1, description="Stop a server idle this many seconds.")
+    every: int = Field(300, ge=1, description="Check this often (seconds).")
+    max_age: int = Field(0, ge=0, description="Stop any server this old (s); 0: no limit.")
+
+
+class CourseSource(Section):
+    """Where a course folder is: a folder on the hub (also written as a plain path) or git."""
+
+    folder: Path | None = Field(None, description="The course folder, with its course.yaml.")
+    git: str | None = Field(None, description="A git repository: URL, or path on the hub.")
+    ref: str | None = Field(None, description="Branch or tag (default: the repository's).")
+    subdir: str = Field("", description="The course folder inside the repository.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_path(cls, value: Any) -> Any:
+        return {"folder": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CourseSource:
+        if (self.folder is None) == (self.git is None):
+            raise ValueError("give a folder (a path) or a git repository (git: URL), not both")
+        if self.folder is not None and (self.ref or self.subdir):
+            raise ValueError("ref and subdir go with git, not with a folder")
+        if PurePosixPath(self.subdir).is_absolute() or ".." in PurePosixPath(self.subdir).parts:
+            raise ValueError(f"subdir {self.subdir!r} must be a relative path in the repository")
+        return self
+
+
+class CourseSettings(Section):
+    """Notebook courses: /hub/course/<name> starts one for a student in one click."""
+
+    sources: dict[str, CourseSource] = Field(
+        default_factory=dict, description="Course name -> its folder, or {git: URL, ...}."
+    )
+    trainer_groups: list[str] = Field(
+        default_factory=list, description="Groups whose members see who started each course."
+    )
+    update_interval: float = Field(
+        60.0, ge=0, description="Seconds before opening a git course fetches it again."
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _course_names(cls, sources: dict[str, CourseSource]) -> dict[str, CourseSource]:
+        for name in sources:
+            if not COURSE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"course name {name!r}: use lower-case letters, digits and '-' (40 at most)"
+                )
+        return sources
+
 
 class PortalSettings(Section):
     hub: HubSettings = Field(default_factory=HubSettings)
+    cull: CullSettings = Field(default_factory=CullSettings)
     auth: AuthSettings
     catalogue: CatalogueSettings
     spawner: SpawnerSettings = Field(default_factory=SpawnerSettings)
+    courses: CourseSettings = Field(default_factory=CourseSettings)
     extra_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
 
@@ -212,11 +376,16 @@ def _line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int:
 
 def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The keys valid at ``loc`` in the settings model, for 'unknown key' messages."""
+    mapping_key = False
     for step in loc:
+        if mapping_key:  # a key of a mapping of sections, e.g. a storage volume's folder
+            mapping_key = False
+            continue
         field = model.model_fields.get(str(step))
         if field is None:
             return []
         annotation = field.annotation
+        mapping_key = getattr(annotation, "__origin__", None) is dict
         candidates = getattr(annotation, "__args__", (annotation,))
         nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
         if not nested:
@@ -287,8 +456,19 @@ def _absolute(settings: PortalSettings, base: Path, source: Path) -> PortalSetti
         }
     )
     hub = settings.hub.model_copy(update={"state_dir": fix(settings.hub.state_dir)})
+    sources = {
+        name: course.model_copy(update={"folder": fix(course.folder)})
+        for name, course in settings.courses.sources.items()
+    }
+    courses = settings.courses.model_copy(update={"sources": sources})
     return settings.model_copy(
-        update={"hub": hub, "catalogue": catalogue, "spawner": spawner, "source": source}
+        update={
+            "hub": hub,
+            "catalogue": catalogue,
+            "spawner": spawner,
+            "courses": courses,
+            "source": source,
+        }
     )
 
 

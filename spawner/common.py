@@ -118,6 +118,22 @@ class PortalSpawner(Configurable):
         """``/hub/spawn?opt-type=desktop&opt-datasets=PID`` as user options."""
         return flatten_options(query)
 
+    environment_name = ""  # the environment the running server was started in
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self.environment_name:
+            state["environment"] = self.environment_name  # shown on the home page
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.environment_name = state.get("environment", "")
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.environment_name = ""
+
     @property
     def catalogue(self) -> Catalogue:
         """The hub's one catalogue (``c.PortalCatalogue.backend``)."""
@@ -201,4 +217,5 @@ class PortalSpawner(Configurable):
             else Resources(environment.cpu, environment.memory)
         )
         self.progress_event(f"Mounting {len(mounts.dataset_mounts)} dataset(s) read-only", 30)
+        self.environment_name = environment.name
         return SpawnPlan(options, environment, tuple(datasets), mounts, resources)

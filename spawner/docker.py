@@ -22,6 +22,14 @@ from dockerspawner import DockerSpawner
 from traitlets import Unicode, default
 
 from spawner.common import PortalSpawner, SpawnPlan
+from spawner.courses import (
+    CourseLibrary,
+    CourseUnavailable,
+    container_command,
+    course_archive,
+    course_of_server,
+    read_sync_report,
+)
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountPlan
 from spawner.options import SpawnRefused
 
@@ -168,7 +176,35 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         }
         self.log.info("%s: datasets %s", self._log_name, pids or "none")
         self.progress_event(f"Starting environment {spawn.environment.name} ({self.image})", 50)
-        return await super().start()
+        address = await super().start()
+        try:
+            await self.sync_course()
+        except CourseUnavailable as e:
+            raise SpawnRefused(str(e), 503) from e
+        return address
+
+    async def sync_course(self) -> None:
+        """Deliver the course of a ``course-<name>`` server into ``~/courses/<name>/``, merged.
+
+        The course's files go into the running container as a tar (so the Docker engine need
+        not see the hub's course folder) and :mod:`spawner.courses` runs there, as jovyan, with
+        the image's Python. Other servers, and courses no longer listed, are left alone.
+        """
+        course = course_of_server(self.name)
+        library = CourseLibrary.instance(config=self.config, log=self.log)
+        if course not in library.courses:
+            return
+        archive = course_archive(library.folder(course), course, JOVYAN_UID, JOVYAN_GID)
+        await self.docker("put_archive", self.container_id, "/", archive)
+        user = f"{JOVYAN_UID}:{JOVYAN_GID}"
+        run = await self.docker(
+            "exec_create", self.container_id, container_command("sync", course), user=user
+        )
+        out, err = await self.docker("exec_start", run["Id"], demux=True)
+        if (await self.docker("exec_inspect", run["Id"]))["ExitCode"]:
+            problem = (err or out or b"").decode(errors="replace").strip()[-800:]
+            raise CourseUnavailable(f"course {course}: delivery into the server failed: {problem}")
+        self.progress_event(f"Course {course}: {read_sync_report(out.decode()).summary()}", 90)
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)

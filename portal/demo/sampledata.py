@@ -9,9 +9,10 @@ notebooks can open and analyse. :func:`generate` writes such a tree::
 
 Every file is simulated from a physical model with a seeded random generator, so the numbers
 are reproducible and a notebook can check its result against the truth stored in the file
-(element line energies, CeO2 lattice, silver behenate period, phonon dispersion). The
-datasets, their proposals and the demo users in :data:`DEMO_USERS` come from one table
-(``_PROPOSALS``), so ``proposals.yaml`` and the identity provider's claims cannot disagree.
+(element line energies, CeO2 lattice, silver behenate period, the tomography phantom's
+attenuation, phonon dispersion). The datasets, their proposals and the demo users in
+:data:`DEMO_USERS` come from one table (``_PROPOSALS``), so ``proposals.yaml`` and the
+identity provider's claims cannot disagree.
 """
 
 from __future__ import annotations
@@ -373,6 +374,7 @@ _PHANTOM = (
 _TOMO_PIXELS = 128
 _TOMO_PIXEL_UM = 6.5
 _TOMO_ANGLES = 180
+_TOMO_ATTENUATION = 2.5  # -ln(transmission) per unit density and half detector width
 
 
 def _phantom_projections(angles_deg: np.ndarray, pixels: int) -> np.ndarray:
@@ -396,6 +398,34 @@ def _phantom_projections(angles_deg: np.ndarray, pixels: int) -> np.ndarray:
     return sinogram
 
 
+def _phantom_volume(pixels: int, supersample: int = 2) -> np.ndarray:
+    """``_PHANTOM``'s density on the detector's voxel grid: (z, y, x), +z and +y first.
+
+    Each voxel averages ``supersample``³ points, so voxels on an edge hold the partial
+    volume an ideal reconstruction would give: the ground truth a tomography course compares
+    its reconstruction with. Slice k is detector row k; its rows run from +y to -y and its
+    columns along x, the layout filtered back projection (skimage, algotom) produces from
+    this scan's angles. A horizontal section of an ellipsoid is the ellipse scaled by
+    sqrt(1 - ((z - z0)/c)²), so each ellipse is computed once and only compared per height.
+    """
+    n = pixels * supersample
+    c = (np.arange(n) + 0.5) / n * 2 - 1
+    x, y = c[None, :], c[::-1, None]
+    heights = c[::-1]
+    volume = np.zeros((pixels, pixels, pixels))
+    for x0, y0, z0, a, b, height, phi, density in _PHANTOM:
+        cos, sin = np.cos(np.radians(phi)), np.sin(np.radians(phi))
+        radius2 = (((x - x0) * cos + (y - y0) * sin) / a) ** 2 + (
+            (-(x - x0) * sin + (y - y0) * cos) / b
+        ) ** 2
+        for k, z in enumerate(heights):
+            scale2 = 1 - ((z - z0) / height) ** 2
+            if scale2 > 0:
+                inside = (radius2 <= scale2).reshape(pixels, supersample, pixels, supersample)
+                volume[k // supersample] += density * inside.mean(axis=(1, 3)) / supersample
+    return volume
+
+
 def _write_phantom_tomo(entry: h5py.Group, rng: np.random.Generator) -> str:
     """An NXtomo scan of the phantom: darks, flats, 180 projections over 0-180°, flats.
 
@@ -407,7 +437,7 @@ def _write_phantom_tomo(entry: h5py.Group, rng: np.random.Generator) -> str:
     rows = np.linspace(-1, 1, _TOMO_PIXELS)[:, None]
     cols = np.linspace(-1, 1, _TOMO_PIXELS)[None, :]
     beam = 2000 * np.exp(-0.5 * (rows / 0.9) ** 2) * (1 + 0.03 * np.sin(9 * cols + 2 * rows))
-    transmission = np.exp(-2.5 * _phantom_projections(angles, _TOMO_PIXELS))
+    transmission = np.exp(-_TOMO_ATTENUATION * _phantom_projections(angles, _TOMO_PIXELS))
     dark_level = 100.0
 
     def frames(mean: np.ndarray, count: int) -> np.ndarray:
@@ -446,6 +476,17 @@ def _write_phantom_tomo(entry: h5py.Group, rng: np.random.Generator) -> str:
     centres = (np.arange(_TOMO_PIXELS) - (_TOMO_PIXELS - 1) / 2) * _TOMO_PIXEL_UM
     _field(data, "x", centres, "um")
     _field(data, "y", centres[::-1].copy(), "um")
+
+    # The simulation's ground truth, which a reconstruction is checked against.
+    half_width_mm = _TOMO_PIXELS / 2 * _TOMO_PIXEL_UM * 1e-3
+    mu = _TOMO_ATTENUATION / half_width_mm * _phantom_volume(_TOMO_PIXELS)
+    truth = _nxdata(sample, "phantom", "attenuation", ["z", "y", "x"])
+    truth.attrs["title"] = "Ground truth: the phantom's linear attenuation coefficient"
+    chunks = (1, _TOMO_PIXELS, _TOMO_PIXELS)
+    _field(truth, "attenuation", mu.astype(np.float32), "1/mm", chunks=chunks)
+    _field(truth, "z", centres[::-1].copy(), "um")
+    _field(truth, "y", centres[::-1].copy(), "um")
+    _field(truth, "x", centres, "um")
     return "data"
 
 
@@ -696,7 +737,7 @@ _PROPOSALS = (
                 "Bone test phantom, parallel-beam microtomography",
                 "180 projections over 180° of a Shepp-Logan-like phantom (128 x 128 pixels,"
                 " 6.5 µm), with 10 darks and 10 flats before and 10 flats after; image_key tells"
-                " them apart.",
+                " them apart. The phantom's true attenuation is in sample/phantom.",
                 "Shepp-Logan-like bone phantom",
                 datetime(2025, 1, 21, 3, 47, 12, tzinfo=_CET),
                 timedelta(minutes=4, seconds=10),

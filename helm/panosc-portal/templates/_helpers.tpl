@@ -1,0 +1,162 @@
+{{/* Names ------------------------------------------------------------------------------ */}}
+
+{{- define "panosc-portal.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "panosc-portal.hub" -}}{{ include "panosc-portal.fullname" . }}-hub{{- end -}}
+{{- define "panosc-portal.proxy" -}}{{ include "panosc-portal.fullname" . }}-proxy{{- end -}}
+{{- define "panosc-portal.proxyApi" -}}{{ include "panosc-portal.fullname" . }}-proxy-api{{- end -}}
+{{- define "panosc-portal.proxyPublic" -}}{{ include "panosc-portal.fullname" . }}-proxy-public{{- end -}}
+
+{{/* Labels: the recommended app.kubernetes.io set; "component" names the part. User pods
+     carry app.kubernetes.io/name=panosc-portal and app.kubernetes.io/instance from the
+     spawner (spawner.kube.pod_labels below) and app.kubernetes.io/component=singleuser-server
+     from kubespawner. */}}
+
+{{- define "panosc-portal.selectorLabels" -}}
+app.kubernetes.io/name: panosc-portal
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "panosc-portal.labels" -}}
+{{ include "panosc-portal.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Images: images/environments.yaml (files/environments.yaml links to it) is the one table. */}}
+
+{{- define "panosc-portal.table" -}}
+{{- .Files.Get "files/environments.yaml" | fromYaml | toJson -}}
+{{- end -}}
+
+{{/* An image of the table: {version} becomes appVersion, the site's registry goes first. */}}
+{{- define "panosc-portal.tableImage" -}}
+{{- $image := replace "{version}" .root.Chart.AppVersion .image -}}
+{{- with .root.Values.portal.environments.imageRegistry -}}
+{{- printf "%s/%s" (trimSuffix "/" .) $image -}}
+{{- else -}}
+{{- $image -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environments' images, in the table's order, as a JSON list of {name, image}. */}}
+{{- define "panosc-portal.environmentImages" -}}
+{{- $images := list -}}
+{{- range (include "panosc-portal.table" . | fromJson).environments -}}
+{{- $images = append $images (dict "name" .name "image" (include "panosc-portal.tableImage" (dict "root" $ "image" .image))) -}}
+{{- end -}}
+{{- toJson $images -}}
+{{- end -}}
+
+{{/* An image value {name, tag} defaulting to the table's hub image. */}}
+{{- define "panosc-portal.image" -}}
+{{- $hub := include "panosc-portal.tableImage" (dict "root" .root "image" (include "panosc-portal.table" .root | fromJson).hub.image) -}}
+{{- $name := default (regexReplaceAll ":[^:/]+$" $hub "") .image.name -}}
+{{- $tag := default (regexFind "[^:/]+$" $hub) .image.tag -}}
+{{- printf "%s:%s" $name $tag -}}
+{{- end -}}
+
+{{/* URLs */}}
+
+{{- define "panosc-portal.publicUrl" -}}
+{{- if .Values.portal.publicUrl -}}
+{{- .Values.portal.publicUrl -}}
+{{- else if and .Values.ingress.enabled .Values.ingress.hosts -}}
+{{- printf "https://%s%s" (first .Values.ingress.hosts) .Values.hub.baseUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secrets: generated once, then kept. On an upgrade, lookup finds the Secret of the
+     installed release and its values are reused; only a first install (or `helm template`,
+     which cannot look anything up) generates new ones. 32 random bytes, hex: what
+     JUPYTERHUB_CRYPT_KEY and JPY_COOKIE_SECRET expect. Returns the base64 data value. */}}
+{{- define "panosc-portal.keptSecret" -}}
+{{- $installed := lookup "v1" "Secret" .root.Release.Namespace (include "panosc-portal.hub" .root) -}}
+{{- $kept := dig "data" .key "" $installed -}}
+{{- if $kept -}}
+{{- $kept -}}
+{{- else -}}
+{{- sha256sum (randAlphaNum 64) | b64enc -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Security contexts: non-root, no privilege escalation, no capability, RuntimeDefault
+     seccomp, read-only root filesystem. */}}
+
+{{- define "panosc-portal.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid }}
+runAsGroup: {{ .gid }}
+fsGroup: {{ .gid }}
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "panosc-portal.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The hub's portal.yaml ------------------------------------------------------------------ */}}
+
+{{- define "panosc-portal.portalYaml" -}}
+{{- $v := .Values -}}
+{{- $hub := dict "ip" "0.0.0.0" "port" 8000 "base_url" $v.hub.baseUrl "state_dir" "/srv/jupyterhub" "admin_users" $v.hub.adminUsers -}}
+{{- with include "panosc-portal.publicUrl" . -}}{{- $_ := set $hub "public_url" . -}}{{- end -}}
+{{- if eq $v.hub.db.type "postgres" -}}{{- $_ := set $hub "db_url" $v.hub.db.url -}}{{- end -}}
+{{- $roots := dict -}}
+{{- $volumes := dict -}}
+{{- range $v.portal.storage.roots -}}
+{{- $_ := set $roots .prefix .path -}}
+{{- $_ := set $volumes .path .volume -}}
+{{- end -}}
+{{- $home := dict "capacity" $v.singleuser.storage.capacity "access_modes" $v.singleuser.storage.accessModes -}}
+{{- with $v.singleuser.storage.storageClass -}}{{- $_ := set $home "storage_class" . -}}{{- end -}}
+{{- $pullSecrets := list -}}
+{{- range $v.singleuser.image.pullSecrets -}}{{- $pullSecrets = append $pullSecrets . -}}{{- end -}}
+{{- $kube := dict
+      "hub_api_port" 8081
+      "hub_connect_url" (printf "http://%s:8081" (include "panosc-portal.hub" .))
+      "proxy_api_url" (printf "http://%s:8001" (include "panosc-portal.proxyApi" .))
+      "storage_volumes" $volumes
+      "home" $home
+      "image_registry" $v.portal.environments.imageRegistry
+      "image_pull_policy" $v.singleuser.image.pullPolicy
+      "image_pull_secrets" $pullSecrets
+      "start_timeout" (int $v.singleuser.startTimeout)
+      "pod_labels" (dict "app.kubernetes.io/instance" .Release.Name)
+      "profile_overrides" $v.portal.environments.overrides -}}
+{{- $spawner := dict
+      "backend" "kube"
+      "storage_roots" $roots
+      "default_datasets" $v.portal.defaultDatasets
+      "named_server_limit" (int $v.portal.namedServerLimit)
+      "kube" $kube -}}
+{{- with $v.portal.storage.processed -}}
+{{- $_ := set $spawner "processed_root" .path -}}
+{{- $_ := set $volumes .path .volume -}}
+{{- end -}}
+{{- $cull := dict "enabled" $v.cull.enabled "timeout" (int $v.cull.timeout) "every" (int $v.cull.every) "max_age" (int $v.cull.maxAge) -}}
+{{- $config := dict "hub" $hub "cull" $cull "auth" $v.portal.auth "catalogue" $v.portal.catalogue "spawner" $spawner -}}
+{{- with $v.hub.extraConfig -}}{{- $_ := set $config "extra_config" . -}}{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}

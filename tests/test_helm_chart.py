@@ -1,0 +1,472 @@
+"""The Helm chart, rendered and validated as a cluster would receive it.
+
+No Kubernetes API server can run on these machines (no k3s, kind or apiserver can be had),
+so nothing here installs the chart. These are fakes of necessity: ``helm lint`` and ``helm
+template`` render the chart with the site examples of ``helm/panosc-portal/ci/`` (minimal,
+production-like, ESRF-like) and a broken file the schema must refuse;
+``kubernetes-validate --strict`` checks every rendered object against the Kubernetes 1.33
+API schemas, offline; and the assertions read the objects a cluster would be given. Without
+a cluster ``lookup`` finds nothing, so only the first install's secret generation renders.
+
+helm comes from scripts/setup.sh (``setup_helm``, into the virtualenv); without it these
+tests fail rather than skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from portal import __version__
+from portal.render import render_config
+from portal.settings import AuthSettings, CatalogueSettings, CullSettings, load
+from spawner.environments import load_environments, load_images
+from tests.conftest import ROOT
+
+CHART = ROOT / "helm" / "panosc-portal"
+CI = CHART / "ci"
+SITES = sorted(p.name for p in CI.glob("*.yaml"))
+BROKEN = ROOT / "tests" / "helm-values" / "broken-values.yaml"
+RELEASE, NAMESPACE = "portal", "panosc"
+KUBERNETES = "1.33.0"
+BIN = Path(sys.executable).parent
+
+
+def helm() -> str:
+    """The helm binary setup_helm installs; its absence fails the test, never skips it."""
+    found = shutil.which("helm", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if not found:
+        pytest.fail(
+            "helm is not installed; scripts/test installs it (setup_helm in scripts/setup.sh)"
+        )
+    return found
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([helm(), *args], capture_output=True, text=True, timeout=120)
+
+
+@cache
+def render_text(values: Path, *settings: str, set_json: bool = False) -> str:
+    """``helm template`` of the chart with ``values`` and ``--set`` (or ``--set-json``)."""
+    flag = "--set-json" if set_json else "--set"
+    sets = [a for s in settings for a in (flag, s)]
+    out = run_helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values), *sets)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def render(values: Path, *settings: str, set_json: bool = False) -> list[dict]:
+    """The objects ``helm template`` renders, parsed."""
+    return [d for d in yaml.safe_load_all(render_text(values, *settings, set_json=set_json)) if d]
+
+
+def one(objects: list[dict], kind: str, name: str) -> dict:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+    return found[0]
+
+
+def full(name: str) -> str:
+    return f"{RELEASE}-panosc-portal-{name}"
+
+
+def selector(component: str) -> dict[str, str]:
+    """The labels the chart selects a component's pods by."""
+    return {
+        "app.kubernetes.io/name": "panosc-portal",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def hub_portal_yaml(objects: list[dict]) -> str:
+    return one(objects, "ConfigMap", full("hub"))["data"]["portal.yaml"]
+
+
+def pod_specs(objects: list[dict]) -> dict[str, dict]:
+    """Each workload's pod spec, by workload name."""
+    return {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"]
+        for o in objects
+        if o["kind"] in ("Deployment", "DaemonSet")
+    }
+
+
+# -- lint, render, validate --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_lint_is_clean(site: str) -> None:
+    out = run_helm("lint", "--strict", str(CHART), "-f", str(CI / site))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_every_rendered_object_is_valid_kubernetes(site: str, tmp_path: Path) -> None:
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(render_text(CI / site))
+    out = subprocess.run(
+        [BIN / "kubernetes-validate", "--strict", "-k", KUBERNETES, str(rendered)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    passed = re.findall(r"passed for resource (\S+)", out.stdout + out.stderr)
+    assert len(passed) == len(render(CI / site)) >= 15
+
+
+def test_the_schema_refuses_unknown_keys_naming_them() -> None:
+    out = run_helm("template", RELEASE, str(CHART), "-f", str(BROKEN))
+    assert out.returncode != 0
+    for message in (
+        "at '/hub': additional properties 'dbb' not allowed",
+        "at '/portal/auth': additional properties 'client_secret' not allowed",
+        "at '/portal/storage/roots/0/volume': maxProperties: got 2, want 1",
+        "at '/portal/catalogue': missing property 'scicat'",
+    ):
+        assert message in out.stderr, out.stderr
+
+
+def test_a_password_in_the_database_url_is_refused() -> None:
+    out = run_helm(
+        "template",
+        RELEASE,
+        str(CHART),
+        "-f",
+        str(CI / "minimal-values.yaml"),
+        "--set",
+        "hub.db.type=postgres",
+        "--set",
+        "hub.db.url=postgresql://portal:hunter2@db.example.eu/portal",
+    )
+    assert out.returncode != 0
+    assert "hub.db.url must not hold the password" in out.stderr
+
+
+def test_the_client_secret_is_required() -> None:
+    out = run_helm(
+        "template", RELEASE, str(CHART), "-f", str(CI / "minimal-values.yaml"),
+        "--set", "portal.clientSecret=",
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "portal.clientSecret or portal.existingClientSecret.name is required" in out.stderr
+
+
+# -- what the objects say ----------------------------------------------------------------
+
+
+def test_secrets_never_appear_in_configmaps() -> None:
+    objects = render(
+        CI / "minimal-values.yaml",
+        "hub.db.type=postgres",
+        "hub.db.url=postgresql://portal@db.example.eu/portal",
+        "hub.db.password=db-password-value",
+    )
+    secret = one(objects, "Secret", full("hub"))
+    values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert set(values) == {
+        "crypt-key",
+        "cookie-secret",
+        "proxy-token",
+        "client-secret",
+        "db-password",
+    }
+    assert values["client-secret"] == "not-a-real-secret"
+    assert values["db-password"] == "db-password-value"
+    for key in ("crypt-key", "cookie-secret", "proxy-token"):
+        assert re.fullmatch(r"[0-9a-f]{64}", values[key])  # 32 random bytes, hex
+    configmaps = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert configmaps
+    for configmap in configmaps:
+        text = json.dumps(configmap)
+        for key, value in values.items():
+            assert value not in text, f"{key} is in ConfigMap {configmap['metadata']['name']}"
+    settings = yaml.safe_load(hub_portal_yaml(objects))
+    assert "client_secret" not in settings["auth"]
+    env = {
+        e["name"]: e["valueFrom"] for e in pod_specs(objects)[full("hub")]["containers"][0]["env"]
+    }
+    assert env["OAUTH_CLIENT_SECRET"] == {
+        "secretKeyRef": {"name": full("hub"), "key": "client-secret"}
+    }
+    assert env["PGPASSWORD"] == {"secretKeyRef": {"name": full("hub"), "key": "db-password"}}
+
+
+def test_existing_secrets_are_read_not_copied() -> None:
+    objects = render(CI / "production-values.yaml")
+    secret = one(objects, "Secret", full("hub"))
+    assert set(secret["data"]) == {"crypt-key", "cookie-secret", "proxy-token"}
+    env = {
+        e["name"]: e["valueFrom"] for e in pod_specs(objects)[full("hub")]["containers"][0]["env"]
+    }
+    assert env["OAUTH_CLIENT_SECRET"] == {
+        "secretKeyRef": {"name": "portal-oidc", "key": "client-secret"}
+    }
+    assert env["PGPASSWORD"] == {"secretKeyRef": {"name": "portal-db", "key": "password"}}
+
+
+def test_generated_secrets_are_kept_across_upgrades_with_lookup() -> None:
+    """The template asks the installed release's Secret first; helm template cannot show it."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert 'lookup "v1" "Secret" .root.Release.Namespace (include "panosc-portal.hub" .root)' in (
+        helpers
+    )
+    assert (CHART / "templates" / "hub" / "secret.yaml").read_text().count("keptSecret") == 3
+
+
+def test_network_policies_confine_user_pods_to_hub_proxy_and_dns() -> None:
+    objects = render(CI / "minimal-values.yaml")
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+    assert set(policies) == {full("hub"), full("proxy"), full("singleuser")}
+    users = policies[full("singleuser")]
+    assert users["policyTypes"] == ["Ingress", "Egress"]
+    assert users["podSelector"]["matchLabels"] == selector("singleuser-server")
+    reached = [
+        (
+            [
+                p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                for p in r.get("to", [])
+            ],
+            sorted((p["port"], p["protocol"]) for p in r["ports"]),
+        )
+        for r in users["egress"]
+    ]
+    assert reached == [
+        (["hub"], [(8081, "TCP")]),
+        (["proxy"], [(8000, "TCP")]),
+        ([], [(53, "TCP"), (53, "UDP")]),
+    ]
+    senders = [
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for p in users["ingress"][0]["from"]
+    ]
+    assert senders == ["proxy", "hub"] and len(users["ingress"]) == 1
+
+
+def test_network_policies_allow_site_egress_explicitly() -> None:
+    objects = render(CI / "production-values.yaml")
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+    assert policies[full("singleuser")]["egress"][-1] == {
+        "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+        "ports": [{"port": 443, "protocol": "TCP"}],
+    }
+    assert policies[full("hub")]["egress"][-1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+
+
+def test_rbac_grants_exactly_what_kubespawner_uses() -> None:
+    objects = render(CI / "production-values.yaml")
+    kinds = {o["kind"] for o in objects}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    role = one(objects, "Role", full("hub"))
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create", "get"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
+    ]
+    binding = one(objects, "RoleBinding", full("hub"))
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": full("hub"),
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": full("hub"), "namespace": NAMESPACE}
+    ]
+    specs = pod_specs(objects)
+    assert specs[full("hub")]["serviceAccountName"] == full("hub")
+    for name, spec in specs.items():
+        assert spec["automountServiceAccountToken"] is (name == full("hub")), name
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_the_hub_portal_yaml_round_trips_through_the_cli(site: str, tmp_path: Path) -> None:
+    objects = render(CI / site)
+    path = tmp_path / "portal.yaml"
+    path.write_text(hub_portal_yaml(objects))
+    out = subprocess.run(
+        [BIN / "panosc-portal", "config", "check", str(path)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "spawner kube" in out.stdout
+    settings = load(path)
+    # The hub sees each storage folder where the spawner expects it, through the same volume.
+    hub = pod_specs(objects)[full("hub")]
+    volumes = {v["name"]: {k: x for k, x in v.items() if k != "name"} for v in hub["volumes"]}
+    mounts = {m["mountPath"]: m for m in hub["containers"][0]["volumeMounts"]}
+    for folder, volume in settings.spawner.kube.storage_volumes.items():
+        mount = mounts[folder]
+        assert volumes[mount["name"]] == volume.model_dump(exclude_defaults=True)
+        assert mount.get("readOnly", False) is (Path(folder) != settings.spawner.processed_root)
+
+
+def test_values_schema_and_portal_settings_agree() -> None:
+    """portal.auth, portal.catalogue and cull are portal.yaml's sections: same keys, no secret."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    portal = schema["properties"]["portal"]["properties"]
+    assert set(portal["auth"]["properties"]) == set(AuthSettings.model_fields) - {"client_secret"}
+    catalogue = portal["catalogue"]["properties"]
+    assert set(catalogue) == set(CatalogueSettings.model_fields)
+    for section in ("local", "scicat", "search_api"):
+        model = CatalogueSettings.model_fields[section].annotation.__args__[0]
+        assert set(catalogue[section]["properties"]) == set(model.model_fields), section
+    cull = schema["properties"]["cull"]["properties"]
+    assert {re.sub("([A-Z])", r"_\1", k).lower() for k in cull} == set(CullSettings.model_fields)
+
+
+def test_images_come_from_the_environments_table() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__  # the tag of every image the table names
+    specs = pod_specs(render(CI / "minimal-values.yaml"))
+    pulled = [c["image"] for c in specs[full("image-puller")]["initContainers"]]
+    assert pulled == [e.image for e in load_environments().values()]
+    assert specs[full("hub")]["containers"][0]["image"] == load_images()["hub"].image
+    assert specs[full("proxy")]["containers"][0]["image"] == load_images()["hub"].image
+    mirrored = pod_specs(render(CI / "production-values.yaml"))
+    pulled = [c["image"] for c in mirrored[full("image-puller")]["initContainers"]]
+    assert pulled == [
+        f"registry.example-facility.eu/{e.image}" for e in load_environments().values()
+    ]
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_every_container_is_bounded_and_locked_down(site: str) -> None:
+    for name, spec in pod_specs(render(CI / site)).items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{name}/{container['name']}"
+            resources = container["resources"]
+            for bound in ("requests", "limits"):
+                assert set(resources[bound]) == {"cpu", "memory"}, where
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["runAsNonRoot"] is True, where
+
+
+def test_pod_disruption_budgets_cover_hub_and_proxy() -> None:
+    objects = render(CI / "minimal-values.yaml")
+    budgets = {
+        o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "PodDisruptionBudget"
+    }
+    assert {
+        n: b["selector"]["matchLabels"]["app.kubernetes.io/component"] for n, b in budgets.items()
+    } == {
+        full("hub"): "hub",
+        full("proxy"): "proxy",
+    }
+
+
+def test_ingress_serves_the_proxy_over_tls() -> None:
+    objects = render(CI / "production-values.yaml")
+    ingress = one(objects, "Ingress", f"{RELEASE}-panosc-portal")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "facility-ca"
+    assert ingress["spec"]["tls"] == [
+        {"hosts": ["portal.example-facility.eu"], "secretName": "portal-tls"}
+    ]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": full("proxy-public"), "port": {"name": "http"}}
+    settings = yaml.safe_load(hub_portal_yaml(objects))
+    assert settings["hub"]["public_url"] == "https://portal.example-facility.eu/"
+
+
+def hub_config(objects: list[dict], tmp_path: Path) -> dict:
+    """The traitlets config the hub makes of the chart's portal.yaml (what serve renders)."""
+    path = tmp_path / "portal.yaml"
+    path.write_text(hub_portal_yaml(objects))
+    return render_config(load(path))
+
+
+def test_the_idle_culler_is_a_hub_service_with_least_privilege(tmp_path: Path) -> None:
+    objects = render(CI / "production-values.yaml")
+    hub = hub_config(objects, tmp_path)["JupyterHub"]
+    [service] = hub["services"]
+    assert service["name"] == "idle-culler"
+    assert service["command"][:3] == ["python3", "-m", "jupyterhub_idle_culler"]
+    assert {"--timeout=7200", "--cull-every=300", "--max-age=86400"} <= set(service["command"])
+    [role] = hub["load_roles"]
+    assert role["services"] == ["idle-culler"]
+    assert role["scopes"] == ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+    # It calls the hub's API through the hub's Service, from the hub's own pod.
+    policy = one(objects, "NetworkPolicy", full("hub"))["spec"]
+    hub_pods = {"matchLabels": selector("hub")}
+    assert {"podSelector": hub_pods} in policy["ingress"][0]["from"]
+    assert {"to": [{"podSelector": hub_pods}], "ports": [{"port": 8081, "protocol": "TCP"}]} in (
+        policy["egress"]
+    )
+    off = hub_config(render(CI / "minimal-values.yaml", "cull.enabled=false"), tmp_path)
+    assert "services" not in off["JupyterHub"]
+
+
+def test_extra_config_passes_through(tmp_path: Path) -> None:
+    config = hub_config(render(CI / "production-values.yaml"), tmp_path)
+    assert config["Spawner"]["http_timeout"] == 60
+
+
+def test_notes_print_the_url_and_next_steps() -> None:
+    out = run_helm(
+        "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client",
+        "-f", str(CI / "production-values.yaml"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "Open it at: https://portal.example-facility.eu/" in notes
+    assert "https://portal.example-facility.eu/hub/oauth_callback" in notes
+    assert f"kubectl --namespace {NAMESPACE} logs deployment/{full('hub')}" in notes
+
+
+# -- documentation ---------------------------------------------------------------------
+
+
+def test_the_chart_readme_documents_every_value_and_shows_the_esrf_example() -> None:
+    readme = (CHART / "README.md").read_text()
+    assert (CI / "esrf-like-values.yaml").read_text() in readme
+
+    def keys(schema: dict, prefix: str = "") -> list[str]:
+        """Every value a site sets: the leaves of the schema (a $ref is one value)."""
+        found = []
+        for name, sub in schema.get("properties", {}).items():
+            found += keys(sub, f"{prefix}{name}.") if "properties" in sub else [prefix + name]
+        return found
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.MULTILINE))
+    missing = [k for k in keys(schema) if k not in documented]
+    assert not missing, f"README.md documents no row for: {', '.join(missing)}"
+
+
+def test_the_readme_kubernetes_commands_work_as_pasted(tmp_path: Path) -> None:
+    """The offline checks of README.md's "Deploy on Kubernetes", run exactly as written."""
+    section = (ROOT / "README.md").read_text().split("## Deploy on Kubernetes", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+    [checks] = [b for b in blocks if "kubernetes-validate" in b]
+    (tmp_path / "helm").symlink_to(ROOT / "helm")
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.path.dirname(helm())}{os.pathsep}{os.environ['PATH']}",
+    }
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", checks],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK" in out.stdout and "spawner kube" in out.stdout

@@ -1,0 +1,418 @@
+"""PortalKubeSpawner: the pod a cluster would be asked to run, built from real data.
+
+No Kubernetes API server can run on these machines, so no pod is created here. What a
+cluster would receive is built and checked instead, with nothing mocked but the cluster's
+address: real sample NeXus data (``portal.demo.sampledata``), the real LocalCatalogue, a
+real JupyterHub ``User`` (in an in-memory hub database), and kubespawner's own
+``get_pod_manifest()``, validated with ``kubernetes-validate --strict``. kubespawner loads a
+kube config when a spawner is made, so the tests name one whose API server (127.0.0.1:9)
+answers nothing; every step tested here happens before kubespawner would first call it,
+which is also why a refused spawn is refused before anything reaches a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_asyncio.config.kube_config as kube_config
+import pytest
+import yaml
+from jupyterhub import orm
+from jupyterhub.objects import Hub
+from jupyterhub.spawner import SpawnException
+from jupyterhub.user import User
+from kubernetes_asyncio.client import ApiClient
+from traitlets.config import Config
+
+from portal.catalogue import PortalCatalogue
+from portal.catalogue.local import index_tree
+from portal.demo.sampledata import generate
+from portal.render import render_config
+from portal.settings import SettingsError, load, parse
+from spawner import kube
+from spawner.environments import load_environments
+from spawner.kube import PortalKubeSpawner
+from spawner.options import SpawnRefused
+from tests.test_helm_chart import BIN, CI, KUBERNETES, hub_portal_yaml, render, selector
+
+XRF = "MA1234/ID21/xrf_map_0001"
+CEO2 = "ES1001/ID22/ceo2_powder_0001"
+TOMO = "IH2002/ID19/phantom_tomo_0001"  # embargoed; alice is not a member
+ESCAPE = "MA1234/ID21/escape_0001"  # a dataset folder that is a symlink out of the root
+HOME = "/home/jovyan"
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: none, user: {token: none}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+current-context: none
+"""
+
+
+@pytest.fixture(scope="module")
+def facility(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sample data indexed by the local catalogue, plus a dataset escaping its root."""
+    base = tmp_path_factory.mktemp("facility")
+    data = base / "data"
+    generate(data)
+    outside = base / "secrets"
+    outside.mkdir()
+    (outside / "passwords.txt").write_text("not for users\n")
+    (data / ESCAPE).symlink_to(outside, target_is_directory=True)
+    index_tree(data, str(base / "catalogue.sqlite"))
+    (base / "kubeconfig").write_text(KUBECONFIG)
+    return base
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_cluster(facility: Path) -> Iterator[None]:
+    """The kube config kubespawner loads: an API server that is not there (see above)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(facility / "kubeconfig"))
+        yield
+
+
+def site_config(facility: Path) -> Config:
+    """A hub's config: the local catalogue, one hostPath root and an NFS processed area."""
+    config = Config()
+    config.PortalCatalogue.backend = "local"
+    config.LocalCatalogue.data_root = str(facility / "data")
+    config.LocalCatalogue.index_path = str(facility / "catalogue.sqlite")
+    config.PortalSpawner.storage_roots = {str(facility / "data"): str(facility / "data")}
+    config.PortalSpawner.processed_root = str(facility / "processed")
+    config.PortalKubeSpawner.storage_volumes = {
+        str(facility / "data"): {"hostPath": {"path": "/gpfs/visitor", "type": "Directory"}},
+        str(facility / "processed"): {"nfs": {"server": "nfs.example.eu", "path": "/processed"}},
+    }
+    return config
+
+
+class Hubs:
+    """Real JupyterHub users of one hub configuration, in an in-memory hub database."""
+
+    def __init__(self, config: Config) -> None:
+        PortalCatalogue.clear_instance()  # one catalogue per hub, and this is a new hub
+        self.config = config
+        self.db = orm.new_session_factory("sqlite://")()
+        self.hub = Hub(base_url="/hub/", connect_url="http://portal-panosc-portal-hub:8081")
+
+    def spawner(self, username: str, server: str, options: dict[str, Any]) -> PortalKubeSpawner:
+        found = self.db.query(orm.User).filter_by(name=username).first()
+        if found is None:
+            found = orm.User(name=username)
+            self.db.add(found)
+            self.db.commit()
+        user = User(
+            found,
+            settings={
+                "spawner_class": PortalKubeSpawner,
+                "config": self.config,
+                "hub": self.hub,
+                "allow_named_servers": True,
+            },
+        )
+        spawner = user.get_or_create_spawner(server, server)
+        spawner.user_options = options
+        return spawner
+
+
+@pytest.fixture
+def hubs(facility: Path) -> Iterator[Hubs]:
+    yield Hubs(site_config(facility))
+    PortalCatalogue.clear_instance()
+
+
+async def pod_of(spawner: PortalKubeSpawner) -> dict:
+    """What kubespawner's start would send: load_user_options, then the pod manifest."""
+    await spawner.load_user_options()
+    pod = await spawner.get_pod_manifest()
+    async with ApiClient() as api:  # only to turn the model into what goes over the wire
+        return api.sanitize_for_serialization(pod)
+
+
+def validate(pod: dict, tmp_path: Path) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(pod))
+    out = subprocess.run(
+        [BIN / "kubernetes-validate", "--strict", "-k", KUBERNETES, str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "passed for resource pod/" in out.stdout + out.stderr
+
+
+def dataset_mounts(pod: dict) -> dict[str, dict]:
+    container = pod["spec"]["containers"][0]
+    return {
+        m["mountPath"]: m
+        for m in container["volumeMounts"]
+        if m["mountPath"].startswith(f"{HOME}/datasets/")
+    }
+
+
+@pytest.mark.parametrize(
+    ("server_type", "environment"), [("desktop", "desktop"), ("lab", "xrf")], ids=["desktop", "lab"]
+)
+async def test_two_datasets_mounted_read_only_by_subpath(
+    hubs: Hubs, facility: Path, tmp_path: Path, server_type: str, environment: str
+) -> None:
+    spawner = hubs.spawner("alice", server_type, {"type": server_type, "datasets": [XRF, CEO2]})
+    pod = await pod_of(spawner)
+    validate(pod, tmp_path)
+
+    assert dataset_mounts(pod) == {
+        f"{HOME}/datasets/datasets.json": {
+            "name": "datasets-manifest",
+            "mountPath": f"{HOME}/datasets/datasets.json",
+            "subPath": "datasets.json",
+            "readOnly": True,
+        },
+        f"{HOME}/datasets/ES1001/ceo2_powder_0001": {
+            "name": "storage-0",
+            "mountPath": f"{HOME}/datasets/ES1001/ceo2_powder_0001",
+            "subPath": CEO2,
+            "readOnly": True,
+        },
+        f"{HOME}/datasets/MA1234/xrf_map_0001": {
+            "name": "storage-0",
+            "mountPath": f"{HOME}/datasets/MA1234/xrf_map_0001",
+            "subPath": XRF,
+            "readOnly": True,
+        },
+        f"{HOME}/datasets/ES1001/processed": {
+            "name": "storage-1",
+            "mountPath": f"{HOME}/datasets/ES1001/processed",
+            "subPath": "ES1001",
+            "readOnly": False,
+        },
+        f"{HOME}/datasets/MA1234/processed": {
+            "name": "storage-1",
+            "mountPath": f"{HOME}/datasets/MA1234/processed",
+            "subPath": "MA1234",
+            "readOnly": False,
+        },
+    }
+    assert (facility / "processed" / "MA1234").is_dir()  # made by the hub, owned by uid 1000
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["storage-0"]["hostPath"] == {"path": "/gpfs/visitor", "type": "Directory"}
+    assert volumes["storage-1"]["nfs"] == {"server": "nfs.example.eu", "path": "/processed"}
+    assert volumes["datasets"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
+    assert volumes["home"]["persistentVolumeClaim"] == {"claimName": "panosc-home-alice"}
+    container = pod["spec"]["containers"][0]
+    assert container["volumeMounts"][:2] == [
+        {"name": "home", "mountPath": HOME},
+        {"name": "datasets", "mountPath": f"{HOME}/datasets"},
+    ]
+
+    annotations = pod["metadata"]["annotations"]
+    manifest = json.loads(annotations["portal.panosc.eu/datasets.json"])
+    assert {d["pid"]: d["path"] for d in manifest["datasets"]} == {
+        CEO2: "datasets/ES1001/ceo2_powder_0001",
+        XRF: "datasets/MA1234/xrf_map_0001",
+    }
+    assert json.loads(annotations["portal.panosc.eu/datasets"]) == [XRF, CEO2]  # as asked
+    field = volumes["datasets-manifest"]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"]
+    assert field == "metadata.annotations['portal.panosc.eu/datasets.json']"
+
+    assert container["securityContext"] == {
+        "runAsUser": 1000,
+        "runAsGroup": 100,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+    assert pod["metadata"]["name"] == f"panosc-alice--{server_type}"
+    labels = pod["metadata"]["labels"]
+    assert labels["portal.panosc.eu/environment"] == environment
+    assert labels["portal.panosc.eu/server-type"] == server_type
+    assert labels["portal.panosc.eu/user"] == "alice"
+    assert container["image"] == load_environments()[environment].image
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["JUPYTERHUB_DEFAULT_URL"] == ("/desktop" if server_type == "desktop" else "/lab")
+    # A ReadWriteOnce home attaches to one node: the user's servers go there together.
+    [term] = pod["spec"]["affinity"]["podAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term == {
+        "labelSelector": {"matchLabels": {"portal.panosc.eu/user": "alice"}},
+        "topologyKey": "kubernetes.io/hostname",
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "message"),
+    [
+        ({"datasets": [TOMO]}, 403, "was not found, or you do not have access to it"),
+        ({"datasets": ["../../etc"]}, 403, "'../../etc' was not found"),
+        ({"datasets": [ESCAPE]}, 403, "outside the storage root"),
+        (
+            {"datasets": [XRF], "profile": "tomography"},
+            400,
+            "unknown server option(s) profile; allowed: type, environment, datasets, resources",
+        ),
+        ({"image": "evil/root:latest"}, 400, "unknown server option(s) image"),
+    ],
+    ids=["embargoed", "traversal", "symlink-escape", "kubespawner-profile", "image"],
+)
+async def test_forged_requests_are_refused_before_any_pod(
+    hubs: Hubs, options: dict, status: int, message: str
+) -> None:
+    spawner = hubs.spawner("alice", "forged", options)
+    with pytest.raises(SpawnRefused) as refused:
+        await spawner.start()
+    assert refused.value.status_code == status
+    assert message in refused.value.message
+    assert spawner._spawn is None  # no pod was ever built
+
+
+async def test_a_default_spawn_skips_an_unsafe_dataset_but_mounts_the_rest(hubs: Hubs) -> None:
+    pod = await pod_of(hubs.spawner("alice", "everything", {"type": "lab"}))
+    mounted = {m["subPath"] for m in dataset_mounts(pod).values() if m["readOnly"]}
+    assert ESCAPE not in mounted and TOMO not in mounted
+    assert {XRF, CEO2, "MA1234/ID21/nexus_tour_0001"} <= mounted
+
+
+async def test_a_root_without_a_volume_is_a_clear_error(facility: Path) -> None:
+    config = site_config(facility)
+    del config.PortalKubeSpawner.storage_volumes[str(facility / "processed")]
+    spawner = Hubs(config).spawner("alice", "lab", {"datasets": [XRF]})
+    with pytest.raises(SpawnException) as failed:
+        await spawner.load_user_options()
+    assert failed.value.status_code == 500
+    assert "is in no Kubernetes volume" in failed.value.message
+    PortalCatalogue.clear_instance()
+
+
+async def test_too_many_datasets_for_one_pod_are_refused(
+    hubs: Hubs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kube, "MAX_MANIFEST_BYTES", 500)  # two datasets' manifest is bigger
+    with pytest.raises(SpawnRefused) as refused:
+        await hubs.spawner("alice", "big", {"datasets": [XRF, CEO2]}).load_user_options()
+    assert refused.value.status_code == 400
+    assert "2 datasets are too many for one server" in refused.value.message
+
+
+async def test_profiles_come_from_the_environments_table(facility: Path, tmp_path: Path) -> None:
+    config = site_config(facility)
+    config.PortalKubeSpawner.image_registry = "registry.example.eu/"
+    config.PortalKubeSpawner.profile_overrides = {
+        "tomography": {
+            "node_selector": {"gpu": "true"},
+            "extra_resource_limits": {"nvidia.com/gpu": "1"},
+        }
+    }
+    spawner = Hubs(config).spawner("alice", "tomo", {"environment": "tomography"})
+    environments = load_environments()
+    assert [p["slug"] for p in spawner.profile_list] == list(environments)
+    pod = await pod_of(spawner)
+    validate(pod, tmp_path)
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == f"registry.example.eu/{environments['tomography'].image}"
+    assert pod["spec"]["nodeSelector"] == {"gpu": "true"}
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["metadata"]["labels"]["portal.panosc.eu/environment"] == "tomography"
+    PortalCatalogue.clear_instance()
+
+
+async def events(spawner: PortalKubeSpawner) -> AsyncIterator[dict]:
+    async for event in spawner.progress():
+        yield event
+
+
+async def test_progress_shows_the_portal_steps_then_hands_over(hubs: Hubs) -> None:
+    spawner = hubs.spawner("alice", "progress", {"datasets": [XRF]})
+    spawner.events_enabled = False  # kubespawner's own events come from the cluster
+    await spawner.load_user_options()
+    messages = [e["message"] async for e in events(spawner)]
+    assert messages == [
+        "Checking access to 1 dataset(s)",
+        "Mounting 1 dataset(s) read-only",
+        f"Starting environment xrf ({load_environments()['xrf'].image})",
+    ]
+
+
+async def test_the_chart_config_drives_the_spawner(facility: Path, tmp_path: Path) -> None:
+    """The hub's config as the chart renders it makes pods its NetworkPolicy selects."""
+    data = str(facility / "data")
+    roots = [{"prefix": data, "path": data, "volume": {"hostPath": {"path": data}}}]
+    objects = render(
+        CI / "minimal-values.yaml",
+        f"portal.storage.roots={json.dumps(roots)}",
+        f"portal.catalogue={json.dumps({'backend': 'local', 'local': {'data_root': data}})}",
+        set_json=True,
+    )
+    path = tmp_path / "portal.yaml"
+    path.write_text(hub_portal_yaml(objects))
+    config = Config(render_config(load(path)))
+    config.LocalCatalogue.index_path = str(facility / "catalogue.sqlite")  # not the pod's state
+    pod = await pod_of(Hubs(config).spawner("alice", "lab", {"datasets": [XRF]}))
+    validate(pod, tmp_path)
+    policy = next(
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy"
+        and o["spec"]["podSelector"]["matchLabels"] == selector("singleuser-server")
+    )
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    mounts = dataset_mounts(pod)
+    assert mounts[f"{HOME}/datasets/MA1234/xrf_map_0001"]["subPath"] == XRF
+    PortalCatalogue.clear_instance()
+
+
+KUBE_YAML = """\
+auth: {issuer: https://login.example.eu/realms/umbrella, client_id: portal}
+catalogue: {backend: scicat, scicat: {url: https://scicat.example.eu}}
+spawner:
+  backend: kube
+  storage_roots: {/data/visitor: /gpfs/visitor}
+  processed_root: /mnt/processed
+  kube:
+    storage_volumes:
+      /gpfs/visitor: {hostPath: {path: /gpfs/visitor}}
+      /mnt/processed: {nfs: {server: nfs.example.eu, path: /processed}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (
+            ("server: nfs.example.eu", "serverr: nfs.example.eu"),
+            "portal.yaml:10: spawner.kube.storage_volumes./mnt/processed.nfs: unknown key"
+            " 'serverr'; valid keys here: server, path, readOnly",
+        ),
+        (
+            (
+                "{hostPath: {path: /gpfs/visitor}}",
+                "{hostPath: {path: /a}, nfs: {server: s, path: /b}}",
+            ),
+            "portal.yaml:9: spawner.kube.storage_volumes./gpfs/visitor: a storage volume is"
+            " exactly one of hostPath, nfs, persistentVolumeClaim; got hostPath, nfs",
+        ),
+        (
+            ("      /mnt/processed: {nfs: {server: nfs.example.eu, path: /processed}}\n", ""),
+            "portal.yaml:3: spawner: kube.storage_volumes holds no volume for /mnt/processed",
+        ),
+    ],
+    ids=["unknown-key", "two-kinds", "root-without-volume"],
+)
+def test_portal_yaml_kube_section_errors_name_the_line(
+    change: tuple[str, str], problem: str
+) -> None:
+    parse(KUBE_YAML)  # the unchanged file is valid
+    with pytest.raises(SettingsError) as invalid:
+        parse(KUBE_YAML.replace(*change))
+    assert any(p.startswith(problem) for p in invalid.value.problems), invalid.value.problems
