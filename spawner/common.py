@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from traitlets import Dict, Enum, Unicode, default
@@ -32,6 +32,11 @@ def user_from_auth_state(username: str, auth_state: dict | None) -> CatalogueUse
         proposals=frozenset(state.get("proposals") or ()),
         access_token=state.get("access_token"),
     )
+
+
+#: The single-user images' user and home, as jupyter docker-stacks have them.
+HOME = PurePosixPath("/home/jovyan")
+JOVYAN_UID, JOVYAN_GID = 1000, 100
 
 
 def flatten_options(raw: dict[str, list[str]]) -> dict[str, Any]:

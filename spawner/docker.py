@@ -21,7 +21,7 @@ from docker.types import Mount
 from dockerspawner import DockerSpawner
 from traitlets import Unicode, default
 
-from spawner.common import PortalSpawner, SpawnPlan
+from spawner.common import HOME, JOVYAN_GID, JOVYAN_UID, PortalSpawner, SpawnPlan
 from spawner.courses import (
     CourseLibrary,
     CourseUnavailable,
@@ -33,8 +33,6 @@ from spawner.courses import (
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountPlan
 from spawner.options import SpawnRefused
 
-HOME = PurePosixPath("/home/jovyan")
-JOVYAN_UID, JOVYAN_GID = 1000, 100
 LABEL_PREFIX = "org.panosc.portal"
 
 

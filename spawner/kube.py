@@ -39,13 +39,11 @@ from kubespawner.slugs import is_valid_label, safe_slug
 from kubespawner.utils import get_k8s_model
 from traitlets import Dict, Unicode, default
 
-from spawner.common import PortalSpawner, SpawnPlan
+from spawner.common import HOME, JOVYAN_GID, JOVYAN_UID, PortalSpawner, SpawnPlan
 from spawner.environments import Environment
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan
 from spawner.options import SpawnRefused
 
-HOME = PurePosixPath("/home/jovyan")
-JOVYAN_UID, JOVYAN_GID = 1000, 100
 LABEL_PREFIX = "portal.panosc.eu"
 USER_LABEL = f"{LABEL_PREFIX}/user"
 
