@@ -2,9 +2,9 @@
 
 Not a test: a script that prints figures. Two hubs run side by side on this machine, each
 started from a portal.yaml with ``panosc-portal serve`` against one real OIDC provider, and
-the same image (panosc/base). One uses plain ``DockerSpawner`` (the baseline); the other
-ours, asked for 0, 5 and 50 datasets. Rounds are interleaved so drift on the machine hits
-every configuration alike. A round is: a new browser session logs in through the full OIDC
+the same image (panosc/base) with the same resource limits. One uses plain ``DockerSpawner``
+(the baseline); the other ours, asked for 0, 5 and 50 datasets. Rounds are interleaved so
+drift on the machine hits every configuration alike. A round is: a new browser session logs in through the full OIDC
 code flow, starts the server through the REST API, and waits until JupyterLab answers
 ``/lab`` with 200; then the server is stopped. Goal: median ratio to plain <= 1.10 at 5.
 
@@ -39,10 +39,13 @@ GOAL = 1.10
 def hub(folder: Path, provider: Provider, data: Path, plain: bool) -> Hub:
     extra: dict = {}
     if plain:
+        base = load_environments()["base"]
         extra = {
             "JupyterHub": {"spawner_class": "docker"},
-            "DockerSpawner": {
-                "image": load_environments()["base"].image,
+            "DockerSpawner": {  # the same image and the same resource limits as ours
+                "image": base.image,
+                "cpu_limit": base.cpu,
+                "mem_limit": base.memory,
                 "remove": True,
                 "use_internal_ip": True,
                 "pull_policy": "never",

@@ -221,9 +221,8 @@ def _dataset_mounts(course: Course, data_root: Path, scratch: Path) -> list[Any]
     catalogue = LocalCatalogue(data_root=str(data_root), index_path=str(scratch / "index.sqlite"))
     catalogue.index()
     # The checker reads every proposal of the tree, as a member would.
-    checker = CatalogueUser(
-        "course-check", proposals=frozenset(p.name for p in data_root.iterdir())
-    )
+    proposals = frozenset(p.name for p in data_root.iterdir() if p.is_dir())
+    checker = CatalogueUser("course-check", proposals=proposals)
     datasets, problems = [], []
     for pid in course.datasets:
         try:
@@ -242,15 +241,13 @@ def _dataset_mounts(course: Course, data_root: Path, scratch: Path) -> list[Any]
     return docker_mounts(plan, manifest)
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
-    """Whole lines from a stream of log chunks."""
+def _reports(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON lines the container program prints, from a stream of log chunks."""
     pending = b""
     for chunk in chunks:
         pending += chunk
         *complete, pending = pending.split(b"\n")
-        yield from (line.decode(errors="replace") for line in complete)
-    if pending:
-        yield pending.decode(errors="replace")
+        yield from (json.loads(line) for line in complete if line.startswith(b"{"))
 
 
 def run_course(course: Course, data_root: Path, timeout: int = 600) -> Iterator[NotebookResult]:
@@ -259,13 +256,13 @@ def run_course(course: Course, data_root: Path, timeout: int = 600) -> Iterator[
     The container has no network (a course must not depend on one) and is removed afterwards.
     """
     import docker
-    from docker.errors import ImageNotFound
+    from docker.errors import DockerException, ImageNotFound
 
-    from spawner.docker import JOVYAN_GID, JOVYAN_UID
+    from spawner.common import JOVYAN_GID, JOVYAN_UID
 
     image = load_environments()[course.environment].image
-    client = docker.from_env()
     try:
+        client = docker.from_env()
         client.images.get(image)
     except ImageNotFound:
         raise CourseError(
@@ -275,6 +272,8 @@ def run_course(course: Course, data_root: Path, timeout: int = 600) -> Iterator[
                 f" panosc-portal images build {course.environment}"
             ]
         ) from None
+    except DockerException as e:
+        raise CourseError([f"course check runs notebooks in Docker, which fails: {e}"]) from None
     command = container_command("run", course.name, *course.notebooks, "--timeout", str(timeout))
     with tempfile.TemporaryDirectory(prefix="panosc-course-check-") as scratch:
         container = client.containers.create(
@@ -290,10 +289,10 @@ def run_course(course: Course, data_root: Path, timeout: int = 600) -> Iterator[
             container.put_archive("/", archive)
             container.start()
             reported = set()
-            output = _lines(container.logs(stream=True, follow=True, stdout=True, stderr=False))
+            output = _reports(container.logs(stream=True, follow=True, stdout=True, stderr=False))
             next(output, None)  # the delivery's report: a fresh folder, every file added
-            for line in output:
-                result = NotebookResult(**json.loads(line))
+            for report in output:
+                result = NotebookResult(**report)
                 reported.add(result.notebook)
                 yield result
             container.wait()

@@ -3,7 +3,8 @@
 ``/hub/open?dataset=PID[&type=desktop]`` is what a catalogue's "open in portal" button
 points at: it checks access with the catalogue, picks the environment by technique, and
 starts (or reuses) a named server that opens in the dataset's folder. Whatever it passes
-on is checked again by the spawner at start.
+on is checked again by the spawner at start. ``/hub/course/<name>`` does the same for a
+trainer's course, and ``/hub/course/<name>/students`` shows trainers who started it.
 """
 
 from __future__ import annotations
@@ -157,8 +158,7 @@ class CourseHandler(PortalPage):
     the course's datasets, and opens its first notebook. The spawner delivers the course into
     ``~/courses/<name>/`` when the server starts; opening the link again fetches a git course
     and delivers the trainer's updates to a running server too, merged with the student's
-    edits (:mod:`spawner.courses`). A backend that cannot deliver to a running server delivers
-    at the next start.
+    edits (:mod:`spawner.courses`). Only the Docker backend delivers courses so far.
     """
 
     @web.authenticated

@@ -317,7 +317,7 @@ def library(tmp_path: Path, **courses: dict[str, str]) -> CourseLibrary:
 def test_a_folder_course_is_its_folder(course, tmp_path) -> None:
     lib = library(tmp_path, intro={"folder": str(course)}, empty={"folder": str(tmp_path)})
     assert lib.folder("intro") == course
-    with pytest.raises(CourseUnavailable, match="has no course.yaml"):
+    with pytest.raises(CourseUnavailable, match=r"has no course\.yaml"):
         lib.folder("empty")
     with pytest.raises(CourseUnavailable, match="there is no course 'nope'"):
         lib.folder("nope")
@@ -348,7 +348,7 @@ def test_a_git_course_is_fetched_at_most_once_per_interval(repository, tmp_path)
 
 def test_git_failures_name_the_cause(tmp_path) -> None:
     lib = library(tmp_path, gone={"git": str(tmp_path / "no-such-repo")})
-    with pytest.raises(CourseUnavailable, match="git clone failed: .*no-such-repo"):
+    with pytest.raises(CourseUnavailable, match=r"git clone failed: .*no-such-repo"):
         lib.folder("gone")
 
 

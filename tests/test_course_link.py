@@ -1,0 +1,237 @@
+"""The course link end to end: a real OIDC provider, a hub from portal.yaml with the Docker
+backend, a course kept in a git repository (a local file:// URL: no network).
+
+A student opens /hub/course/intro in Chromium and lands in its first notebook, edits it, the
+trainer pushes an update, and the student opens the link again: the edit survives and the
+update arrives, on the running server and again at the next start. The trainer sees who
+started the course; a student does not.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, expect
+
+from portal.demo.sampledata import DEMO_USERS, generate
+from spawner.docker import bridge_gateway
+from tests.conftest import free_port
+from tests.docker_support import engine, ensure_images, portal_containers
+from tests.portal_client import PortalClient
+from tests.test_course_sync import notebook
+from tests.umbrella import Hub, Provider
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+TOUR = "MA1234/ID21/nexus_tour_0001"  # open data: every student may read it
+TOMO = "IH2002/ID19/phantom_tomo_0001"  # embargoed; alice is not a member
+USERS = ("alice", "carol")
+LAB = "/user/alice/course-intro/lab/tree/courses/intro/intro.ipynb"
+CONTENTS = "user/alice/course-intro/api/contents/courses/intro"
+
+FIRST_CELL = f"""import json
+from pathlib import Path
+manifest = json.loads((Path.home() / "datasets" / "datasets.json").read_text())
+[tour] = [d for d in manifest["datasets"] if d["pid"] == "{TOUR}"]"""
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=Carol", "-c", "user.email=carol@example.org", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
+def publish(repo: Path, notebooks: dict[str, bytes], message: str) -> None:
+    """The trainer commits the course: course.yaml lists ``notebooks`` in order."""
+    course = {
+        "title": "Introduction",
+        "description": "A first look at a NeXus file.",
+        "environment": "base",
+        "notebooks": list(notebooks),
+        "datasets": [TOUR],
+    }
+    (repo / "course.yaml").write_text(json.dumps(course))
+    for name, data in notebooks.items():
+        (repo / name).write_bytes(data)
+    git(repo, "add", ".")
+    git(repo, "commit", "--quiet", "-m", message)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("courses") / "intro.git"
+    repo.mkdir()
+    git(repo, "init", "--quiet", "--initial-branch", "main")
+    publish(repo, {"intro.ipynb": notebook(("a", FIRST_CELL), ("b", "x = 1"), ("c", "x"))}, "v1")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def hub(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    ensure_images("base")
+    data = tmp_path_factory.mktemp("facility") / "data"
+    generate(data)
+    embargoed = tmp_path_factory.mktemp("embargoed")
+    (embargoed / "course.yaml").write_text(
+        json.dumps(
+            {
+                "title": "Bone tomography",
+                "description": "Needs an embargoed dataset.",
+                "environment": "base",
+                "notebooks": ["t.ipynb"],
+                "datasets": [TOMO],
+            }
+        )
+    )
+    (embargoed / "t.ipynb").write_bytes(notebook(("a", "1")))
+    provider = Provider(free_port(), tmp_path_factory.mktemp("op") / "op.log")
+    provider.start()
+    for user in USERS:
+        claims = {k: v for k, v in DEMO_USERS[user].items() if k != "sub"}
+        provider.set_user(DEMO_USERS[user]["sub"], **claims)
+    h = Hub(
+        {
+            "auth": {
+                "issuer": provider.issuer,
+                "client_id": "portal-course-tests",
+                "client_secret": "s",
+                "allowed_groups": ["researchers"],
+            },
+            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
+            "spawner": {
+                "backend": "docker",
+                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
+            },
+            "courses": {
+                "trainer_groups": ["trainers"],
+                "update_interval": 0,
+                "sources": {"intro": {"git": f"file://{repo}"}, "bones": str(embargoed)},
+            },
+        },
+        tmp_path_factory.mktemp("hub"),
+    )
+    h.start()
+    yield h
+    h.stop()
+    provider.stop()
+    client = engine()
+    for user in USERS:  # servers outlive the hub on purpose; tests clean up after themselves
+        for container in portal_containers(client, user):
+            container.remove(force=True)
+        for volume in client.volumes.list(filters={"name": f"panosc-home-{user}"}):
+            volume.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def alice(hub: Hub) -> PortalClient:
+    client = PortalClient(hub.url)
+    client.login(DEMO_USERS["alice"]["sub"])
+    return client
+
+
+def read_cells(client: PortalClient, name: str) -> list[tuple[str, str]]:
+    r = client.api("GET", f"{CONTENTS}/{name}")
+    assert r.status_code == 200, r.text
+    return [(c["id"], c["source"]) for c in r.json()["content"]["cells"]]
+
+
+@pytest.mark.browser
+def test_one_click_starts_the_course_and_opens_its_first_notebook(
+    browser: Browser, hub: Hub, alice: PortalClient, artifacts: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(f"{hub.url}/hub/course/intro")
+    page.get_by_text("Sign in with Umbrella").click()
+    page.fill("input[name=sub]", DEMO_USERS["alice"]["sub"])
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_url(f"**{LAB}", timeout=120_000)
+    expect(page.get_by_text("x = 1")).to_be_visible(timeout=120_000)  # the notebook is open
+    page.wait_for_timeout(1000)
+    page.screenshot(path=artifacts / "course-link-notebook.png")
+    page.close()
+
+    [box] = [
+        c
+        for c in portal_containers(engine(), "alice")
+        if c.labels["org.panosc.portal.server"] == "course-intro"
+    ]
+    assert box.labels["org.panosc.portal.environment"] == "base"
+    assert json.loads(box.labels["org.panosc.portal.datasets"]) == [TOUR]
+    listing = alice.api("GET", CONTENTS).json()["content"]
+    assert sorted(item["name"] for item in listing) == ["intro.ipynb"], "course.yaml stays out"
+
+
+def test_a_students_edit_survives_the_trainers_update(hub: Hub, alice, repo: Path) -> None:
+    # alice runs cell a, edits cell b and adds a cell of her own; JupyterLab saves.
+    model = alice.api("GET", f"{CONTENTS}/intro.ipynb").json()
+    cells = model["content"]["cells"]
+    cells[1]["source"] = "x = 42  # alice's"
+    cells.append({**cells[2], "id": "mine", "source": "print('my own cell')"})
+    saved = alice.api("PUT", f"{CONTENTS}/intro.ipynb", json={"type": "notebook", **model})
+    assert saved.status_code == 200, saved.text
+
+    # Carol changes cell c, adds cell d and a second notebook, and commits.
+    v2 = notebook(("a", FIRST_CELL), ("b", "x = 1"), ("c", "print(x)"), ("d", "x * 2"))
+    publish(repo, {"intro.ipynb": v2, "part2.ipynb": notebook(("p", "part 2"))}, "v2")
+
+    # alice opens the link again: her running server receives the update.
+    opened = alice.http.get(f"{hub.url}/hub/course/intro", timeout=60)
+    assert opened.status_code == 200 and opened.url.endswith(LAB), opened.url
+    assert read_cells(alice, "intro.ipynb") == [
+        ("a", FIRST_CELL),
+        ("b", "x = 42  # alice's"),  # her edit
+        ("c", "print(x)"),  # carol's change to a cell alice left alone
+        ("d", "x * 2"),  # carol's new cell, right after the cell it follows
+        ("mine", "print('my own cell')"),  # alice's own cell
+    ]
+    assert read_cells(alice, "part2.ipynb") == [("p", "part 2")]
+
+    # The next update arrives when the server starts again.
+    stop_keeping(alice, "course-intro")
+    v3 = notebook(("a", FIRST_CELL), ("b", "x = 1"), ("c", "print('x is', x)"), ("d", "x * 2"))
+    publish(repo, {"intro.ipynb": v3, "part2.ipynb": notebook(("p", "part 2"))}, "v3")
+    started = alice.http.get(f"{hub.url}/hub/course/intro", timeout=60)
+    assert started.status_code == 200 and "/hub/spawn-pending/alice/course-intro" in started.url
+    alice.wait_ready("course-intro")
+    cells = dict(read_cells(alice, "intro.ipynb"))
+    assert (cells["b"], cells["c"], cells["mine"]) == (
+        "x = 42  # alice's",
+        "print('x is', x)",
+        "print('my own cell')",
+    )
+
+
+def stop_keeping(client: PortalClient, server: str) -> None:
+    """Stop a named server but keep it, as the home page's Stop button does."""
+    r = client.api("DELETE", f"hub/api/users/{client.username()}/servers/{server}")
+    assert r.status_code in (202, 204), r.text
+    deadline = time.monotonic() + 60
+    while server in client.api("GET", f"hub/api/users/{client.username()}").json()["servers"]:
+        assert time.monotonic() < deadline, f"server {server!r} did not stop"
+        time.sleep(0.5)
+
+
+def test_trainers_see_who_started_a_course_and_students_do_not(hub: Hub, alice) -> None:
+    carol = PortalClient(hub.url)
+    carol.login(DEMO_USERS["carol"]["sub"])
+    page = carol.http.get(f"{hub.url}/hub/course/intro/students", timeout=30)
+    assert page.status_code == 200
+    assert '<tr data-user="alice">' in page.text and "1 student(s)" in page.text
+    denied = alice.http.get(f"{hub.url}/hub/course/intro/students", timeout=30)
+    assert denied.status_code == 403 and "Only trainers see who started a course" in denied.text
+
+
+def test_a_course_with_a_dataset_the_student_may_not_read_is_refused(hub: Hub, alice) -> None:
+    r = alice.http.get(f"{hub.url}/hub/course/bones", timeout=30)
+    assert r.status_code == 403
+    assert f"uses the dataset {TOMO}, which you may not read" in r.text
+    assert alice.http.get(f"{hub.url}/hub/course/nope", timeout=30).status_code == 404
