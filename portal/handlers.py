@@ -158,7 +158,7 @@ class CourseHandler(PortalPage):
     the course's datasets, and opens its first notebook. The spawner delivers the course into
     ``~/courses/<name>/`` when the server starts; opening the link again fetches a git course
     and delivers the trainer's updates to a running server too, merged with the student's
-    edits (:mod:`spawner.courses`). Only the Docker backend delivers courses so far.
+    edits (:mod:`spawner.courses`). The local and Docker backends deliver courses.
     """
 
     @web.authenticated

@@ -10,6 +10,7 @@ Kubernetes backend wherever users must not trust each other.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import default
 
 from spawner.common import PortalSpawner
+from spawner.courses import CourseLibrary, course_of_server, sync
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountPlan
 
 PR_CAPBSET_DROP = 24
@@ -90,11 +92,26 @@ class PortalLocalSpawner(PortalSpawner, SimpleLocalProcessSpawner):
             args.append("--allow-root")
         return args
 
+    async def sync_course(self) -> None:
+        """Deliver the course of a ``course-<name>`` server into ``~/courses/<name>/``, merged.
+
+        The home is on this host, so the merge (:func:`spawner.courses.sync`) runs here.
+        """
+        course = course_of_server(self.name)
+        library = CourseLibrary.instance(config=self.config, log=self.log)
+        if course not in library.courses:
+            return
+        source = await asyncio.to_thread(library.folder, course)
+        dest = Path(self.home_dir) / "courses" / course
+        report = await asyncio.to_thread(sync, source, dest)
+        self.progress_event(f"Course {course}: {report.summary()}", 50)
+
     async def start(self) -> tuple[str, int]:
         spawn = await self.prepare_spawn()
         home = Path(self.home_dir)
         home.mkdir(parents=True, exist_ok=True)
         expose_plan(home, spawn.mounts)
+        await self.sync_course()
         self.default_url = spawn.default_url
         self.progress_event("Starting JupyterLab", 60)
         return await super().start()

@@ -130,3 +130,17 @@ def test_forged_spawn_requests_are_refused_clearly(demo, options, status, messag
     assert message in r.json()["message"]
     assert carol.api("GET", "hub/api/users/carol").json()["servers"] == {}
     assert not Path(demo.state, "homes/carol/datasets/IH2002").exists()
+
+
+def test_course_link_delivers_the_course_on_the_local_backend(demo) -> None:
+    """carol (a trainer) follows /hub/course/nexus-basics; the notebook lands in her home."""
+    carol = PortalClient(demo.url)
+    carol.login(DEMO_USERS["carol"]["sub"])
+    r = carol.http.get(f"{demo.url}/hub/course/nexus-basics", timeout=60)
+    assert r.status_code == 200, r.text
+    carol.wait_ready("course-nexus-basics")
+    listing = carol.api("GET", "user/carol/course-nexus-basics/api/contents/courses/nexus-basics")
+    assert "nexus-basics.ipynb" in {i["name"] for i in listing.json()["content"]}
+    students = carol.http.get(f"{demo.url}/hub/course/nexus-basics/students", timeout=30)
+    assert students.status_code == 200 and "carol" in students.text
+    carol.stop("course-nexus-basics")

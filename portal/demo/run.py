@@ -95,6 +95,20 @@ def spawner_settings(state: Path, backend: str) -> tuple[dict, dict]:
     return {"backend": "docker", "docker": connect}, {}
 
 
+def demo_courses(backend: str) -> dict[str, str]:
+    """The courses shipped in ``notebooks/`` (a source checkout), for the demo's users.
+
+    Locally every server runs in the hub's own Python, which has h5py and silx but not the
+    technique libraries, so only the NeXus course is listed; Docker runs each course in its
+    own environment, so all of them are.
+    """
+    folder = Path(__file__).resolve().parents[2] / "notebooks"
+    found = sorted(p.parent for p in folder.glob("*/course.yaml"))
+    if backend == "local":
+        found = [p for p in found if p.name == "nexus-basics"]
+    return {p.name: str(p) for p in found}
+
+
 def demo_settings(state: Path, port: int, oidc_port: int, backend: str = "local") -> dict:
     """The demo's ``portal.yaml``, written to the state folder so it can be read and reused.
 
@@ -102,6 +116,7 @@ def demo_settings(state: Path, port: int, oidc_port: int, backend: str = "local"
     and another JupyterHub) can run side by side on one machine.
     """
     spawner, hub_config = spawner_settings(state, backend)
+    courses = demo_courses(backend)
     return {
         "hub": {"ip": "127.0.0.1", "port": port, "state_dir": str(state / "hub")},
         "auth": {
@@ -120,6 +135,7 @@ def demo_settings(state: Path, port: int, oidc_port: int, backend: str = "local"
             },
         },
         "spawner": spawner,
+        "courses": {"sources": courses, "trainer_groups": ["trainers"]},
         "extra_config": {
             "JupyterHub": hub_config,
             "ConfigurableHTTPProxy": {"api_url": f"http://127.0.0.1:{ephemeral_port()}"},
