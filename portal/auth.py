@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import requests
-from jupyterhub.utils import url_path_join
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler, _deserialize_state
 from tornado import web
@@ -347,8 +346,7 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
 
         Tokens that stay valid beyond ``refresh_margin`` are kept as they are. Otherwise
         the refresh token is used; if there is none, or the provider refuses it, the user
-        must log in again rather than run with a stale token: a browser session is ended
-        and its error page offers "Sign in again".
+        must log in again rather than run with a stale token: a browser session is ended.
         """
         if handler is not None and not hasattr(handler, "_token_authenticated"):
             # JupyterHub 6.1 reads this attribute after a failed refresh, but only sets it
@@ -357,11 +355,7 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
             handler._token_authenticated = False
         refreshed = await self._refresh_tokens(user, handler)
         if refreshed is False and handler is not None and not handler._token_authenticated:
-            handler.clear_login_cookie()
-            login = url_path_join(handler.hub.base_url, "login")
-            handler.extra_error_html = (
-                f'<a class="btn btn-jupyter" href="{login}">Sign in again</a>'
-            )
+            handler.clear_login_cookie()  # the browser's next request goes to the login page
         return refreshed
 
     async def _refresh_tokens(self, user: Any, handler: Any) -> Any:
