@@ -16,7 +16,7 @@ import yaml
 
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.docker import bridge_gateway
-from spawner.environments import DATA_FILE
+from spawner.environments import DATA_FILE, load_environments
 from tests.conftest import free_port
 from tests.docker_support import engine, ensure_images, portal_containers
 from tests.portal_client import PortalClient
@@ -65,7 +65,7 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 
 @pytest.fixture(scope="module")
 def hub(provider: Provider, data: Path, tmp_path_factory) -> Iterator[Hub]:
-    ensure_images("base")
+    ensure_images(*load_environments())  # datasets pick their technique's environment
     client = engine()
     folder = tmp_path_factory.mktemp("hub")
     table = yaml.safe_load(DATA_FILE.read_text())
@@ -237,7 +237,7 @@ def test_missing_image_is_a_clear_error(alice: PortalClient) -> None:
 @pytest.mark.browser
 def test_open_link_lands_in_the_dataset_folder(browser, hub: Hub, artifacts: Path) -> None:
     """The catalogue's "open in portal" link, followed in a real browser."""
-    ensure_images("xrf")  # the environment made for X-ray fluorescence
+
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(60_000)
     page.goto(f"{hub.url}/hub/open?dataset={XRF}")
