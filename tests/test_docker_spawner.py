@@ -237,7 +237,6 @@ def test_missing_image_is_a_clear_error(alice: PortalClient) -> None:
 @pytest.mark.browser
 def test_open_link_lands_in_the_dataset_folder(browser, hub: Hub, artifacts: Path) -> None:
     """The catalogue's "open in portal" link, followed in a real browser."""
-
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(60_000)
     page.goto(f"{hub.url}/hub/open?dataset={XRF}")
