@@ -41,3 +41,13 @@ def ensure_images(*names: str) -> None:
 def portal_containers(client: docker.DockerClient, username: str) -> list:
     """The portal's containers of one user, running or not (by the labels the spawner sets)."""
     return client.containers.list(all=True, filters={"label": f"org.panosc.portal.user={username}"})
+
+
+def remove_user_servers(client: docker.DockerClient, *usernames: str) -> None:
+    """Remove these users' portal containers and home volumes: servers outlive the hub on
+    purpose, so tests clean up after themselves."""
+    for user in usernames:
+        for container in portal_containers(client, user):
+            container.remove(force=True)
+        for volume in client.volumes.list(filters={"name": f"panosc-home-{user}"}):
+            volume.remove(force=True)

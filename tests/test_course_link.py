@@ -21,7 +21,7 @@ from playwright.sync_api import Browser, expect
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.docker import bridge_gateway
 from tests.conftest import free_port
-from tests.docker_support import engine, ensure_images, portal_containers
+from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
 from tests.portal_client import PortalClient
 from tests.test_course_sync import notebook
 from tests.umbrella import Hub, Provider
@@ -122,12 +122,7 @@ def hub(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     yield h
     h.stop()
     provider.stop()
-    client = engine()
-    for user in USERS:  # servers outlive the hub on purpose; tests clean up after themselves
-        for container in portal_containers(client, user):
-            container.remove(force=True)
-        for volume in client.volumes.list(filters={"name": f"panosc-home-{user}"}):
-            volume.remove(force=True)
+    remove_user_servers(engine(), *USERS)
 
 
 @pytest.fixture(scope="module")

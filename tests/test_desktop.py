@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.docker import bridge_gateway
 from tests.conftest import free_port
-from tests.docker_support import engine, ensure_images, portal_containers
+from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
 from tests.portal_client import PortalClient
 from tests.umbrella import Hub, Provider
 
@@ -59,11 +59,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     yield h
     h.stop()
     provider.stop()
-    client = engine()
-    for container in portal_containers(client, "alice"):
-        container.remove(force=True)
-    for volume in client.volumes.list(filters={"name": "panosc-home-alice"}):
-        volume.remove(force=True)
+    remove_user_servers(engine(), "alice")
 
 
 @pytest.fixture(scope="module")

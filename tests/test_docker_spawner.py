@@ -18,7 +18,7 @@ from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.docker import bridge_gateway
 from spawner.environments import DATA_FILE, load_environments
 from tests.conftest import free_port
-from tests.docker_support import engine, ensure_images, portal_containers
+from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
 from tests.portal_client import PortalClient
 from tests.umbrella import Hub, Provider
 
@@ -94,11 +94,7 @@ def hub(provider: Provider, data: Path, tmp_path_factory) -> Iterator[Hub]:
     h.start()
     yield h
     h.stop()
-    for user in USERS:  # servers outlive the hub on purpose; tests clean up after themselves
-        for container in portal_containers(client, user):
-            container.remove(force=True)
-        for volume in client.volumes.list(filters={"name": f"panosc-home-{user}"}):
-            volume.remove(force=True)
+    remove_user_servers(client, *USERS)
 
 
 @pytest.fixture(scope="module")
