@@ -261,12 +261,17 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
                 f" use asymmetric algorithms ({', '.join(ASYMMETRIC_ALGORITHMS)})"
             )
         if self.issuer:
-            self.apply_discovery(discover(self.issuer, self.discovery_timeout, self.tls_verify))
+            self.apply_discovery(
+                discover(self.issuer, self.discovery_timeout, self.validate_server_cert)
+            )
         self._keys = JwksCache(self._fetch_jwks)
 
     async def _fetch_jwks(self) -> dict[str, Any]:
         return await self.httpfetch(
-            self.jwks_url, "fetching the issuer's signing keys", method="GET"
+            self.jwks_url,
+            "fetching the issuer's signing keys",
+            method="GET",
+            validate_cert=self.validate_server_cert,
         )
 
     def apply_discovery(self, doc: dict[str, Any]) -> None:

@@ -66,7 +66,8 @@ def render_config(settings: PortalSettings) -> Config:
         "login_service": auth.login_label,
         "login_logo_url": auth.login_logo,
         "discovery_timeout": auth.discovery_timeout,
-        "tls_verify": auth.tls_verify,
+        # oauthenticator's current name: its deprecated tls_verify defaults to False.
+        "validate_server_cert": auth.tls_verify,
         "basic_auth": auth.token_endpoint_auth == "client_secret_basic",
         "refresh_margin": auth.refresh_margin,
         "id_token_leeway": auth.id_token_leeway,
@@ -122,6 +123,13 @@ def render_config(settings: PortalSettings) -> Config:
         config["PortalLocalSpawner"] = {"home_dir_template": spawner.home_dir}
 
     config["JupyterHub"].update(culling(settings))
+    if not hub.admin_access:
+        config["JupyterHub"].setdefault("load_roles", []).extend(admin_roles(settings))
+        # Admins are made by the role alone; their groups still let them sign in.
+        config["Authenticator"]["admin_users"] = []
+        umbrella["admin_groups"] = []
+        if not auth.allow_all:
+            umbrella["allowed_groups"] = sorted({*auth.allowed_groups, *auth.admin_groups})
     if settings.cull.enabled:  # activity must reach the hub well within the idle timeout
         interval = activity_interval(settings.cull.timeout)
         config["JupyterHub"]["last_activity_interval"] = interval
@@ -141,6 +149,48 @@ def render_config(settings: PortalSettings) -> Config:
     for cls, traits in settings.extra_config.items():
         config.setdefault(cls, {}).update(traits)
     return config
+
+
+#: What a portal admin may do (``hub.admin_access: false``, the default): manage users and
+#: groups, see and stop any server, run the hub. Not: enter a user's server
+#: (``access:servers``), start or edit one (``start:servers``: it would mount the user's
+#: data), share one (``shares``), read or create tokens (``tokens``), or read the Umbrella
+#: tokens kept in auth_state (``admin:auth_state``, part of ``admin:users``). JupyterHub
+#: refuses to change the scopes of its own ``admin`` role, so portal admins hold this role
+#: instead and nobody holds ``admin``.
+PORTAL_ADMIN_SCOPES = [
+    "admin-ui",
+    "users",
+    "delete:users",
+    "read:servers",
+    "delete:servers",
+    "admin:groups",
+    "list:services",
+    "read:services",
+    "read:hub",
+    "proxy",
+    "shutdown",
+    "read:roles",
+    "read:metrics",
+]
+
+
+def admin_roles(settings: PortalSettings) -> list[dict[str, Any]]:
+    """The ``portal-admin`` role for the configured admins, and an ``admin`` role held by none.
+
+    Naming the ``admin`` role's members (none) also takes it from anyone an earlier
+    configuration made an admin in the database.
+    """
+    return [
+        {"name": "admin", "users": [], "groups": [], "services": []},
+        {
+            "name": "portal-admin",
+            "description": "Manage users and stop servers, without access to users' data",
+            "scopes": PORTAL_ADMIN_SCOPES,
+            "users": sorted(settings.hub.admin_users),
+            "groups": sorted(settings.auth.admin_groups),
+        },
+    ]
 
 
 def activity_interval(timeout: int) -> int:

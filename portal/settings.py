@@ -48,6 +48,12 @@ class HubSettings(Section):
     state_dir: Path = Field(Path("state"), description="Database, secrets, catalogue index.")
     db_url: str | None = Field(None, description="Default: SQLite in state_dir.")
     admin_users: list[str] = Field(default_factory=list)
+    admin_access: bool = Field(
+        False,
+        description="Let admins enter users' servers, start them (with the users' data) and"
+        " read their tokens, as JupyterHub's default admin role does. Default: admins manage"
+        " users and stop servers, and see only the data they may read themselves.",
+    )
 
 
 class AuthSettings(Section):

@@ -207,7 +207,10 @@ class PortalSpawner(Configurable):
                 datasets = [
                     await asyncio.to_thread(catalogue.get, p, user) for p in options.datasets
                 ]
-            mounts = plan_mounts(datasets, roots, self.processed_root or None)
+            member_of: frozenset[str] = frozenset()
+            if self.processed_root:
+                member_of = await asyncio.to_thread(catalogue.member_proposals, user)
+            mounts = plan_mounts(datasets, roots, self.processed_root or None, member_of)
         except (CatalogueError, MountError) as e:
             self.log.warning("refusing spawn for %s: %s", self.user.name, e)
             raise SpawnRefused(str(e)) from e

@@ -30,7 +30,7 @@ from spawner.courses import (
     course_of_server,
     read_sync_report,
 )
-from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountPlan
+from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan, verify_mount
 from spawner.options import SpawnRefused
 
 LABEL_PREFIX = "org.panosc.portal"
@@ -47,6 +47,25 @@ def docker_mounts(plan: MountPlan, manifest: Path, home: PurePosixPath = HOME) -
             Mount(str(home / m.target), str(m.source), type="bind", read_only=m.read_only)
         )
     return mounts
+
+
+def identity_command(plan: MountPlan, home: PurePosixPath = HOME) -> list[str]:
+    """The command that prints, inside a container, device and inode of each dataset mount."""
+    return ["stat", "-c", "%d %i", "--", *(str(home / m.target) for m in plan.dataset_mounts)]
+
+
+def check_mounted(plan: MountPlan, code: int, out: bytes, err: bytes) -> None:
+    """Refuse (:class:`MountError`) unless :func:`identity_command` saw the planned folders.
+
+    A bind mount keeps the device and inode of its source, so inside the container each
+    dataset's mount point must be exactly what :func:`spawner.mounts.identity_of` recorded.
+    """
+    fields = out.decode(errors="replace").split()
+    if code or len(fields) != 2 * len(plan.dataset_mounts):
+        problem = err.decode(errors="replace").strip()[-300:] or f"exit code {code}"
+        raise MountError(f"cannot check the mounted datasets inside the server: {problem}")
+    for i, mount in enumerate(plan.dataset_mounts):
+        verify_mount(mount, (int(fields[2 * i]), int(fields[2 * i + 1])))
 
 
 def bridge_gateway(client: docker.DockerClient | None = None) -> str:
@@ -174,12 +193,40 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         }
         self.log.info("%s: datasets %s", self._log_name, pids or "none")
         self.progress_event(f"Starting environment {spawn.environment.name} ({self.image})", 50)
+        try:
+            for mount in spawn.mounts.dataset_mounts:
+                verify_mount(mount)
+        except MountError as e:
+            raise SpawnRefused(str(e)) from e
         address = await super().start()
+        await self.verify_mounted(spawn.mounts)
         try:
             await self.sync_course()
         except CourseUnavailable as e:
             raise SpawnRefused(str(e), 503) from e
         return address
+
+    async def verify_mounted(self, plan: MountPlan) -> None:
+        """Check, inside the new container, that each dataset mount is the folder checked.
+
+        Docker binds by path, so a folder renamed or swapped between the catalogue check and
+        the bind would be mounted in its place; :func:`check_mounted` compares what the
+        container sees with what was planned, and on a mismatch the server is stopped before
+        anyone can reach it.
+        """
+        if not plan.dataset_mounts:
+            return
+        user = f"{JOVYAN_UID}:{JOVYAN_GID}"
+        command = identity_command(plan)
+        run = await self.docker("exec_create", self.container_id, command, user=user)
+        out, err = await self.docker("exec_start", run["Id"], demux=True)
+        code = (await self.docker("exec_inspect", run["Id"]))["ExitCode"]
+        try:
+            check_mounted(plan, code, out or b"", err or b"")
+        except MountError as e:
+            self.log.warning("%s: %s; stopping it", self._log_name, e)
+            await self.stop(now=True)
+            raise SpawnRefused(str(e)) from e
 
     async def sync_course(self) -> None:
         """Deliver the course of a ``course-<name>`` server into ``~/courses/<name>/``, merged.

@@ -21,7 +21,8 @@ from traitlets import default
 
 from spawner.common import PortalSpawner
 from spawner.courses import CourseLibrary, course_of_server, sync
-from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountPlan
+from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan, verify_mount
+from spawner.options import SpawnRefused
 
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -59,6 +60,7 @@ def expose_plan(home: Path, plan: MountPlan) -> None:
         link.parent.mkdir(parents=True, exist_ok=True)
         if not mount.read_only:
             mount.source.mkdir(parents=True, exist_ok=True)
+        verify_mount(mount)  # still the folder the catalogue check planned
         link.symlink_to(mount.source, target_is_directory=True)
     (top / MANIFEST_NAME).write_text(plan.manifest_json(), encoding="utf-8")
 
@@ -110,7 +112,10 @@ class PortalLocalSpawner(PortalSpawner, SimpleLocalProcessSpawner):
         spawn = await self.prepare_spawn()
         home = Path(self.home_dir)
         home.mkdir(parents=True, exist_ok=True)
-        expose_plan(home, spawn.mounts)
+        try:
+            expose_plan(home, spawn.mounts)
+        except MountError as e:
+            raise SpawnRefused(str(e)) from e
         await self.sync_course()
         self.default_url = spawn.default_url
         self.progress_event("Starting JupyterLab", 60)

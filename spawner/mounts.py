@@ -2,14 +2,19 @@
 
 Every backend (local symlinks, Docker binds, Kubernetes volumes) consumes the same
 :class:`MountPlan`, so path safety is decided once, here. A storage location is only ever
-mapped through a configured :class:`StorageRoot`, after ``..`` and symlinks are resolved on
-the host; anything that lands outside its root is refused.
+mapped through a configured :class:`StorageRoot`, and below the root no component of its
+path may be a symlink: a member who can write in one proposal's tree must not be able to
+point a folder at another proposal's data. Each planned source carries the device and inode
+it had when checked, so a backend can compare them with what it actually mounted
+(:func:`identity_of`), which closes the window of a rename between the check and the bind.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -45,6 +50,7 @@ class Mount:
     target: PurePosixPath
     read_only: bool
     pid: str | None = None
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) of source when it was checked
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,33 @@ def safe_name(name: str) -> str:
     return cleaned[:100]
 
 
+def identity_of(path: Path) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of a folder reached without following any symlink below ``/``.
+
+    Each component is opened with ``O_NOFOLLOW`` relative to its parent, so what is
+    identified is what the path names now, not what a symlink points to; a symlink or a
+    non-folder anywhere raises :class:`OSError`.
+    """
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in path.parts[1:]:
+            child = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(str(path))
+    return info.st_dev, info.st_ino
+
+
 def resolve_location(dataset: Dataset, roots: Sequence[StorageRoot]) -> Path:
-    """The host path of a dataset, resolved, and guaranteed inside the root it maps through."""
+    """The host path of a dataset, inside the root it maps through, with no symlink below it.
+
+    The root's own host path may be a symlink (``/data`` -> ``/gpfs``, a site's choice); no
+    component between it and the dataset may be (a data owner's choice, not trusted).
+    """
     location = PurePosixPath(dataset.location)
     if not location.is_absolute() or ".." in location.parts:
         raise MountError(
@@ -81,11 +112,17 @@ def resolve_location(dataset: Dataset, roots: Sequence[StorageRoot]) -> Path:
         if location != prefix and prefix not in location.parents:
             continue
         base = Path(root.host_path).resolve()
-        source = (base / location.relative_to(prefix)).resolve()
+        given = base / location.relative_to(prefix)
+        source = given.resolve()
         if source == base or not source.is_relative_to(base):
             raise MountError(
                 f"dataset {dataset.pid}: storage location {dataset.location!r} resolves to"
                 f" {source}, outside the storage root {root.host_path}; refusing to mount it"
+            )
+        if source != given:
+            raise MountError(
+                f"dataset {dataset.pid}: storage location {dataset.location!r} goes through a"
+                f" symlink on this host ({given} is really {source}); refusing to mount it"
             )
         if not source.is_dir():
             raise MountError(
@@ -98,6 +135,27 @@ def resolve_location(dataset: Dataset, roots: Sequence[StorageRoot]) -> Path:
         f"dataset {dataset.pid}: storage location {dataset.location!r} is under no configured"
         f" storage root (storage roots: {prefixes})"
     )
+
+
+def verify_mount(mount: Mount, mounted: tuple[int, int] | None = None) -> None:
+    """Refuse a mount whose source is no longer the folder that was checked.
+
+    ``mounted`` is the identity a backend read from what it really mounted (inside the
+    container); without it, the source path is identified again now, symlink-free.
+    """
+    if mount.identity is None:
+        return
+    what = f"dataset {mount.pid or mount.target}: {mount.source}"
+    if mounted is None:
+        try:
+            mounted = identity_of(mount.source)
+        except OSError as e:
+            raise MountError(
+                f"{what} can no longer be reached without a symlink ({e.strerror or e});"
+                " refusing it"
+            ) from None
+    if mounted != mount.identity:
+        raise MountError(f"{what} was replaced between the access check and the mount; refusing it")
 
 
 def mountable(
@@ -118,13 +176,17 @@ def plan_mounts(
     datasets: Iterable[Dataset],
     roots: Sequence[StorageRoot],
     processed_root: str | None = None,
+    member_of: frozenset[str] = frozenset(),
 ) -> MountPlan:
     """Mounts for ``datasets`` under ``~/datasets/<proposal>/<dataset>/``, read-only.
 
     Datasets are taken in pid order, so when two sanitise to the same folder name the
     later one gets ``-2``, ``-3``... the same way every time. With ``processed_root``, each
-    proposal also gets a writable ``~/datasets/<proposal>/processed/`` backed by
-    ``<processed_root>/<proposal>``.
+    proposal in ``member_of`` (the proposals the user is a *member* of, as the catalogue
+    says) also gets a writable ``~/datasets/<proposal>/processed/`` backed by
+    ``<processed_root>/<proposal>``. Reading a proposal's open data or holding a group grant
+    gives no processed area: it holds results derived from embargoed data, and code that
+    the proposal's members run. A dataset without a proposal gets none.
     """
     mounts: list[Mount] = []
     manifest: list[dict] = []
@@ -142,7 +204,13 @@ def plan_mounts(
             n += 1
             target = folder / f"{base}-{n}"
         taken.add(target)
-        mounts.append(Mount(source, target, read_only=True, pid=dataset.pid))
+        try:
+            identity = identity_of(source)
+        except OSError as e:
+            raise MountError(
+                f"dataset {dataset.pid}: {source} changed while it was checked ({e})"
+            ) from None
+        mounts.append(Mount(source, target, read_only=True, pid=dataset.pid, identity=identity))
         manifest.append(
             {
                 "pid": dataset.pid,
@@ -158,6 +226,8 @@ def plan_mounts(
         )
     if processed_root:
         for proposal, folder in sorted(proposals.items()):
+            if not proposal or proposal not in member_of:
+                continue
             source = Path(processed_root).resolve() / safe_name(proposal)
             mounts.append(Mount(source, folder / "processed", read_only=False))
     return MountPlan(tuple(mounts), tuple(manifest))

@@ -398,7 +398,9 @@ def test_the_idle_culler_is_a_hub_service_with_least_privilege(tmp_path: Path) -
     assert service["name"] == "idle-culler"
     assert service["command"][:3] == ["python3", "-m", "jupyterhub_idle_culler"]
     assert {"--timeout=7200", "--cull-every=300", "--max-age=86400"} <= set(service["command"])
-    [role] = hub["load_roles"]
+    roles = {r["name"]: r for r in hub["load_roles"]}
+    assert set(roles) == {"idle-culler", "admin", "portal-admin"}  # admins: no data access
+    role = roles["idle-culler"]
     assert role["services"] == ["idle-culler"]
     assert role["scopes"] == ["list:users", "read:users:activity", "read:servers", "delete:servers"]
     # It calls the hub's API through the hub's Service, from the hub's own pod.

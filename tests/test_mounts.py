@@ -88,14 +88,17 @@ def test_collisions_resolve_deterministically(tree: Path) -> None:
     assert first == second
 
 
-def test_processed_area_is_writable_per_proposal(tree: Path, tmp_path: Path) -> None:
-    plan = plan_mounts(
-        [dataset("a", "/data/visitor/ma1234/id21/scan1")], roots(tree), str(tmp_path / "proc")
-    )
+def test_processed_area_is_writable_for_members_only(tree: Path, tmp_path: Path) -> None:
+    datasets = [
+        dataset("a", "/data/visitor/ma1234/id21/scan1"),
+        dataset("b", "/data/visitor/es1/id22/scan1", proposal="ES1"),
+        dataset("c", "/data/visitor/ma1234/id21/scan2", proposal=""),
+    ]
+    plan = plan_mounts(datasets, roots(tree), str(tmp_path / "proc"), frozenset({"MA1234", ""}))
     processed = [m for m in plan.mounts if not m.read_only]
     assert [(m.source, m.target) for m in processed] == [
         (tmp_path / "proc/MA1234", PurePosixPath("datasets/MA1234/processed"))
-    ]
+    ]  # not ES1's (not a member), never a shared area for datasets without a proposal
 
 
 @given(st.text(min_size=0, max_size=40))

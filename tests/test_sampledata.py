@@ -289,10 +289,10 @@ def test_proposals_yaml_has_embargoed_open_and_never_public_proposals(tree) -> N
     assert proposals["IH2002"]["public_date"] > today
     assert proposals["OD2019"]["public_date"] < today
     assert "public_date" not in proposals["IN5678"]
-    assert proposals["MA1234"]["datasets"]["nexus_tour_0001"]["public_date"] < today
+    assert proposals["MA1234"]["datasets"]["MA1234/ID21/nexus_tour_0001"]["public_date"] < today
     for d in datasets:
         rules = proposals[d.proposal]
-        override = (rules.get("datasets") or {}).get(d.name, {})
+        override = (rules.get("datasets") or {}).get(f"{d.proposal}/{d.instrument}/{d.name}", {})
         assert d.public_date == override.get("public_date", rules.get("public_date"))
 
 

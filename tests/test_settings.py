@@ -157,6 +157,10 @@ def test_rendered_config_loads_into_a_real_jupyterhub(tmp_path: Path, oidc_provi
     authenticator = UmbrellaOAuthenticator(config=config)  # runs OIDC discovery for real
     assert authenticator.authorize_url == f"{oidc_provider}/oauth2/authorize"
     assert authenticator.token_url == f"{oidc_provider}/oauth2/token"
-    assert authenticator.admin_groups == {"admins"}
+    assert authenticator.admin_groups == set()  # admins hold portal-admin, not admin
+    assert authenticator.validate_server_cert is True
+    roles = {r["name"]: r for r in config.JupyterHub.load_roles}
+    assert roles["admin"]["users"] == [] and roles["portal-admin"]["groups"] == ["admins"]
+    assert "admins" in authenticator.allowed_groups
     assert config.Spawner.start_timeout == 99  # extra_config passed through
     assert config.PortalSpawner.storage_roots == {"/data/visitor": "/srv/gpfs/visitor"}

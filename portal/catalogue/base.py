@@ -92,6 +92,14 @@ class Catalogue(LoggingConfigurable):
         ``technique`` is a PaNET id or name and also matches the techniques below it.
         """
 
+    def member_proposals(self, user: CatalogueUser) -> frozenset[str]:
+        """The proposals ``user`` is a member of: what entitles them to its processed area.
+
+        By default the identity claim alone; a backend that keeps member lists adds its own.
+        Reading a proposal's open data, or a group grant, does not make a member.
+        """
+        return user.proposals
+
 
 def catalogue_class(name: str) -> type[Catalogue]:
     """The backend class registered under ``name`` in the catalogue entry-point group."""

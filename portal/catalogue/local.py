@@ -153,11 +153,18 @@ def load_proposals(path: Path) -> dict[str, ProposalRules]:
     for pid, spec in (doc.get("proposals") or {}).items():
         spec = spec or {}
         where = f"{path}: proposals.{pid}"
-        overrides = {
-            name: _as_date(o.get("public_date"), f"{where}.datasets.{name}.public_date")
-            for name, o in (spec.get("datasets") or {}).items()
-            if (o or {}).get("public_date") is not None
-        }
+        overrides = {}
+        for dataset_pid, o in (spec.get("datasets") or {}).items():
+            if not str(dataset_pid).startswith(f"{pid}/") or str(dataset_pid).count("/") != 2:
+                raise CatalogueUnavailable(
+                    f"{where}.datasets.{dataset_pid}: key each dataset by its pid,"
+                    f" {pid}/<instrument>/<dataset folder>, so an override never reaches a"
+                    " dataset of the same name on another instrument or proposal"
+                )
+            if (o or {}).get("public_date") is not None:
+                overrides[str(dataset_pid)] = _as_date(
+                    o["public_date"], f"{where}.datasets.{dataset_pid}.public_date"
+                )
         rules[str(pid)] = ProposalRules(
             title=str(spec.get("title", "")),
             members=frozenset(str(m) for m in spec.get("members") or ()),
@@ -199,12 +206,24 @@ class LocalCatalogue(Catalogue):
         return db
 
     def _dataset_dirs(self) -> Iterator[tuple[str, str, Path]]:
-        root = Path(self.data_root)
-        for proposal in sorted(p for p in root.iterdir() if p.is_dir()):
-            if proposal.name.startswith("."):
-                continue
-            for instrument in sorted(p for p in proposal.iterdir() if p.is_dir()):
-                for folder in sorted(p for p in instrument.iterdir() if p.is_dir()):
+        """Every ``<proposal>/<instrument>/<dataset>`` folder; symlinked folders are skipped.
+
+        Whoever can write in one proposal's tree could otherwise link another proposal's
+        dataset into it and have it catalogued (and mounted) as their own.
+        """
+
+        def folders(parent: Path) -> list[Path]:
+            found = []
+            for path in sorted(parent.iterdir()):
+                if path.is_symlink():
+                    self.log.warning("catalogue: not following the symlink %s", path)
+                elif path.is_dir() and not path.name.startswith("."):
+                    found.append(path)
+            return found
+
+        for proposal in folders(Path(self.data_root)):
+            for instrument in folders(proposal):
+                for folder in folders(instrument):
                     yield proposal.name, instrument.name, folder
 
     def index(self) -> IndexReport:
@@ -288,7 +307,6 @@ class LocalCatalogue(Catalogue):
     def _dataset(self, row: tuple, rules: dict[str, ProposalRules]) -> Dataset:
         pid, title, proposal, instrument, location, techs, start, end, size, count = row
         rule = rules.get(proposal, NO_RULES)
-        name = pid.rsplit("/", 1)[-1]
         return Dataset(
             pid=pid,
             title=title,
@@ -298,7 +316,7 @@ class LocalCatalogue(Catalogue):
             techniques=tuple(techs.split()),
             start_time=_parse_time(start),
             end_time=_parse_time(end),
-            public_date=rule.dataset_public_dates.get(name, rule.public_date),
+            public_date=rule.dataset_public_dates.get(pid, rule.public_date),
             size=size,
             file_count=count,
             access_groups=rule.access_groups,
@@ -359,6 +377,10 @@ class LocalCatalogue(Catalogue):
 
     def datasets_for(self, user: CatalogueUser) -> list[Dataset]:
         return self._readable(user)
+
+    def member_proposals(self, user: CatalogueUser) -> frozenset[str]:
+        listed = {p for p, rule in self.proposals().items() if user.username in rule.members}
+        return user.proposals | listed
 
     def get(self, pid: str, user: CatalogueUser) -> Dataset:
         found = self._readable(user, ["pid = ?"], (pid,))

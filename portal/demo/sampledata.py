@@ -847,8 +847,8 @@ _YAML_HEADER = """\
 #     access_groups: [group, ...]  optional: identity-provider groups that may read it too
 #     public_date: YYYY-MM-DD    end of the embargo for all its datasets: from that day on
 #                                they are open data, readable by everyone. Omitted: never.
-#     datasets:                  optional per-dataset overrides, keyed by dataset folder name
-#       <dataset folder>: {public_date: YYYY-MM-DD}
+#     datasets:                  optional per-dataset overrides, keyed by the dataset's pid
+#       <proposal>/<instrument>/<dataset folder>: {public_date: YYYY-MM-DD}
 """
 
 
@@ -865,7 +865,10 @@ def _proposals_yaml() -> str:
         overrides = [d for d in proposal.datasets if d.public_date is not None]
         if overrides:
             lines.append("    datasets:")
-            lines += [f"      {d.name}: {{public_date: {d.public_date}}}" for d in overrides]
+            lines += [
+                f"      {proposal.id}/{d.instrument}/{d.name}: {{public_date: {d.public_date}}}"
+                for d in overrides
+            ]
         lines.append("")
     return "\n".join(lines)
 

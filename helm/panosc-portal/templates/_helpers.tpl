@@ -120,7 +120,7 @@ seccompProfile:
 
 {{- define "panosc-portal.portalYaml" -}}
 {{- $v := .Values -}}
-{{- $hub := dict "ip" "0.0.0.0" "port" 8000 "base_url" $v.hub.baseUrl "state_dir" "/srv/jupyterhub" "admin_users" $v.hub.adminUsers -}}
+{{- $hub := dict "ip" "0.0.0.0" "port" 8000 "base_url" $v.hub.baseUrl "state_dir" "/srv/jupyterhub" "admin_users" $v.hub.adminUsers "admin_access" $v.hub.adminAccess -}}
 {{- with include "panosc-portal.publicUrl" . -}}{{- $_ := set $hub "public_url" . -}}{{- end -}}
 {{- if eq $v.hub.db.type "postgres" -}}{{- $_ := set $hub "db_url" $v.hub.db.url -}}{{- end -}}
 {{- $roots := dict -}}

@@ -1,0 +1,181 @@
+"""Attacks on what a server mounts, against a real hub, a real OIDC provider and Docker.
+
+Findings 1 and 3 of the security review: a processed area handed to a non-member because
+they mounted the proposal's open data, and a symlinked dataset folder (or a folder swapped
+after the access check) smuggling another proposal's embargoed data into a mount.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from docker.types import Mount as DockerMount
+
+from portal.catalogue import Dataset
+from portal.demo.sampledata import DEMO_USERS, generate
+from spawner.docker import bridge_gateway, check_mounted, identity_command
+from spawner.environments import load_environments
+from spawner.mounts import MountError, StorageRoot, plan_mounts, verify_mount
+from tests.conftest import free_port
+from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
+from tests.portal_client import PortalClient
+from tests.umbrella import Hub, Provider
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+TOUR = "MA1234/ID21/nexus_tour_0001"  # MA1234's open data; bob is not a member of MA1234
+XRF = "MA1234/ID21/xrf_map_0001"
+TOMO = "IH2002/ID19/phantom_tomo_0001"  # embargoed; alice is not a member of IH2002
+STEAL = "MA1234/ID21/steal"  # alice's symlink to IH2002's tomography, inside MA1234's tree
+USERS = ("alice", "bob", "rita")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("facility") / "data"
+    generate(root)
+    # A member of MA1234 who can write in its tree links IH2002's dataset into it.
+    os.symlink("../../IH2002/ID19/phantom_tomo_0001", root / STEAL)
+    # rita is a member of MA1234 by the catalogue's member list only (no identity claim).
+    text = (root / "proposals.yaml").read_text()
+    (root / "proposals.yaml").write_text(text.replace("members: [alice]", "members: [alice, rita]"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def hub(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    ensure_images("base", "xrf")
+    provider = Provider(free_port(), tmp_path_factory.mktemp("op") / "op.log")
+    provider.start()
+    for name in ("alice", "bob"):
+        claims = {k: v for k, v in DEMO_USERS[name].items() if k != "sub"}
+        provider.set_user(DEMO_USERS[name]["sub"], **claims)
+    provider.set_user("rita@umbrella.demo", preferred_username="rita", groups=["researchers"])
+    folder = tmp_path_factory.mktemp("hub")
+    h = Hub(
+        {
+            "auth": {
+                "issuer": provider.issuer,
+                "client_id": "portal-security-tests",
+                "client_secret": "s",
+                "allowed_groups": ["researchers"],
+            },
+            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
+            "spawner": {
+                "backend": "docker",
+                "processed_root": str(folder / "processed"),
+                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
+            },
+        },
+        folder,
+    )
+    h.start()
+    yield h
+    h.stop()
+    provider.stop()
+    remove_user_servers(engine(), *USERS)
+
+
+def login(hub: Hub, sub: str) -> PortalClient:
+    client = PortalClient(hub.url)
+    client.login(sub)
+    return client
+
+
+def in_server(username: str, server: str, command: str) -> tuple[int, str]:
+    (box,) = [
+        c
+        for c in portal_containers(engine(), username)
+        if c.labels["org.panosc.portal.server"] == server
+    ]
+    code, out = box.exec_run(["sh", "-c", command])
+    return code, out.decode()
+
+
+def test_open_data_gives_a_non_member_no_processed_area(hub: Hub) -> None:
+    bob = login(hub, DEMO_USERS["bob"]["sub"])
+    bob.spawn("tour", {"type": "lab", "datasets": [TOUR]})
+    code, listing = in_server("bob", "tour", "ls /home/jovyan/datasets/MA1234")
+    assert code == 0 and listing.split() == ["nexus_tour_0001"], listing
+    code, out = in_server("bob", "tour", "grep ' /home/jovyan/datasets/' /proc/mounts")
+    assert " rw," not in out.replace("tmpfs /home/jovyan/datasets tmpfs rw", ""), out
+    bob.stop("tour")
+
+
+def test_members_get_their_processed_area_by_claim_or_member_list(hub: Hub) -> None:
+    alice = login(hub, DEMO_USERS["alice"]["sub"])  # MA1234 in her proposals claim
+    alice.spawn("tour", {"type": "lab", "datasets": [TOUR]})
+    code, out = in_server("alice", "tour", "touch /home/jovyan/datasets/MA1234/processed/r.txt")
+    assert code == 0, out
+    alice.stop("tour")
+    rita = login(hub, "rita@umbrella.demo")  # MA1234 only in proposals.yaml's member list
+    rita.spawn("tour", {"type": "lab", "datasets": [TOUR]})
+    code, out = in_server("rita", "tour", "ls /home/jovyan/datasets/MA1234/processed")
+    assert code == 0 and "r.txt" in out, out  # the proposal's one shared area
+    rita.stop("tour")
+
+
+def test_a_symlinked_dataset_folder_is_neither_catalogued_nor_mounted(hub: Hub) -> None:
+    alice = login(hub, DEMO_USERS["alice"]["sub"])
+    page = alice.http.get(f"{hub.url}/hub/datasets", params={"q": "tomo"}, timeout=30)
+    assert page.status_code == 200 and "steal" not in page.text and "phantom" not in page.text
+    r = alice.api("POST", "hub/api/users/alice/servers/steal", json={"datasets": [STEAL]})
+    assert r.status_code == 403 and "not found" in r.text, r.text
+    alice.spawn("all", {"type": "lab"})  # every dataset she may read
+    manifest = json.loads(in_server("alice", "all", "cat /home/jovyan/datasets/datasets.json")[1])
+    pids = {d["pid"] for d in manifest["datasets"]}
+    assert XRF in pids and STEAL not in pids and TOMO not in pids
+    code, _ = in_server("alice", "all", "ls -R /home/jovyan/datasets | grep -q tomo")
+    assert code != 0
+    alice.stop("all")
+
+
+def swap(folder: Path, replacement: Path) -> None:
+    """An attacker's rename race: the checked folder moves away, another takes its name."""
+    folder.rename(folder.with_name(folder.name + ".old"))
+    replacement.rename(folder)
+
+
+def test_a_folder_swapped_after_the_check_is_refused_before_and_after_the_bind(
+    tmp_path: Path,
+) -> None:
+    ensure_images("base")
+    storage = tmp_path / "storage"
+    (storage / "ma1234/id21/scan1").mkdir(parents=True)
+    (storage / "ma1234/id21/scan1/mine.txt").write_text("alice's data\n")
+    (storage / "ih2002/id19/tomo").mkdir(parents=True)
+    (storage / "ih2002/id19/tomo/secret.txt").write_text("embargoed\n")
+    dataset = Dataset("p1", "scan", "MA1234", "ID21", "/data/ma1234/id21/scan1")
+    plan = plan_mounts([dataset], [StorageRoot("/data", str(storage))])
+    (mount,) = plan.dataset_mounts
+    verify_mount(mount)  # unchanged: accepted
+
+    swap(storage / "ma1234/id21/scan1", storage / "ih2002/id19/tomo")
+    with pytest.raises(MountError, match="replaced between the access check and the mount"):
+        verify_mount(mount)
+
+    # What Docker binds is the path: after the swap the container sees the other folder,
+    # and the check run inside it (the spawner's own command and parser) refuses it.
+    box = engine().containers.run(
+        load_environments()["base"].image,
+        ["sleep", "60"],
+        detach=True,
+        remove=True,
+        user="1000:100",
+        mounts=[_bind(mount.source, "/home/jovyan/" + str(mount.target))],
+    )
+    try:
+        code, out = box.exec_run(identity_command(plan), demux=True)
+        assert b"secret.txt" in box.exec_run(["ls", "/home/jovyan/" + str(mount.target)])[1]
+        with pytest.raises(MountError, match="replaced between the access check"):
+            check_mounted(plan, code, out[0] or b"", out[1] or b"")
+    finally:
+        box.remove(force=True)
+
+
+def _bind(source: Path, target: str) -> DockerMount:
+    return DockerMount(target, str(source), type="bind", read_only=True)
