@@ -48,6 +48,8 @@ def hub(provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             },
             "catalogue": {"backend": "local", "local": {"data_root": str(folder / "data")}},
             "spawner": {"home_dir": str(folder / "homes/{username}")},
+            # JupyterHub's full admin role, so tests can read auth_state through the API.
+            "hub": {"admin_access": True},
             # Treat every token as about to expire, so every spawn must refresh it first.
             "extra_config": {"UmbrellaOAuthenticator": {"refresh_margin": 1e9}},
         },

@@ -79,7 +79,11 @@ class Hub:
         extra = self.config.get("extra_config", {})
         config = {
             **self.config,
-            "hub": {"port": self.port, "state_dir": str(self.folder / "state")},
+            "hub": {
+                **self.config.get("hub", {}),
+                "port": self.port,
+                "state_dir": str(self.folder / "state"),
+            },
             "extra_config": {
                 cls: {**internal.get(cls, {}), **extra.get(cls, {})} for cls in {*internal, *extra}
             },
