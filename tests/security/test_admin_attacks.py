@@ -7,7 +7,6 @@ group, alice a researcher with a running server.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
