@@ -454,4 +454,7 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
             {self.strip_group(g) for g in self.claims_list(user_info, self.groups_claim)}
         )
         state["proposals"] = sorted(set(self.claims_list(user_info, self.proposals_claim)))
+        # Only an address the provider verified may grant access (SciCat's sharedWith).
+        verified = user_info.get("email_verified") is True and user_info.get("email")
+        state["email"] = str(user_info["email"]).lower() if verified else ""
         return state

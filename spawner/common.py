@@ -31,6 +31,8 @@ def user_from_auth_state(username: str, auth_state: dict | None) -> CatalogueUse
         groups=frozenset(state.get("groups") or ()),
         proposals=frozenset(state.get("proposals") or ()),
         access_token=state.get("access_token"),
+        email=str(state.get("email") or ""),
+        id_token=state.get("id_token"),
     )
 
 

@@ -43,14 +43,16 @@ def may_read(dataset: Dataset, user: CatalogueUser, members: frozenset[str], tod
     """The one access rule every backend applies.
 
     A user may read a dataset when they are a member of its proposal (from their identity
-    claims or from the catalogue's own member list), when it is open data, or when one of
-    their groups is granted access (SciCat's ``ownerGroup``/``accessGroups``).
+    claims or from the catalogue's own member list), when it is open data, when one of
+    their groups is granted access (SciCat's ``ownerGroup``/``accessGroups``), or when it is
+    shared with their verified e-mail address (SciCat's ``sharedWith``).
     """
     return (
-        dataset.proposal in user.proposals
+        (bool(dataset.proposal) and dataset.proposal in user.proposals)
         or user.username in members
         or dataset.is_public(today)
         or bool(dataset.access_groups & user.groups)
+        or (bool(user.email) and user.email in dataset.shared_with)
     )
 
 

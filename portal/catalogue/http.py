@@ -1,10 +1,10 @@
 """What the HTTP catalogue backends (SciCat, PaNOSC Search API) share, written once.
 
 Both speak LoopBack-style JSON over HTTP, so this module owns everything that is about the
-wire rather than about one API: the base URL and the user's token header, timeouts, retries
-with exponential backoff, paging with ``limit``/``skip``, a short per-user answer cache and
-the errors a person can act on. A backend only builds its queries and maps its records to
-:class:`~portal.catalogue.model.Dataset`.
+wire rather than about one API: the base URL and the token header, timeouts, retries with
+exponential backoff, paging, a short per-user answer cache and the errors a person can act
+on. A backend builds its queries (each API pages its own way), says which token to send,
+and maps its records to :class:`~portal.catalogue.model.Dataset`.
 
 Calls block: the spawner runs them in a thread (``asyncio.to_thread``), so one instance is
 shared between threads; the cache is locked and each thread keeps its own HTTP session.
@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -111,6 +111,19 @@ def technique_id(*candidates: object) -> str:
     return given[0] if given else ""
 
 
+def json_of(response: requests.Response, url: str) -> Any:
+    """The JSON body of a successful answer, or a :class:`CatalogueUnavailable` that says why."""
+    if response.status_code >= 300:
+        raise CatalogueUnavailable(
+            f"catalogue {url} refused the request (HTTP {response.status_code}):"
+            f" {response.text[:200]}"
+        )
+    try:
+        return response.json()
+    except ValueError:
+        raise CatalogueUnavailable(f"catalogue {url} did not answer JSON") from None
+
+
 def filter_param(query: dict[str, Any]) -> dict[str, str]:
     """A LoopBack filter as the ``filter`` query parameter, compact and key-sorted.
 
@@ -171,17 +184,7 @@ class HttpCatalogue(Catalogue):
         20_000,
         min=1,
         config=True,
-        help="Stop paging after this many records (a guard against a server ignoring skip).",
-    )
-    token_header = Unicode(
-        "Authorization",
-        config=True,
-        help="HTTP header that carries the user's access token; empty sends no token.",
-    )
-    token_scheme = Unicode(
-        "Bearer",
-        config=True,
-        help="Word before the token in token_header ('Bearer'); empty sends the bare token.",
+        help="Stop paging after this many records, whatever the server answers.",
     )
 
     def __init__(self, **kwargs: Any) -> None:
@@ -203,27 +206,37 @@ class HttpCatalogue(Catalogue):
             session = self._local.session = requests.Session()
         return session
 
-    def _headers(self, user: CatalogueUser) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if user.access_token and self.token_header:
-            scheme = f"{self.token_scheme} " if self.token_scheme else ""
-            headers[self.token_header] = scheme + user.access_token
-        return headers
+    def auth_headers(self, user: CatalogueUser) -> dict[str, str]:
+        """The headers that authenticate a request made for ``user``; none by default."""
+        return {}
 
-    def _cache_key(self, user: CatalogueUser, url: str, params: dict[str, str]) -> tuple:
-        token = hashlib.sha256(user.access_token.encode()).hexdigest() if user.access_token else ""
-        return (user.username, user.sub, token, url, tuple(sorted(params.items())))
+    def _cache_key(self, headers: dict[str, str], user: CatalogueUser, url: str, params) -> tuple:
+        auth = hashlib.sha256(json.dumps(headers, sort_keys=True).encode()).hexdigest()
+        return (user.username, user.sub, auth, url, tuple(sorted(params.items())))
 
-    def _send(self, url: str, params: dict[str, str], headers: dict[str, str]) -> requests.Response:
-        """GET with retries: connection errors, timeouts and 5xx, bounded in count and time."""
+    def send(
+        self,
+        url: str,
+        headers: dict[str, str],
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+    ) -> requests.Response:
+        """GET (or POST ``json_body``) with retries on connection errors, timeouts, HTTP 429
+        and 5xx, bounded in count and time."""
         started = time.monotonic()
         attempt = 0
+        method = "GET" if json_body is None else "POST"
         while True:
             try:
-                response = self._session().get(
-                    url, params=params, headers=headers, timeout=self.timeout
+                response = self._session().request(
+                    method,
+                    url,
+                    params=params,
+                    json=json_body,
+                    headers=headers,
+                    timeout=self.timeout,
                 )
-                if response.status_code < 500:
+                if response.status_code < 500 and response.status_code != 429:
                     return response
                 problem = f"it answered HTTP {response.status_code} {response.reason}"
             except requests.Timeout:
@@ -238,74 +251,95 @@ class HttpCatalogue(Catalogue):
             self.log.warning("catalogue %s: %s; retrying in %.2f s", url, problem, delay)
             time.sleep(delay)
 
-    def get_json(self, user: CatalogueUser, path: str, params: dict[str, str] | None = None) -> Any:
-        """The JSON answer to ``GET url + path`` asked as ``user``, cached for ``cache_ttl``."""
+    def endpoint(self, path: str) -> str:
         if not self.url:
             raise CatalogueUnavailable(f"{type(self).__name__}.url is not set")
-        url = self.url.rstrip("/") + path
+        return self.url.rstrip("/") + path
+
+    def rejected(self, url: str, status: int, user: CatalogueUser) -> CatalogueError:
+        """The error for a 401/403 answer; a backend that knows its tokens says more."""
+        return CatalogueCredentialsRejected(
+            f"catalogue {url} refused the request made for {user.username} (HTTP {status})"
+        )
+
+    def get_json(self, user: CatalogueUser, path: str, params: dict[str, str] | None = None) -> Any:
+        """The JSON answer to ``GET url + path`` asked for ``user``, cached for ``cache_ttl``."""
+        url = self.endpoint(path)
         params = params or {}
-        key = self._cache_key(user, url, params)
+        headers = self.auth_headers(user)
+        key = self._cache_key(headers, user, url, params)
         cached = self._cache.get(key) if self.cache_ttl > 0 else None
         if cached is not None:
             return cached
-        response = self._send(url, params, self._headers(user))
+        response = self.send(url, {"Accept": "application/json", **headers}, params)
         status = response.status_code
         if status in (401, 403):
-            raise CatalogueCredentialsRejected(
-                f"catalogue {url} refused the access token of {user.username} (HTTP {status});"
-                " signing out and in again renews it"
-                if user.access_token
-                else f"catalogue {url} refused anonymous access (HTTP {status}); the hub holds"
-                f" no access token for {user.username}"
-            )
+            raise self.rejected(url, status, user)
         if status == 404:
             raise NotFound(f"catalogue {url}: not found")
-        if status >= 300:
-            raise CatalogueUnavailable(
-                f"catalogue {url} refused the request (HTTP {status}): {response.text[:200]}"
-            )
-        try:
-            data = response.json()
-        except ValueError:
-            raise CatalogueUnavailable(f"catalogue {url} did not answer JSON") from None
+        data = json_of(response, url)
         if self.cache_ttl > 0:
             self._cache.put(key, data, self.cache_ttl)
         return data
 
-    def records(self, user: CatalogueUser, path: str, query: dict[str, Any]) -> Iterator[dict]:
-        """Every record a LoopBack endpoint returns for ``query`` (a filter), page by page.
+    def records(
+        self, user: CatalogueUser, path: str, page_filter: Callable[[int, int], dict[str, Any]]
+    ) -> Iterator[dict]:
+        """Every record an endpoint lists, page by page; ``page_filter(skip, limit)`` is the
+        ``filter`` parameter of one page.
 
-        ``limit``/``skip`` are added here. Only an empty page ends the listing: a server may
-        cap ``limit`` below ``page_size``, and a short page must not silently drop the rest.
+        A page shorter than asked for is the last one. A page that starts with a record
+        already seen means the server ignores ``skip`` (as SciCat's v3 API does with a
+        top-level one): the listing stops there rather than reading the same page again.
         """
         skip = 0
+        seen: set[Any] = set()
         while skip < self.max_records:
-            page = self.get_json(
-                user, path, filter_param({**query, "limit": self.page_size, "skip": skip})
-            )
+            limit = min(self.page_size, self.max_records - skip)
+            page = self.get_json(user, path, filter_param(page_filter(skip, limit)))
             if not isinstance(page, list):
                 raise CatalogueUnavailable(
-                    f"catalogue {self.url.rstrip('/')}{path} answered"
-                    f" {type(page).__name__} where a list of records was expected"
+                    f"catalogue {self.endpoint(path)} answered {type(page).__name__}"
+                    " where a list of records was expected"
                 )
-            if not page:
+            if page and isinstance(page[0], dict) and page[0].get("pid") in seen:
+                self.log.warning(
+                    "catalogue %s repeats records at skip=%d: it ignores paging; stopping",
+                    self.endpoint(path),
+                    skip,
+                )
                 return
+            seen.update(r.get("pid") for r in page if isinstance(r, dict))
             yield from page
+            if len(page) < limit:
+                return
             skip += len(page)
-        self.log.warning("catalogue %s%s: stopped after %d records", self.url, path, skip)
+        self.log.warning("catalogue %s: stopped after %d records", self.endpoint(path), skip)
 
     # -- access, again, on the portal side --------------------------------------------
 
-    def readable(self, user: CatalogueUser, records: Iterable[dict[str, Any]]) -> list[Dataset]:
-        """The records ``user`` may read by the portal's own rule, as datasets, newest first.
+    def datasets(self, records: Iterable[Any]) -> Iterator[Dataset]:
+        """The records as datasets; one the backend cannot read is a clear error, not a 500.
 
         Records without a ``pid`` cannot be asked for again at spawn time; they are skipped.
         """
+        for record in records:
+            if not isinstance(record, dict) or not record.get("pid"):
+                continue
+            try:
+                yield self.to_dataset(record)
+            except (TypeError, ValueError, KeyError, AttributeError) as e:
+                raise CatalogueUnavailable(
+                    f"catalogue {self.url} answered a dataset the portal cannot read"
+                    f" (pid {str(record.get('pid'))[:100]!r}: {type(e).__name__}: {e})"
+                ) from None
+
+    def readable(self, user: CatalogueUser, records: Iterable[Any]) -> list[Dataset]:
+        """The records ``user`` may read by the portal's own rule, as datasets, newest first."""
         today = datetime.now(UTC).date()
-        datasets = (self.to_dataset(r) for r in records if isinstance(r, dict) and r.get("pid"))
-        found = [d for d in datasets if may_read(d, user, frozenset(), today)]
-        found = newest_first(found)
-        return found
+        return newest_first(
+            [d for d in self.datasets(records) if may_read(d, user, frozenset(), today)]
+        )
 
 
 __all__ = [
@@ -314,6 +348,7 @@ __all__ = [
     "HttpCatalogue",
     "NotFound",
     "filter_param",
+    "json_of",
     "parse_time",
     "technique_filter",
     "technique_id",

@@ -31,6 +31,7 @@ class Dataset:
     size: int = 0
     file_count: int = 0
     access_groups: frozenset[str] = frozenset()
+    shared_with: frozenset[str] = frozenset()  # e-mail addresses (SciCat's sharedWith)
 
     def is_public(self, today: date) -> bool:
         """Open data: its embargo (public date) has passed."""
@@ -64,8 +65,9 @@ class Proposal:
 class CatalogueUser:
     """Who is asking, as the hub knows them from the identity provider.
 
-    Built on the hub from the user's auth_state; ``access_token`` is only ever sent to a
-    catalogue backend that forwards it, never to a single-user server.
+    Built on the hub from the user's auth_state; the tokens are only ever sent to a
+    catalogue backend that uses them, never to a single-user server. ``email`` is set only
+    when the identity provider verified it.
     """
 
     username: str
@@ -73,3 +75,5 @@ class CatalogueUser:
     groups: frozenset[str] = frozenset()
     proposals: frozenset[str] = frozenset()
     access_token: str | None = field(default=None, repr=False)
+    email: str = ""
+    id_token: str | None = field(default=None, repr=False)

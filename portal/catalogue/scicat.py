@@ -1,78 +1,349 @@
-"""SciCat (API v3) as the portal's catalogue: ``GET /api/v3/Datasets?filter=...``.
+"""SciCat as the portal's catalogue, as its current backend (NestJS) serves it.
 
-Queries are LoopBack filters (``where``, ``order``, ``limit``, ``skip``) sent as the ``filter``
-query parameter; every filter (text, technique and its descendants, proposal, instrument)
-is applied by SciCat, and access is checked again by the portal (see
-:class:`~portal.catalogue.http.HttpCatalogue`).
+**API version** (``api_version``): ``v4`` (the default, ``GET /api/v4/datasets``) or ``v3``
+(``GET /api/v3/Datasets``, which the current backend still serves for older clients). The
+two differ, in what the portal sends, only in the ``where`` dialect (SciCat's
+``src/common/pipes/filter.pipe.ts`` maps v3's LoopBack ``or``/``and``/``inq``/``ilike`` to
+MongoDB; v4 takes MongoDB's ``$or``/``$and``/``$in``/``$regex`` and rejects anything else)
+and in the records' shape (v3 adds ``proposalId``/``instrumentId`` strings beside v4's
+``proposalIds``/``instrumentIds`` arrays). Both read paging only from
+``filter.limits = {limit, skip, sort}`` (``src/common/utils.ts``; a top-level ``limit`` or
+``skip`` is ignored without an error), so each page asks for ``limits`` with a stable sort
+(``creationTime`` newest first, then ``pid``), and a short page ends the listing. ``get`` is
+one request: the listing's own query with a ``where`` on the pid, so an embargoed and an
+unknown pid answer alike (an empty page).
 
-A record maps to a :class:`~portal.catalogue.model.Dataset` as follows: ``pid``;
-``datasetName`` (else the pid) as title; ``sourceFolder`` as the storage location;
-``proposalId``; ``creationLocation`` (else ``instrumentId``) as instrument;
-``techniques[].pid`` normalised to PaNET ids; ``startTime`` (else ``creationTime``) and
-``endTime``; ``size``; ``numberOfFiles``; ``ownerGroup`` plus ``accessGroups`` as the
-groups granted access; ``isPublished`` as open data.
+**Authentication** (``auth_mode``). SciCat accepts only its own JWT; any other bearer token
+is served as anonymous with HTTP 200 (``src/auth/guards/jwt-auth.guard.ts``), so the
+portal never forwards the user's Umbrella token. Instead:
 
-The token: by default the user's access token goes as ``Authorization: Bearer <token>``,
-which the current SciCat backend (NestJS, serving the ``/api/v3`` routes) reads. The legacy
-LoopBack 3 backend base64-decodes a ``Bearer`` value by default: for it set
-``c.SciCatCatalogue.token_scheme = ""`` (bare token in ``Authorization``) or
-``token_header = "X-Access-Token"``. The token is never put in the URL (``access_token=``),
-where proxies and access logs would keep it. Imports nothing from JupyterHub.
+- ``user`` (default): the user's ID token is exchanged for a SciCat token of their own at
+  ``POST /api/v3/auth/oidc/token`` (SciCat must trust the portal's OIDC client: its
+  ``OIDC_CLIENT_ID`` or ``OIDC_ADDITIONAL_AUTHORIZED_PARTIES``), kept until it expires.
+  SciCat filters by the user's SciCat groups; the portal checks every record again with
+  the groups and e-mail SciCat reports for that token (``/api/v3/auth/whoami``).
+- ``service``: one functional account's token (``service_token``, or ``service_username``
+  and ``service_password`` for ``POST /api/v3/auth/login``), and the portal filters by the
+  user's identity itself, in the query and again on every record: their ``groups`` claim
+  plus their ``proposals`` claim (SciCat's ``ownerGroup`` is usually the proposal) and their
+  verified e-mail.
+
+Either way a token SciCat does not know (``whoami`` answers empty: anonymous) is an error
+that says so, never a silently short list.
+
+**Access**: SciCat's own rule (``src/casl/abilities/datasets.ability.ts`` and the list's
+access filter): ``ownerGroup`` or ``accessGroups`` among the user's groups, ``sharedWith``
+holding their e-mail, ``isPublished``, and everything for its ``ADMIN_GROUPS``
+(``admin_groups`` here). Proposal membership from the portal's ``proposals`` claim counts
+only as a group (service mode); nothing else grants access. Imports nothing from JupyterHub.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
-from portal.catalogue.base import DatasetNotFound
+from traitlets import Enum, List, Unicode, default
+
+from portal.catalogue.base import CatalogueError, DatasetNotFound, may_read, newest_first
 from portal.catalogue.http import (
     PUBLISHED,
+    CatalogueCredentialsRejected,
     HttpCatalogue,
+    json_of,
     parse_time,
     technique_filter,
     technique_id,
 )
 from portal.catalogue.model import CatalogueUser, Dataset
 
-DATASETS = "/api/v3/Datasets"
-#: Newest first, as the interface promises; the pid makes paging stable between equal times.
-ORDER = ["creationTime DESC", "pid ASC"]
+WHOAMI = "/api/v3/auth/whoami"
+LOGIN = "/api/v3/auth/login"
+EXCHANGE = "/api/v3/auth/oidc/token"
+#: Newest first, as the interface promises; the pid makes pages stable between equal times.
+SORT = {"creationTime": "desc", "pid": "asc"}
 
 
-def _like(text: str, whole: bool = False) -> dict[str, str]:
-    """A case-insensitive LoopBack ``like`` (a regular expression on MongoDB) matching ``text``."""
-    pattern = re.escape(text)
-    return {"like": f"^{pattern}$" if whole else pattern, "options": "i"}
+@dataclass(frozen=True)
+class Dialect:
+    """How one API version spells a ``where`` (SciCat's ``WherePipe`` maps v3's to v4's)."""
+
+    path: str
+    any_of: str
+    all_of: str
+    one_of: str
+    ilike: str
+
+    def regex(self, pattern: str) -> dict[str, str]:
+        """A case-insensitive regular expression condition."""
+        if self.ilike == "ilike":  # v3: WherePipe turns it into $regex with $options "i"
+            return {"ilike": pattern}
+        return {"$regex": pattern, "$options": "i"}
+
+    def combine(self, clauses: list[dict[str, Any]]) -> dict[str, Any]:
+        if len(clauses) > 1:
+            return {self.all_of: clauses}
+        return clauses[0] if clauses else {}
 
 
-def search_where(
-    *, text: str = "", technique: str = "", proposal: str = "", instrument: str = ""
-) -> dict[str, Any]:
-    """The LoopBack ``where`` for the search filters; each given filter must hold."""
-    clauses: list[dict[str, Any]] = []
-    if text:
-        clauses.append({"or": [{"datasetName": _like(text)}, {"pid": _like(text)}]})
-    if technique:
-        clauses.append({"techniques.pid": {"inq": sorted(technique_filter(technique))}})
-    if proposal:
-        clauses.append({"proposalId": proposal})
-    if instrument:
-        clauses.append(
-            {
-                "or": [
-                    {"creationLocation": _like(instrument, whole=True)},
-                    {"instrumentId": instrument},
-                ]
-            }
-        )
-    if len(clauses) > 1:
-        return {"and": clauses}
-    return clauses[0] if clauses else {}
+DIALECTS = {
+    "v4": Dialect("/api/v4/datasets", "$or", "$and", "$in", "$regex"),
+    "v3": Dialect("/api/v3/Datasets", "or", "and", "inq", "ilike"),
+}
+
+
+@dataclass(frozen=True)
+class SciCatIdentity:
+    """A SciCat token and who SciCat says it belongs to (``whoami``)."""
+
+    token: str
+    expires: float
+    groups: frozenset[str]
+    email: str
+
+
+def _first(record: dict[str, Any], single: str, many: str) -> str:
+    """A v3 single value (``proposalId``) or the first of a v4 array (``proposalIds``)."""
+    value = record.get(single)
+    if not value and isinstance(record.get(many), list) and record[many]:
+        value = record[many][0]
+    return str(value or "")
 
 
 class SciCatCatalogue(HttpCatalogue):
-    """Datasets from a SciCat catalogue, asked with each user's own token."""
+    """Datasets from a SciCat catalogue; every answer is access-checked by SciCat's rule."""
+
+    api_version = Enum(
+        ["v4", "v3"],
+        default_value="v4",
+        config=True,
+        help="SciCat API: v4 (/api/v4/datasets, current) or v3 (/api/v3/Datasets).",
+    )
+    auth_mode = Enum(
+        ["user", "service"],
+        default_value="user",
+        config=True,
+        help="user: each user's own SciCat token, exchanged for their ID token;"
+        " service: one functional account, the portal filtering by the user's identity.",
+    )
+    service_token = Unicode(
+        "",
+        config=True,
+        help="auth_mode service: a SciCat token (JWT) of the functional account."
+        " Default: the SCICAT_SERVICE_TOKEN environment variable.",
+    )
+    service_username = Unicode(
+        "", config=True, help="auth_mode service: the functional account, to log in with."
+    )
+    service_password = Unicode(
+        "",
+        config=True,
+        help="auth_mode service: its password. Default: SCICAT_SERVICE_PASSWORD.",
+    )
+    admin_groups = List(
+        Unicode(),
+        config=True,
+        help="SciCat's ADMIN_GROUPS: their members read every dataset, as in SciCat.",
+    )
+
+    @default("service_token")
+    def _service_token_default(self) -> str:
+        return os.environ.get("SCICAT_SERVICE_TOKEN", "")
+
+    @default("service_password")
+    def _service_password_default(self) -> str:
+        return os.environ.get("SCICAT_SERVICE_PASSWORD", "")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._identities: dict[tuple, SciCatIdentity] = {}
+        self._identities_lock = threading.Lock()
+
+    @property
+    def dialect(self) -> Dialect:
+        return DIALECTS[self.api_version]
+
+    # -- tokens -----------------------------------------------------------------------
+
+    def _identity_key(self, user: CatalogueUser) -> tuple:
+        if self.auth_mode == "service":
+            return ("service",)
+        digest = hashlib.sha256((user.id_token or "").encode()).hexdigest()
+        return ("user", user.sub, user.username, digest)
+
+    def identity(self, user: CatalogueUser) -> SciCatIdentity:
+        """The SciCat token to ask with, for ``user`` (or the service), acquired when needed."""
+        key = self._identity_key(user)
+        with self._identities_lock:
+            known = self._identities.get(key)
+        if known is not None and known.expires - 30 > time.time():
+            return known
+        token, expires = self._service_token() if key == ("service",) else self._user_token(user)
+        whoami = self.send(
+            self.endpoint(WHOAMI),
+            {"Accept": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        answer = json_of(whoami, self.endpoint(WHOAMI)) if whoami.text.strip() else None
+        if not isinstance(answer, dict) or not answer.get("username"):
+            whose = "the portal's service account" if key == ("service",) else user.username
+            raise CatalogueCredentialsRejected(
+                f"SciCat at {self.url} does not accept the token of {whose}: {WHOAMI} answers"
+                " anonymous, so it would list public data only"
+                + (
+                    "; check SciCatCatalogue.service_token (or its account) against this SciCat"
+                    if key == ("service",)
+                    else "; signing out and in again renews it"
+                )
+            )
+        found = SciCatIdentity(
+            token,
+            expires,
+            frozenset(str(g) for g in answer.get("currentGroups") or []),
+            str(answer.get("email") or "").lower(),
+        )
+        with self._identities_lock:
+            self._identities[key] = found
+        return found
+
+    def _token_answer(self, path: str, body: dict[str, str], failure: str) -> tuple[str, float]:
+        url = self.endpoint(path)
+        response = self.send(url, {"Accept": "application/json"}, json_body=body)
+        if response.status_code in (400, 401, 403):
+            raise CatalogueCredentialsRejected(
+                f"{failure} (HTTP {response.status_code}: {response.text[:200]})"
+            )
+        answer = json_of(response, url)
+        if not isinstance(answer, dict) or not answer.get("access_token"):
+            raise CatalogueCredentialsRejected(f"{failure}: {url} returned no access_token")
+        ttl = float(answer.get("expires_in") or answer.get("ttl") or 3600)
+        return str(answer["access_token"]), time.time() + ttl
+
+    def _service_token(self) -> tuple[str, float]:
+        if self.service_token:
+            return self.service_token, float("inf")
+        if not (self.service_username and self.service_password):
+            raise CatalogueCredentialsRejected(
+                "SciCatCatalogue.auth_mode is 'service' but no service_token, nor"
+                " service_username and service_password (SCICAT_SERVICE_PASSWORD), is set"
+            )
+        return self._token_answer(
+            LOGIN,
+            {"username": self.service_username, "password": self.service_password},
+            f"SciCat at {self.url} refused the login of the service account"
+            f" {self.service_username!r}",
+        )
+
+    def _user_token(self, user: CatalogueUser) -> tuple[str, float]:
+        if not user.id_token:
+            raise CatalogueCredentialsRejected(
+                f"the hub holds no ID token for {user.username} to sign in to SciCat with;"
+                " signing out and in again renews it"
+            )
+        return self._token_answer(
+            EXCHANGE,
+            {"idToken": user.id_token},
+            f"SciCat at {self.url} refused the sign-in of {user.username}: signing out and in"
+            " again renews it; if it persists, SciCat must accept this portal's OIDC client"
+            " (OIDC_CLIENT_ID or OIDC_ADDITIONAL_AUTHORIZED_PARTIES)",
+        )
+
+    def auth_headers(self, user: CatalogueUser) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.identity(user).token}"}
+
+    def rejected(self, url: str, status: int, user: CatalogueUser) -> CatalogueError:
+        with self._identities_lock:  # an expired token (401 SESSION_EXPIRED): get a new one
+            self._identities.pop(self._identity_key(user), None)
+        return CatalogueCredentialsRejected(
+            f"SciCat at {url} refused the token used for {user.username} (HTTP {status});"
+            " try again, or sign out and in again"
+        )
+
+    # -- who may read what ------------------------------------------------------------
+
+    def reader(self, user: CatalogueUser) -> CatalogueUser:
+        """``user`` as SciCat knows them: groups and e-mail that SciCat's rule compares."""
+        if self.auth_mode == "user":
+            me = self.identity(user)
+            return replace(user, groups=me.groups, email=me.email, proposals=frozenset())
+        return replace(user, groups=user.groups | user.proposals, proposals=frozenset())
+
+    def is_admin(self, reader: CatalogueUser) -> bool:
+        return bool(reader.groups & set(self.admin_groups))
+
+    def access_where(self, reader: CatalogueUser) -> dict[str, Any] | None:
+        """SciCat's list filter for ``reader``, sent in service mode (SciCat adds its own in
+        user mode); ``None`` for an admin."""
+        if self.is_admin(reader):
+            return None
+        d = self.dialect
+        groups = sorted(reader.groups)
+        clauses: list[dict[str, Any]] = [
+            {"ownerGroup": {d.one_of: groups}},
+            {"accessGroups": {d.one_of: groups}},
+            {"isPublished": True},
+        ]
+        if reader.email:
+            clauses.append({"sharedWith": {d.one_of: [reader.email]}})
+        return {d.any_of: clauses}
+
+    def readable(self, user: CatalogueUser, records: Any) -> list[Dataset]:
+        reader = self.reader(user)
+        if self.is_admin(reader):
+            return newest_first(list(self.datasets(records)))
+        today = datetime.now(UTC).date()
+        return newest_first(
+            [d for d in self.datasets(records) if may_read(d, reader, frozenset(), today)]
+        )
+
+    # -- queries ----------------------------------------------------------------------
+
+    def search_clauses(
+        self, *, text: str = "", technique: str = "", proposal: str = "", instrument: str = ""
+    ) -> list[dict[str, Any]]:
+        """One ``where`` clause per search filter, in this API version's dialect."""
+        d = self.dialect
+        clauses: list[dict[str, Any]] = []
+        if text:
+            pattern = re.escape(text)
+            clauses.append(
+                {d.any_of: [{"datasetName": d.regex(pattern)}, {"pid": d.regex(pattern)}]}
+            )
+        if technique:
+            clauses.append({"techniques.pid": {d.one_of: sorted(technique_filter(technique))}})
+        if proposal:
+            clauses.append({"proposalIds": proposal})
+        if instrument:
+            whole = f"^{re.escape(instrument)}$"
+            clauses.append(
+                {d.any_of: [{"creationLocation": d.regex(whole)}, {"instrumentIds": instrument}]}
+            )
+        return clauses
+
+    def _query(
+        self, user: CatalogueUser, clauses: list[dict[str, Any]], limit: int | None = None
+    ) -> list[Dataset]:
+        if self.auth_mode == "service" and (access := self.access_where(self.reader(user))):
+            clauses = [access, *clauses]
+        where = self.dialect.combine(clauses)
+
+        def page(skip: int, size: int) -> dict[str, Any]:
+            query: dict[str, Any] = {
+                "limits": {"limit": min(size, limit or size), "skip": skip, "sort": SORT}
+            }
+            if where:
+                query["where"] = where
+            return query
+
+        records = self.records(user, self.dialect.path, page)
+        if limit is not None:
+            records = (r for _, r in zip(range(limit), records, strict=False))
+        return self.readable(user, records)
 
     def to_dataset(self, record: dict[str, Any]) -> Dataset:
         pid = str(record["pid"])
@@ -80,8 +351,9 @@ class SciCatCatalogue(HttpCatalogue):
         return Dataset(
             pid=pid,
             title=str(record.get("datasetName") or pid),
-            proposal=str(record.get("proposalId") or ""),
-            instrument=str(record.get("creationLocation") or record.get("instrumentId") or ""),
+            proposal=_first(record, "proposalId", "proposalIds"),
+            instrument=str(record.get("creationLocation") or "")
+            or _first(record, "instrumentId", "instrumentIds"),
             location=str(record.get("sourceFolder") or ""),
             techniques=tuple(
                 technique_id(t.get("pid"), t.get("name"))
@@ -94,21 +366,14 @@ class SciCatCatalogue(HttpCatalogue):
             size=int(record.get("size") or 0),
             file_count=int(record.get("numberOfFiles") or 0),
             access_groups=frozenset(str(g) for g in groups if g),
+            shared_with=frozenset(str(e).lower() for e in record.get("sharedWith") or []),
         )
 
-    def _query(self, user: CatalogueUser, where: dict[str, Any]) -> list[Dataset]:
-        query: dict[str, Any] = {"order": ORDER}
-        if where:
-            query["where"] = where
-        return self.readable(user, self.records(user, DATASETS, query))
-
     def datasets_for(self, user: CatalogueUser) -> list[Dataset]:
-        return self._query(user, {})
+        return self._query(user, [])
 
     def get(self, pid: str, user: CatalogueUser) -> Dataset:
-        # A where on pid, not GET /Datasets/{pid}: SciCat then answers an embargoed and an
-        # unknown pid alike (an empty list), with no 403/404 difference to leak.
-        found = self._query(user, {"pid": pid})
+        found = self._query(user, [{"pid": pid}], limit=1)
         if not found:
             raise DatasetNotFound(pid)
         return found[0]
@@ -124,10 +389,10 @@ class SciCatCatalogue(HttpCatalogue):
         limit: int = 50,
         offset: int = 0,
     ) -> list[Dataset]:
-        filters = search_where(
+        clauses = self.search_clauses(
             text=text, technique=technique, proposal=proposal, instrument=instrument
         )
-        return self._query(user, filters)[offset : offset + limit]
+        return self._query(user, clauses)[offset : offset + limit]
 
 
-__all__ = ["SciCatCatalogue", "search_where"]
+__all__ = ["DIALECTS", "SciCatCatalogue"]

@@ -1,37 +1,41 @@
 """The PaNOSC Search API (github.com/panosc-eu/search-api) as the portal's catalogue.
 
-Calls, as the spec's ``doc/api-calls.md`` defines them: ``GET /datasets?filter=...`` and
-``GET /datasets/{pid}?filter=...``, the filter being LoopBack JSON (``where``, ``include``,
-``limit``, ``skip``; ``doc/query.md``). Each dataset is asked with its ``documents``,
-``techniques`` and ``instrument`` (and ``files`` when the location needs them), and maps as:
+``url`` is the API root, ``/api`` included (the reference implementation's ``restApiRoot``),
+e.g. ``https://search.example-facility.eu/api``. What the portal asks, and why, as the
+reference implementation (LoopBack 3) answers:
 
-- proposal: the ``pid`` of its document of ``type`` "proposal" (the spec's stable id);
-- public: the dataset's ``isPublic``; its proposal's ``releaseDate``, when given, as the
-  public date (a future one keeps it embargoed), else "public since an unknown day";
-- techniques: ``panetId`` (a PaNET IRI), else the technique's ``pid`` or ``name``,
-  normalised to PaNET ids when the portal knows them;
-- instrument: ``instrument.name``; start time: ``creationDate``; ``size``.
+- ``GET /datasets?filter=`` with ``include`` ``techniques``, ``instrument`` (and ``files``
+  when the location needs them), paged with the filter's top-level ``limit``/``skip`` (it has
+  no page cap; a short page is the last). The Dataset model has **no** ``documents``
+  relation (``common/models/dataset.json``): asking for one is an HTTP 500.
+- A dataset's proposal comes from the other side: the ``Document`` of ``type`` "proposal"
+  whose ``datasets`` relation holds it: ``GET /documents?filter={"where":{"type":
+  "proposal"},"include":[{"relation":"datasets","scope":{"fields":["pid"]}}]}``, read once
+  per listing (and cached like any answer). ``get`` asks that query with a scope on its pid
+  (as ``{"and":[{"pid":...}]}``: LoopBack overwrites a plain ``pid`` key in the scope of a
+  through relation, ``loopback-datasource-juggler/lib/include.js``), which returns the
+  proposal with the dataset and its relations in one request; a dataset no proposal
+  holds (public data in the spec's sense) takes a second one, ``GET /datasets/{pid}``.
+- The proposal's ``releaseDate`` is the public date of a dataset marked ``isPublic``;
+  ``isPublic: false`` data is readable by the proposal's members only (the ``proposals``
+  claim). The reference serves every record to everyone (it has no ACLs and ignores
+  tokens), so the portal's own check is the only one, and no token is sent by default.
+- Filters: ``text`` goes to the server (its ``text`` operator, a case-insensitive
+  substring of the title where ``%`` and ``_`` are wildcards) and is checked again here as
+  a plain substring. Technique (PaNET, descendants included), proposal and instrument are
+  applied here: the reference drops non-matching datasets *after* ``limit``/``skip``
+  (``common/mixins/sanitize.js``), so a server-side relation filter gives short or empty
+  pages while more matches follow.
 
-Storage location: the spec carries only file ``name``/``path``, so the location is built
-from ``location_template``: ``{files_path}`` (the folder common to the files' paths, the
-default), ``{proposal}``, ``{instrument}``, ``{pid}`` and ``{dataset}`` (the pid after its last
-"/"). E.g. ``/data/visitor/{proposal}/{instrument}/{dataset}`` needs no file listing at all.
-A placeholder with no value gives no location (the mount plan then refuses the dataset), so
-a template never widens to a whole storage root.
-
-Filters: ``text`` goes to the server (the spec's ``{"where": {"text": ...}}`` operator). The
-technique, proposal and instrument filters are applied here, on the included relations:
-the spec filters on relations with an ``include`` scope, and the reference implementation
-drops non-matching datasets *after* ``limit``/``skip`` ("sanitize" mixin), so pages come
-back short or empty while more matches follow, and paging could not tell where they end.
-
-The token: the spec defines no authentication yet (public data only, ``doc/api-calls.md``);
-the reference server is LoopBack 3 with its stock access tokens, read from the
-``access_token`` query parameter or the ``X-Access-Token`` / ``Authorization`` headers. The
-portal sends ``X-Access-Token: <token>`` (LoopBack base64-decodes ``Authorization: Bearer``
-values by default, and a token in the URL would end up in access logs); ``token_header`` and
-``token_scheme`` change that. Group grants are not in the spec, so only proposal membership
-and open data give access here. Imports nothing from JupyterHub.
+Other implementations: SciCat's and ILL's Search APIs follow the same spec and model
+(Dataset without ``documents``, Document with ``datasets``), so the same queries apply; one
+whose datasets carry their ``documents`` inline works too, as an included ``documents`` in a
+dataset record is read when present. Where an implementation needs a token,
+``token_header`` sends the user's. The storage location is built from
+``location_template``: ``{files_path}`` (the folder common to the files' paths, the default),
+``{proposal}``, ``{instrument}``, ``{pid}`` and ``{dataset}`` (the pid after its last "/"). A
+placeholder with no value gives no location (the mount plan then refuses the dataset), so a
+template never widens to a whole storage root. Imports nothing from JupyterHub.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from string import Formatter
 from typing import Any
 from urllib.parse import quote
 
-from traitlets import TraitError, Unicode, default, validate
+from traitlets import TraitError, Unicode, validate
 
 from portal.catalogue import techniques
 from portal.catalogue.base import DatasetNotFound
@@ -56,7 +60,9 @@ from portal.catalogue.http import (
 from portal.catalogue.model import CatalogueUser, Dataset
 
 DATASETS = "/datasets"
+DOCUMENTS = "/documents"
 PLACEHOLDERS = ("files_path", "proposal", "instrument", "pid", "dataset")
+PROPOSALS = {"where": {"type": "proposal"}}
 
 
 def _fields(template: str) -> set[str]:
@@ -73,7 +79,7 @@ def _files_path(files: list[Any]) -> str:
 
 
 class SearchApiCatalogue(HttpCatalogue):
-    """Datasets from a facility's PaNOSC Search API, asked with each user's own token."""
+    """Datasets from a facility's PaNOSC Search API, with their proposals."""
 
     location_template = Unicode(
         "{files_path}",
@@ -82,14 +88,12 @@ class SearchApiCatalogue(HttpCatalogue):
         " {proposal}, {instrument}, {pid} and {dataset} (the pid after its last '/'),"
         " e.g. /data/visitor/{proposal}/{instrument}/{dataset}.",
     )
-
-    @default("token_header")
-    def _default_token_header(self) -> str:
-        return "X-Access-Token"
-
-    @default("token_scheme")
-    def _default_token_scheme(self) -> str:
-        return ""
+    token_header = Unicode(
+        "",
+        config=True,
+        help="Header that carries the user's access token, for an implementation that needs"
+        " one (the reference has no authentication); empty sends no token.",
+    )
 
     @validate("location_template")
     def _known_placeholders(self, proposed: dict[str, Any]) -> str:
@@ -105,11 +109,35 @@ class SearchApiCatalogue(HttpCatalogue):
             )
         return template
 
+    def auth_headers(self, user: CatalogueUser) -> dict[str, str]:
+        if self.token_header and user.access_token:
+            return {self.token_header: user.access_token}
+        return {}
+
     def _include(self) -> list[dict[str, str]]:
-        relations = ["documents", "techniques", "instrument"]
+        relations = ["techniques", "instrument"]
         if "files_path" in _fields(self.location_template):
             relations.append("files")
         return [{"relation": r} for r in relations]
+
+    # -- proposals --------------------------------------------------------------------
+
+    def proposals(self, user: CatalogueUser) -> dict[str, dict[str, Any]]:
+        """Dataset pid -> its proposal document, from every proposal the server lists."""
+        scope = {"relation": "datasets", "scope": {"fields": ["pid"]}}
+
+        def page(skip: int, limit: int) -> dict[str, Any]:
+            return {**PROPOSALS, "include": [scope], "limit": limit, "skip": skip}
+
+        found: dict[str, dict[str, Any]] = {}
+        for document in self.records(user, DOCUMENTS, page):
+            if isinstance(document, dict):
+                for dataset in document.get("datasets") or []:
+                    if isinstance(dataset, dict) and dataset.get("pid"):
+                        found.setdefault(str(dataset["pid"]), document)
+        return found
+
+    # -- records ----------------------------------------------------------------------
 
     def _location(self, pid: str, proposal: str, instrument: str, record: dict) -> str:
         values = {
@@ -124,9 +152,13 @@ class SearchApiCatalogue(HttpCatalogue):
         return self.location_template.format(**values)
 
     def to_dataset(self, record: dict[str, Any]) -> Dataset:
+        """A dataset record; its proposal document is ``record["proposal"]`` (set by the
+        portal from the documents' side) or one of its inline ``documents``."""
         pid = str(record["pid"])
-        documents = [d for d in record.get("documents") or [] if isinstance(d, dict)]
-        proposal_doc = next((d for d in documents if d.get("type") == "proposal"), {})
+        inline = [d for d in record.get("documents") or [] if isinstance(d, dict)]
+        proposal_doc = record.get("proposal") or next(
+            (d for d in inline if d.get("type") == "proposal"), {}
+        )
         proposal = str(proposal_doc.get("pid") or "")
         inst = record.get("instrument")
         instrument = str(inst.get("name") or "") if isinstance(inst, dict) else ""
@@ -151,16 +183,41 @@ class SearchApiCatalogue(HttpCatalogue):
             file_count=len(files) if isinstance(files, list) else 0,
         )
 
+    def _listing(self, user: CatalogueUser, where: dict[str, Any]) -> list[Dataset]:
+        proposals = self.proposals(user)
+        include = self._include()
+
+        def page(skip: int, limit: int) -> dict[str, Any]:
+            query: dict[str, Any] = {"include": include, "limit": limit, "skip": skip}
+            if where:
+                query["where"] = where
+            return query
+
+        records = (
+            {**r, "proposal": proposals.get(str(r.get("pid")))} if isinstance(r, dict) else r
+            for r in self.records(user, DATASETS, page)
+        )
+        return self.readable(user, records)
+
     def datasets_for(self, user: CatalogueUser) -> list[Dataset]:
-        return self.readable(user, self.records(user, DATASETS, {"include": self._include()}))
+        return self._listing(user, {})
 
     def get(self, pid: str, user: CatalogueUser) -> Dataset:
-        path = f"{DATASETS}/{quote(pid, safe='')}"
-        try:
-            record = self.get_json(user, path, filter_param({"include": self._include()}))
-        except NotFound:
-            raise DatasetNotFound(pid) from None
-        found = self.readable(user, [record] if isinstance(record, dict) else [])
+        scope = {"where": {"and": [{"pid": pid}]}, "include": self._include()}
+        query = {**PROPOSALS, "include": [{"relation": "datasets", "scope": scope}]}
+        records = []
+        for document in self.get_json(user, DOCUMENTS, filter_param(query)) or []:
+            for dataset in document.get("datasets") or [] if isinstance(document, dict) else []:
+                if isinstance(dataset, dict) and dataset.get("pid") == pid:
+                    records.append({**dataset, "proposal": document})
+        if not records:  # in no proposal: ask for the dataset itself
+            path = f"{DATASETS}/{quote(pid, safe='')}"
+            try:
+                record = self.get_json(user, path, filter_param({"include": self._include()}))
+            except NotFound:
+                raise DatasetNotFound(pid) from None
+            records = [record] if isinstance(record, dict) and record.get("pid") == pid else []
+        found = self.readable(user, records[:1])
         if not found:
             raise DatasetNotFound(pid)
         return found[0]
@@ -176,14 +233,12 @@ class SearchApiCatalogue(HttpCatalogue):
         limit: int = 50,
         offset: int = 0,
     ) -> list[Dataset]:
-        query: dict[str, Any] = {"include": self._include()}
-        if text:
-            query["where"] = {"text": text}
-        wanted = techniques.descendants(technique) if technique else set()
+        wanted = techniques.descendants(techniques.get(technique).pid) if technique else set()
         found = [
             d
-            for d in self.readable(user, self.records(user, DATASETS, query))
-            if (not wanted or wanted.intersection(d.techniques))
+            for d in self._listing(user, {"text": text} if text else {})
+            if (not text or text.casefold() in d.title.casefold())
+            and (not wanted or wanted.intersection(d.techniques))
             and (not proposal or d.proposal == proposal)
             and (not instrument or d.instrument.casefold() == instrument.casefold())
         ]
