@@ -20,7 +20,7 @@ from jupyterhub.handlers import BaseHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from portal.catalogue import CatalogueUnavailable, Dataset, DatasetNotFound, PortalCatalogue
+from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue
 from portal.course import CourseError, load_course
 from spawner.common import user_from_auth_state
 from spawner.courses import CourseLibrary, CourseUnavailable, server_name
@@ -92,8 +92,8 @@ class DatasetsHandler(PortalPage):
             )
         except KeyError as e:  # an unknown technique: say which and how to write it
             found, problem = [], str(e.args[0])
-        except CatalogueUnavailable as e:
-            found, problem = [], f"The catalogue cannot be reached right now: {e}"
+        except CatalogueError as e:  # down, slow, nonsense, or refusing the user's token
+            found, problem = [], f"The catalogue cannot answer right now: {e}"
         html = await self.render_template(
             "datasets.html",
             datasets=[(d, ", ".join(d.technique_names), human_size(d.size)) for d in found],
@@ -123,8 +123,8 @@ class OpenHandler(PortalPage):
             dataset = await asyncio.to_thread(self.catalogue.get, pid, await self.catalogue_user())
         except DatasetNotFound as e:
             return await self.refuse(404, f"Cannot open this dataset: {e}.")
-        except CatalogueUnavailable as e:
-            return await self.refuse(503, f"The catalogue cannot be reached right now: {e}")
+        except CatalogueError as e:
+            return await self.refuse(503, f"The catalogue cannot answer right now: {e}")
 
         user = self.current_user
         for name, spawner in user.spawners.items():
@@ -181,8 +181,8 @@ class CourseHandler(PortalPage):
                     f"The course \u201c{course.title}\u201d uses the dataset {pid}, which you"
                     " may not read. Ask the course's trainer to give you access.",
                 )
-            except CatalogueUnavailable as e:
-                return await self.refuse(503, f"The catalogue cannot be reached right now: {e}")
+            except CatalogueError as e:
+                return await self.refuse(503, f"The catalogue cannot answer right now: {e}")
         owner = self.current_user
         server = server_name(name)
         spawner = owner.spawners.get(server)

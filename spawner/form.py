@@ -15,7 +15,7 @@ from typing import Any
 from jinja2 import Environment as Jinja
 from jinja2 import FileSystemLoader, select_autoescape
 
-from portal.catalogue import Dataset
+from portal.catalogue import CatalogueError, Dataset
 from spawner.environments import Environment
 from spawner.options import ENVIRONMENT_DEFAULT, pick_environment
 
@@ -83,12 +83,12 @@ def render_form(context: dict[str, Any]) -> str:
 async def options_form(spawner: Any) -> str:
     """``Spawner.options_form`` for the portal's spawners (JupyterHub awaits it)."""
     user = await spawner.user_for_catalogue()
-    datasets = await asyncio.to_thread(spawner.catalogue.datasets_for, user)
-    return render_form(
-        form_context(
-            datasets,
-            spawner.environments,
-            spawner.supported_server_types,
-            spawner.resource_presets,
-        )
+    problem = ""
+    try:
+        datasets = await asyncio.to_thread(spawner.catalogue.datasets_for, user)
+    except CatalogueError as e:  # the page still opens, and says why no dataset is listed
+        datasets, problem = [], f"Your datasets cannot be listed right now: {e}"
+    context = form_context(
+        datasets, spawner.environments, spawner.supported_server_types, spawner.resource_presets
     )
+    return render_form({**context, "problem": problem})

@@ -85,6 +85,14 @@ def _root_cause(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _seconds(value: str | None) -> float:
+    """A ``Retry-After`` in seconds (at most 10), 1 if absent or a date."""
+    try:
+        return min(10.0, max(0.0, float(value or 1)))
+    except ValueError:
+        return 1.0
+
+
 def parse_time(value: object) -> datetime | None:
     """An ISO 8601 time from a JSON record (``...Z`` included), or ``None`` if absent or bad."""
     if not isinstance(value, str) or not value:
@@ -227,6 +235,7 @@ class HttpCatalogue(Catalogue):
         attempt = 0
         method = "GET" if json_body is None else "POST"
         while True:
+            wait = 0.0  # what the server asked for (Retry-After), at least
             try:
                 response = self._session().request(
                     method,
@@ -239,11 +248,13 @@ class HttpCatalogue(Catalogue):
                 if response.status_code < 500 and response.status_code != 429:
                     return response
                 problem = f"it answered HTTP {response.status_code} {response.reason}"
+                if response.status_code == 429:  # SciCat lets a client exchange 1 token/s
+                    wait = _seconds(response.headers.get("Retry-After"))
             except requests.Timeout:
                 problem = f"no answer within {self.timeout:g} s"
             except requests.ConnectionError as e:
                 problem = f"cannot connect: {_root_cause(e)}"
-            delay = self.backoff * 2**attempt
+            delay = max(wait, self.backoff * 2**attempt)
             attempt += 1
             if attempt > self.retries or time.monotonic() - started + delay > self.retry_deadline:
                 tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
