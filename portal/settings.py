@@ -100,17 +100,34 @@ class HttpCatalogueSettings(Section):
     cache_ttl: float | None = Field(
         None, ge=0, description="Seconds an answer is reused for the same user and token (30)."
     )
-    token_header: str | None = Field(None, description="Header carrying the user's token.")
-    token_scheme: str | None = Field(None, description="Word before the token, e.g. Bearer.")
+    page_size: int | None = Field(None, ge=1, description="Records per request (500).")
 
 
 class SciCatCatalogueSettings(HttpCatalogueSettings):
-    """SciCat (API v3): ``url`` is the server, without ``/api/v3``."""
+    """SciCat's current backend: ``url`` is the server, without ``/api/...``."""
+
+    api_version: Literal["v4", "v3"] | None = Field(
+        None, description="v4 (/api/v4/datasets, the default) or v3 (/api/v3/Datasets)."
+    )
+    auth_mode: Literal["user", "service"] | None = Field(
+        None,
+        description="user (default): each user's own SciCat token, from their ID token;"
+        " service: a functional account, the portal filtering by the user's identity.",
+    )
+    service_username: str | None = Field(
+        None, description="service mode: the account (password in SCICAT_SERVICE_PASSWORD)."
+    )
+    admin_groups: list[str] | None = Field(
+        None, description="SciCat's ADMIN_GROUPS, whose members read every dataset."
+    )
 
 
 class SearchApiCatalogueSettings(HttpCatalogueSettings):
-    """A PaNOSC Search API: ``url`` is where ``/datasets`` lives."""
+    """A PaNOSC Search API: ``url`` is its API root, ``/api`` included."""
 
+    token_header: str | None = Field(
+        None, description="Header carrying the user's token; the reference needs none."
+    )
     location_template: str | None = Field(
         None, description="Storage location from {files_path}, {proposal}, {instrument}, ..."
     )
