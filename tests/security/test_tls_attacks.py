@@ -107,5 +107,5 @@ def test_the_signing_keys_are_fetched_with_verification(impostor: str) -> None:
     assert auth.jwks_url == f"{impostor}/jwks"  # the server itself answers
     assert asyncio.run(auth._fetch_jwks()) == {"keys": []}
     auth.validate_server_cert = True
-    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+    with pytest.raises(Exception, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         asyncio.run(auth._fetch_jwks())
