@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import re
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from jupyterhub import orm
 from jupyterhub.handlers import BaseHandler
@@ -53,6 +53,27 @@ class PortalPage(BaseHandler):
     @property
     def server_types(self) -> tuple[str, ...]:
         return getattr(self.settings["spawner_class"], "supported_server_types", ("lab",))
+
+    def trusted_navigation(self) -> bool:
+        """Whether this GET comes from the portal's own pages or the user's own address bar.
+
+        A link or an image on another site must not start servers or fetch courses for a
+        signed-in victim: browsers say where a request comes from in ``Sec-Fetch-Site``
+        ("same-origin", "none" for a typed URL or a bookmark); without it, a ``Referer``
+        from this very origin is needed.
+        """
+        site = self.request.headers.get("Sec-Fetch-Site")
+        if site is not None:
+            return site in ("same-origin", "none")
+        referer = urlsplit(self.request.headers.get("Referer", ""))
+        return referer.netloc == self.request.host and referer.scheme == self.request.protocol
+
+    async def confirm(self, heading: str, message: str, button: str) -> None:
+        """A page with one button that POSTs back here with the XSRF token."""
+        html = await self.render_template(
+            "confirm.html", heading=heading, message=message, button=button
+        )
+        self.finish(html)
 
     async def refuse(self, status: int, message: str) -> None:
         """A clear page instead of a stack trace, with the way back to the datasets."""
@@ -111,21 +132,47 @@ class OpenHandler(PortalPage):
 
     @web.authenticated
     async def get(self) -> None:
+        """Straight to the server from the portal's own pages; a Start button otherwise."""
+        dataset, server_type = await self.dataset()
+        if dataset is None or self.trusted_navigation():
+            return await self.open(dataset, server_type)
+        kind = "a remote desktop" if server_type == "desktop" else "JupyterLab"
+        await self.confirm(
+            f"Open “{dataset.title}”",
+            f"Start {kind} with the dataset {dataset.pid} (proposal {dataset.proposal or '-'})"
+            " mounted read-only in ~/datasets?",
+            "Start",
+        )
+
+    @web.authenticated
+    async def post(self) -> None:
+        await self.open(*await self.dataset())
+
+    async def dataset(self) -> tuple[Dataset | None, str]:
+        """The dataset asked for if this user may read it; else the refusal is sent."""
         pid = self.get_argument("dataset", "")
         server_type = self.get_argument("type", "lab")
         if server_type not in SERVER_TYPES or server_type not in self.server_types:
-            return await self.refuse(
+            await self.refuse(
                 400,
                 f"This portal cannot open a {server_type!r} server;"
                 f" it offers {', '.join(self.server_types)}.",
             )
+            return None, server_type
         try:
-            dataset = await asyncio.to_thread(self.catalogue.get, pid, await self.catalogue_user())
+            found = await asyncio.to_thread(self.catalogue.get, pid, await self.catalogue_user())
         except DatasetNotFound as e:
-            return await self.refuse(404, f"Cannot open this dataset: {e}.")
+            await self.refuse(404, f"Cannot open this dataset: {e}.")
+            return None, server_type
         except CatalogueError as e:
-            return await self.refuse(503, f"The catalogue cannot answer right now: {e}")
+            await self.refuse(503, f"The catalogue cannot answer right now: {e}")
+            return None, server_type
+        return found, server_type
 
+    async def open(self, dataset: Dataset | None, server_type: str) -> None:
+        if dataset is None:
+            return  # refused, and said why
+        pid = dataset.pid
         user = self.current_user
         for name, spawner in user.spawners.items():
             options = spawner.user_options or {}
@@ -163,6 +210,24 @@ class CourseHandler(PortalPage):
 
     @web.authenticated
     async def get(self, name: str) -> None:
+        """Straight into the course from the portal's own pages; a Start button otherwise."""
+        if self.trusted_navigation():
+            return await self.start(name)
+        library = CourseLibrary.instance(config=self.settings["config"], log=self.log)
+        if name not in library.courses:
+            return await self.refuse(404, f"There is no course {name!r} on this portal.")
+        await self.confirm(
+            f"Start the course “{name}”",
+            "Start (or open again) your copy of this course: its notebooks are delivered to"
+            f" ~/courses/{name}/, keeping your own edits.",
+            "Start the course",
+        )
+
+    @web.authenticated
+    async def post(self, name: str) -> None:
+        await self.start(name)
+
+    async def start(self, name: str) -> None:
         library = CourseLibrary.instance(config=self.settings["config"], log=self.log)
         try:
             course = load_course(await asyncio.to_thread(library.folder, name, True))
@@ -215,7 +280,8 @@ class CourseStudentsHandler(PortalPage):
         if name not in library.courses:
             return await self.refuse(404, f"There is no course {name!r} on this portal.")
         groups = (await self.catalogue_user()).groups
-        if not (self.current_user.admin or groups & set(library.trainer_groups)):
+        admin = self.current_user.admin or "admin-ui" in self.expanded_scopes
+        if not (admin or groups & set(library.trainer_groups)):
             return await self.refuse(403, "Only trainers see who started a course.")
         rows = self.db.query(orm.Spawner).filter(orm.Spawner.name == server_name(name)).all()
         students = sorted(rows, key=lambda s: s.user.name)

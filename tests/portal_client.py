@@ -25,6 +25,11 @@ class PortalClient:
         done = self.http.post(page.url, data={"sub": sub}, timeout=60)
         return done
 
+    def click(self, path: str, timeout: float = 60) -> requests.Response:
+        """Follow a link of the portal's own pages, as a browser does (``Sec-Fetch-Site``)."""
+        headers = {"Sec-Fetch-Site": "same-origin"}
+        return self.http.get(self.hub_url + path, headers=headers, timeout=timeout)
+
     def xsrf_headers(self) -> dict[str, str]:
         return {"X-XSRFToken": self.http.cookies.get("_xsrf", path="/hub/") or ""}
 

@@ -159,7 +159,7 @@ def test_course_link_delivers_the_course_on_the_local_backend(demo) -> None:
     """carol (a trainer) follows /hub/course/nexus-basics; the notebook lands in her home."""
     carol = PortalClient(demo.url)
     carol.login(DEMO_USERS["carol"]["sub"])
-    r = carol.http.get(f"{demo.url}/hub/course/nexus-basics", timeout=60)
+    r = carol.click("/hub/course/nexus-basics", timeout=60)
     assert r.status_code == 200, r.text
     carol.wait_ready("course-nexus-basics")
     listing = carol.api("GET", "user/carol/course-nexus-basics/api/contents/courses/nexus-basics")

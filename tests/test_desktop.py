@@ -78,6 +78,7 @@ def desktop_tab(browser: Browser, hub: Hub, artifacts: Path) -> Iterator[Page]:
     page.get_by_text("Sign in with Umbrella").click()
     page.fill("input[name=sub]", DEMO_USERS["alice"]["sub"])
     page.get_by_role("button", name="Authorize").click()
+    page.get_by_role("button", name="Start").click()  # a link from another site: confirm
     page.wait_for_url(f"**/user/alice/{DESKTOP}/desktop/**")
     expect(page.locator("#status")).to_have_text("Connected")
     yield page

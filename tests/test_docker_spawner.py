@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from playwright.sync_api import expect
 
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.docker import bridge_gateway
@@ -239,6 +240,10 @@ def test_open_link_lands_in_the_dataset_folder(browser, hub: Hub, artifacts: Pat
     page.get_by_text("Sign in with Umbrella").click()
     page.fill("input[name=sub]", DEMO_USERS["alice"]["sub"])  # typed, as on a login page
     page.get_by_role("button", name="Authorize").click()
+    # The catalogue is another site: the portal shows what will start, and a Start button.
+    expect(page.get_by_text("Start JupyterLab with the dataset")).to_be_visible()
+    page.screenshot(path=artifacts / "06-open-link-confirm.png")
+    page.get_by_role("button", name="Start", exact=True).click()
     page.wait_for_url("**/user/alice/lab-xrf-map-0001/lab/tree/datasets/MA1234/xrf_map_0001**")
     listing = page.locator(".jp-DirListing-item", has_text="xrf_map_0001.nxs")
     listing.wait_for(timeout=120_000)
