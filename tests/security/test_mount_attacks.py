@@ -125,7 +125,7 @@ def test_a_symlinked_dataset_folder_is_neither_catalogued_nor_mounted(hub: Hub) 
     assert page.status_code == 200 and "steal" not in page.text and "phantom" not in page.text
     r = alice.api("POST", "hub/api/users/alice/servers/steal", json={"datasets": [STEAL]})
     assert r.status_code == 403 and "not found" in r.text, r.text
-    alice.spawn("all", {"type": "lab"})  # every dataset she may read
+    alice.spawn("all", {"type": "lab", "environment": "base"})  # all she may read
     manifest = json.loads(in_server("alice", "all", "cat /home/jovyan/datasets/datasets.json")[1])
     pids = {d["pid"] for d in manifest["datasets"]}
     assert XRF in pids and STEAL not in pids and TOMO not in pids
