@@ -2,9 +2,10 @@
 
 The tree is ``<root>/<proposal>/<instrument>/<dataset>/`` and ``<root>/proposals.yaml`` says
 who is a member of which proposal and when its data becomes public. Dataset metadata is
-read from the NeXus files with h5py once, at index time; membership and public dates are
-read from ``proposals.yaml`` at query time (reloaded when it changes), so revoking a member
-takes effect at the next spawn without re-indexing.
+read from the NeXus files once, at index time, by an unprivileged worker that refuses
+anything stored outside the file (:mod:`portal.catalogue.nexus`); membership and public
+dates are read from ``proposals.yaml`` at query time (reloaded when it changes), so revoking
+a member takes effect at the next spawn without re-indexing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import h5py
 import yaml
 from traitlets import Unicode, default
 
@@ -31,6 +31,7 @@ from portal.catalogue.base import (
     newest_first,
 )
 from portal.catalogue.model import CatalogueUser, Dataset
+from portal.catalogue.nexus import MetadataReader
 
 NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
 
@@ -77,50 +78,6 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     skipped_files: tuple[str, ...] = ()
-
-
-def _text(value: object) -> str:
-    """A NeXus string field or attribute as ``str`` (h5py hands out bytes, str or arrays)."""
-    if hasattr(value, "shape") and getattr(value, "shape", None) not in (None, ()):
-        value = value.flat[0] if value.size else ""  # type: ignore[attr-defined]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _nx_child(group: h5py.Group, nx_class: str) -> h5py.Group | None:
-    """The first child group of a NeXus class, e.g. the NXinstrument of an NXentry."""
-    for item in group.values():
-        if isinstance(item, h5py.Group) and _text(item.attrs.get("NX_class", "")) == nx_class:
-            return item
-    return None
-
-
-def read_nexus_metadata(path: Path) -> dict[str, str]:
-    """Title, times, application definition, instrument, sample and probe of a NeXus file.
-
-    Raises ``OSError`` for a file that is not HDF5 or cannot be read; the caller skips it.
-    """
-    meta: dict[str, str] = {}
-    with h5py.File(path, "r") as f:
-        name = _text(f.attrs.get("default", ""))
-        entry = f.get(name) if name else None
-        if not isinstance(entry, h5py.Group):
-            entry = _nx_child(f, "NXentry")
-        if entry is None:
-            return meta
-        for key in ("title", "start_time", "end_time", "definition"):
-            if isinstance(entry.get(key), h5py.Dataset):
-                meta[key] = _text(entry[key][()])
-        for nx_class, key in (("NXinstrument", "instrument"), ("NXsample", "sample")):
-            group = _nx_child(entry, nx_class)
-            if group is not None and isinstance(group.get("name"), h5py.Dataset):
-                meta[key] = _text(group["name"][()])
-        instrument = _nx_child(entry, "NXinstrument")
-        source = _nx_child(instrument, "NXsource") if instrument is not None else None
-        if source is not None and isinstance(source.get("probe"), h5py.Dataset):
-            meta["probe"] = _text(source["probe"][()])
-    return meta
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -233,7 +190,7 @@ class LocalCatalogue(Catalogue):
             raise CatalogueUnavailable(f"catalogue data root {root} is not a readable folder")
         added = updated = unchanged = 0
         skipped: list[str] = []
-        with self._connect() as db:
+        with self._connect() as db, MetadataReader() as reader:
             known = dict(db.execute("SELECT pid, signature FROM datasets"))
             seen: set[str] = set()
             for proposal, instrument, folder in self._dataset_dirs():
@@ -251,9 +208,9 @@ class LocalCatalogue(Catalogue):
                     key=lambda p: (p.stem != folder.name, len(p.parts), p.name),
                 ):
                     try:
-                        meta = read_nexus_metadata(nexus)
+                        meta = reader.read(nexus)
                         break
-                    except Exception as e:  # h5py raises OSError and others for bad files
+                    except OSError as e:  # not HDF5, refused, or the worker gave up
                         self.log.warning("catalogue: skipping %s: %s", nexus, e)
                         skipped.append(str(nexus))
                 row = (
