@@ -8,12 +8,15 @@ oauthenticator's ``GenericOAuthenticator``, which this extends, it reads the iss
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import html
 import re
+import sqlite3
 import time
+from contextlib import closing
 from typing import Any
 from urllib.parse import urlencode
 
@@ -166,9 +169,18 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         config=True,
         help="""Claims tried in order for the username.
 
-        For ``email`` the local part is used; for ``sub`` a stable hash ("u-<12 hex>").
-        The result is normalised to lowercase [a-z0-9._-].
+        A claim is used only if it already is a portal username (lowercase [a-z0-9._-]),
+        so that "JDoe" can never become "jdoe"; ``email`` only when the provider verified
+        it (``email_verified``), as the whole address ("fay.li-esrf.fr"); ``sub`` as a
+        stable hash ("u-<12 hex>").
         """,
+    )
+    identities_file = Unicode(
+        "",
+        config=True,
+        help="""SQLite file binding each username to the identity (issuer, sub) that first
+        signed in with it, forever: deleting the user does not free the name. Empty: the
+        binding lives in the user's auth_state only.""",
     )
     groups_claim = Unicode(
         "groups",
@@ -392,29 +404,45 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         return model
 
     async def run_post_auth_hook(self, handler: Any, authentication: dict) -> dict:
-        """Refuse a login whose ``sub`` differs from the one recorded for this username.
+        """Bind the username to this identity (issuer, sub), or refuse another identity.
 
-        Two identities whose claims map to the same username must never share an
-        account (and its data): the first one keeps it, the second is told why it cannot
-        log in.
+        Two identities whose claims map to the same username must never share an account
+        (and its data, home and memberships): the first one keeps the name for good, even
+        after the user is deleted, and the second is told why it cannot sign in.
         """
-        user = handler.find_user(authentication["name"]) if handler is not None else None
-        if user is not None:
-            known = ((await user.get_auth_state()) or {}).get("sub")
-            new = (authentication.get("auth_state") or {}).get("sub")
-            if known and new and known != new:
-                self.log.warning(
-                    "Refusing login as %s: sub %s differs from the recorded %s",
-                    user.name,
-                    new,
-                    known,
-                )
-                raise web.HTTPError(
-                    403,
-                    f"Sign-in refused: the username {user.name!r} already belongs to another"
-                    " identity. Ask the portal's administrators to resolve the clash.",
-                )
+        name = authentication["name"]
+        state = authentication.get("auth_state") or {}
+        identity = (state.get("iss") or self.issuer, state.get("sub") or "")
+        user = handler.find_user(name) if handler is not None else None
+        known = ((await user.get_auth_state()) or {}) if user is not None else {}
+        recorded = (known.get("iss") or identity[0], known.get("sub") or identity[1])
+        bound = await asyncio.to_thread(self._bind, name, recorded)
+        if bound != identity or recorded != identity:
+            self.log.warning("Refusing login as %s: identity %s is not %s", name, identity, bound)
+            raise web.HTTPError(
+                403,
+                f"Sign-in refused: the username {name!r} already belongs to another"
+                " identity. Ask the portal's administrators to resolve the clash.",
+            )
         return await super().run_post_auth_hook(handler, authentication)
+
+    def _bind(self, name: str, identity: tuple[str, str]) -> tuple[str, str]:
+        """The identity ``name`` is bound to, binding it to ``identity`` if it is free."""
+        if not self.identities_file:
+            return identity
+        with closing(sqlite3.connect(self.identities_file, timeout=30)) as db, db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS identities (name TEXT PRIMARY KEY, issuer TEXT"
+                " NOT NULL, sub TEXT NOT NULL, bound_at TEXT DEFAULT CURRENT_TIMESTAMP)"
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO identities (name, issuer, sub) VALUES (?, ?, ?)",
+                (name, *identity),
+            )
+            (issuer, sub) = db.execute(
+                "SELECT issuer, sub FROM identities WHERE name = ?", (name,)
+            ).fetchone()
+        return issuer, sub
 
     def claims_list(self, claims: dict[str, Any], name: str) -> list[str]:
         """A claim that may be a list or a space-separated string, as a list of strings."""
@@ -430,12 +458,13 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
                 continue
             value = str(value)
             if claim == "email":
-                value = value.split("@", 1)[0]
+                if user_info.get("email_verified") is not True:
+                    continue  # anyone can claim an address the provider did not check
+                value = safe_username(value)
             elif claim == "sub":
                 value = "u-" + hashlib.sha256(value.encode()).hexdigest()[:12]
-            name = safe_username(value)
-            if name:
-                return name
+            if value and safe_username(value) == value:
+                return value
         raise ValueError(
             f"none of the username claims {self.username_claims} is in the user's claims;"
             f" the provider released {sorted(user_info)}"
@@ -449,6 +478,7 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
 
     def build_auth_state_dict(self, token_info: dict, user_info: dict) -> dict:
         state = super().build_auth_state_dict(token_info, user_info)
+        state["iss"] = self.issuer
         state["sub"] = str(user_info.get("sub", ""))
         state["groups"] = sorted(
             {self.strip_group(g) for g in self.claims_list(user_info, self.groups_claim)}

@@ -71,6 +71,7 @@ def render_config(settings: PortalSettings) -> Config:
         "basic_auth": auth.token_endpoint_auth == "client_secret_basic",
         "refresh_margin": auth.refresh_margin,
         "id_token_leeway": auth.id_token_leeway,
+        "identities_file": str(state / "identities.sqlite"),
     }
     if auth.client_secret:
         umbrella["client_secret"] = auth.client_secret

@@ -126,9 +126,11 @@ def test_groups_are_synced_on_every_login(hub: Hub, provider: Provider) -> None:
     assert me(client)["admin"] is False
 
 
-def test_username_falls_back_to_email_then_sub(hub: Hub, provider: Provider) -> None:
-    client, _ = login(hub, provider, "sub-fay", email="Fay.Li@esrf.fr", groups=["physicists"])
-    assert me(client)["name"] == "fay.li"
+def test_username_falls_back_to_a_verified_email_then_sub(hub: Hub, provider: Provider) -> None:
+    client, _ = login(
+        hub, provider, "sub-fay", email="Fay.Li@esrf.fr", email_verified=True, groups=["physicists"]
+    )
+    assert me(client)["name"] == "fay.li-esrf.fr"
     client, _ = login(hub, provider, "opaque-7f3a", groups=["physicists"])
     assert me(client)["name"].startswith("u-")
 
