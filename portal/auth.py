@@ -381,7 +381,7 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
             return False
         expires_at = (state.get("token_response") or {}).get("expires_at")
         if expires_at is not None and expires_at - time.time() > self.refresh_margin:
-            return True
+            return await self._reread_claims(user, state)
         refresh_token = state.get("refresh_token")
         if not refresh_token:
             self.log.info("Tokens of %s expire and cannot be refreshed: login needed", user.name)
@@ -443,6 +443,27 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
                 "SELECT issuer, sub FROM identities WHERE name = ?", (name,)
             ).fetchone()
         return issuer, sub
+
+    async def _reread_claims(self, user: Any, state: dict) -> Any:
+        """The user's claims as the provider releases them now (userinfo, same tokens).
+
+        Groups and proposals can be taken away at the provider at any time; a spawn, and
+        the access audit of running servers, must not rely on what login day said.
+        """
+        token_info = {
+            **(state.get("token_response") or {}),
+            "access_token": state["access_token"],
+            "refresh_token": state.get("refresh_token"),
+            "id_token": state.get("id_token"),
+        }
+        try:
+            model = await self._token_to_auth_model(token_info)
+        except Exception as e:
+            self.log.warning("Reading the claims of %s again failed (%s)", user.name, e)
+            return False
+        if model["name"] != user.name:
+            return False
+        return model
 
     def claims_list(self, claims: dict[str, Any], name: str) -> list[str]:
         """A claim that may be a list or a space-separated string, as a list of strings."""

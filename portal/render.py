@@ -101,10 +101,13 @@ def render_config(settings: PortalSettings) -> Config:
     spawner_config: dict[str, Any] = {
         "storage_roots": roots,
         "default_datasets": spawner.default_datasets,
+        "audit_interval": spawner.audit_interval,
     }
     if spawner.processed_root:
         spawner_config["processed_root"] = str(spawner.processed_root)
     config["PortalSpawner"] = spawner_config  # every backend is a PortalSpawner
+    if spawner.audit_interval:  # the audit runs at the hub's polls: poll at least as often
+        config.setdefault("Spawner", {})["poll_interval"] = min(30, spawner.audit_interval)
     if spawner.backend == "docker":
         docker = spawner.docker
         hub_api = f"http://{docker.hub_connect_ip}:{docker.hub_api_port}"

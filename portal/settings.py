@@ -261,6 +261,12 @@ class SpawnerSettings(Section):
     storage_roots: dict[str, Path] = Field(default_factory=dict)
     processed_root: Path | None = None
     default_datasets: Literal["all", "none"] = "all"
+    audit_interval: float = Field(
+        300,
+        ge=0,
+        description="Seconds between checks that running servers' users may still read their"
+        " datasets; a server whose access was revoked is stopped. 0: never.",
+    )
     home_dir: str | None = None
     named_server_limit: int = Field(
         10, ge=1, description="Named servers a user may keep, running or stopped."

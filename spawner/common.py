@@ -7,15 +7,23 @@ The backends (local, Docker, Kubernetes) differ only in how they realise a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from traitlets import Dict, Enum, Unicode, default
+from traitlets import Dict, Enum, Float, Unicode, default
 from traitlets.config import Configurable
 
-from portal.catalogue import Catalogue, CatalogueError, CatalogueUser, Dataset, PortalCatalogue
+from portal.catalogue import (
+    Catalogue,
+    CatalogueError,
+    CatalogueUser,
+    Dataset,
+    DatasetNotFound,
+    PortalCatalogue,
+)
 from spawner.environments import Environment, load_environments
 from spawner.form import options_form
 from spawner.mounts import MountError, MountPlan, StorageRoot, mountable, plan_mounts
@@ -125,21 +133,87 @@ class PortalSpawner(Configurable):
         """``/hub/spawn?opt-type=desktop&opt-datasets=PID`` as user options."""
         return flatten_options(query)
 
+    audit_interval = Float(
+        300.0,
+        min=0,
+        config=True,
+        help="""Seconds between two checks, while a server runs, that its user may still read
+        every dataset it mounts: the user's claims are read again from the identity
+        provider and the catalogue is asked again. A server with a dataset the user lost
+        is stopped, and the home page says why. 0 disables the check.""",
+    )
+
     environment_name = ""  # the environment the running server was started in
+    mounted_pids: tuple[str, ...] = ()  # what the running server mounts, for the audit
+    access_revoked = ""  # why the audit stopped this server: the home page shows it
+    _last_audit = 0.0
 
     def get_state(self) -> dict:
         state = super().get_state()
         if self.environment_name:
             state["environment"] = self.environment_name  # shown on the home page
+        if self.mounted_pids:
+            state["datasets"] = list(self.mounted_pids)
+        if self.access_revoked:  # kept past the stop, for the home page
+            state["access_revoked"] = self.access_revoked
         return state
 
     def load_state(self, state: dict) -> None:
         super().load_state(state)
         self.environment_name = state.get("environment", "")
+        self.mounted_pids = tuple(state.get("datasets") or ())
+        self.access_revoked = state.get("access_revoked", "")
 
     def clear_state(self) -> None:
+        """Forget the stopped server, but not why the audit stopped it."""
         super().clear_state()
         self.environment_name = ""
+        self.mounted_pids = ()
+
+    # -- the access audit ---------------------------------------------------------------
+
+    async def poll(self) -> int | None:
+        """JupyterHub's poll (every ``poll_interval``), plus the access audit when it is due.
+
+        Answering an exit status is how a spawner tells the hub its server has ended: the
+        hub then removes its route and stops it, as for a server that died.
+        """
+        status = await super().poll()
+        if status is not None or self.access_revoked:
+            return status if status is not None else 1
+        due = time.monotonic() - self._last_audit >= self.audit_interval
+        if self.audit_interval and self.mounted_pids and due:
+            self._last_audit = time.monotonic()
+            lost = await self.audit()
+            if lost:
+                self.access_revoked = (
+                    f"Your session {self.name or 'default'} was stopped: you may no longer read"
+                    f" {', '.join(lost)}."
+                )
+                self.log.warning("%s: access revoked to %s; stopping", self._log_name, lost)
+                return 1
+        return None
+
+    async def audit(self) -> list[str]:
+        """The mounted datasets the user may no longer read, as the catalogue says now.
+
+        The user's claims are read again first (groups and proposals change at the identity
+        provider). A catalogue or provider that cannot answer stops nothing: only a clear
+        "no" does, so an outage never costs anyone their session.
+        """
+        refreshed = await self.authenticator.refresh_user(self.user, None)
+        if isinstance(refreshed, dict) and refreshed.get("auth_state"):
+            await self.user.save_auth_state(refreshed["auth_state"])
+        user = await self.user_for_catalogue()
+        lost = []
+        for pid in self.mounted_pids:
+            try:
+                await asyncio.to_thread(self.catalogue.get, pid, user)
+            except DatasetNotFound:
+                lost.append(pid)
+            except CatalogueError as e:
+                self.log.warning("%s: access audit skipped for %s: %s", self._log_name, pid, e)
+        return lost
 
     @property
     def catalogue(self) -> Catalogue:
@@ -228,4 +302,7 @@ class PortalSpawner(Configurable):
         )
         self.progress_event(f"Mounting {len(mounts.dataset_mounts)} dataset(s) read-only", 30)
         self.environment_name = environment.name
+        self.mounted_pids = tuple(d.pid for d in datasets)
+        self.access_revoked = ""
+        self._last_audit = time.monotonic()
         return SpawnPlan(options, environment, tuple(datasets), mounts, resources)

@@ -150,6 +150,7 @@ seccompProfile:
       "storage_roots" $roots
       "default_datasets" $v.portal.defaultDatasets
       "named_server_limit" (int $v.portal.namedServerLimit)
+      "audit_interval" $v.portal.auditInterval
       "kube" $kube -}}
 {{- with $v.portal.storage.processed -}}
 {{- $_ := set $spawner "processed_root" .path -}}

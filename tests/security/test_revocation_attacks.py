@@ -1,0 +1,115 @@
+"""Finding 6: access taken away reaches running sessions and the next spawn.
+
+A real hub (local backend) and a real OIDC provider; membership is revoked in the
+catalogue's member list for one user and in the identity provider's claims for another,
+while their servers run. The audit period is 2 s here (300 s by default).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from portal.demo.sampledata import DEMO_USERS, generate
+from tests.conftest import free_port
+from tests.portal_client import PortalClient
+from tests.umbrella import Hub, Provider
+
+pytestmark = pytest.mark.e2e
+
+XRF = "MA1234/ID21/xrf_map_0001"  # MA1234's embargoed map
+CEO2 = "ES1001/ID22/ceo2_powder_0001"  # ES1001's embargoed powder pattern
+ALICE = {k: v for k, v in DEMO_USERS["alice"].items() if k != "sub"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Provider, Path]]:
+    folder = tmp_path_factory.mktemp("hub")
+    data = folder / "data"
+    generate(data)
+    # rita is in ES1001 by the member list only; alice in MA1234 by her claim only.
+    text = (data / "proposals.yaml").read_text()
+    text = text.replace("members: [alice, bob]", "members: [alice, bob, rita]")
+    (data / "proposals.yaml").write_text(text.replace("members: [alice]", "members: []"))
+    provider = Provider(free_port(), folder / "op.log")
+    provider.start()
+    provider.set_user(DEMO_USERS["alice"]["sub"], **ALICE)
+    provider.set_user("sub-rita", preferred_username="rita", groups=["researchers"])
+    h = Hub(
+        {
+            "auth": {
+                "issuer": provider.issuer,
+                "client_id": "portal-revocation-tests",
+                "client_secret": "s",
+                "allowed_groups": ["researchers"],
+            },
+            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
+            "spawner": {"home_dir": str(folder / "homes/{username}"), "audit_interval": 2},
+        },
+        folder,
+    )
+    h.start()
+    yield h, provider, data
+    h.stop()
+    provider.stop()
+
+
+def signed_in(hub: Hub, sub: str) -> PortalClient:
+    client = PortalClient(hub.url)
+    assert client.login(sub).status_code == 200
+    return client
+
+
+def wait_stopped(client: PortalClient, server: str, within: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        if server not in client.api("GET", f"hub/api/users/{client.username()}").json()["servers"]:
+            return time.monotonic() - started
+        time.sleep(0.3)
+    raise AssertionError(f"server {server!r} still runs {within} s after the revocation")
+
+
+def test_removal_from_the_member_list_stops_the_running_server(setup) -> None:
+    hub, _, data = setup
+    rita = signed_in(hub, "sub-rita")
+    proposals = data / "proposals.yaml"
+    rita.spawn("powder", {"type": "lab", "datasets": [CEO2]})
+    proposals.write_text(
+        proposals.read_text().replace("members: [alice, bob, rita]", "members: [alice, bob]")
+    )
+    took = wait_stopped(rita, "powder", within=15)
+    print(f"\nmember-list revocation reached the server in {took:.1f} s")
+    home = rita.http.get(f"{hub.url}/hub/home", timeout=30).text
+    assert "you may no longer read ES1001/ID22/ceo2_powder_0001" in home
+    r = rita.api("POST", "hub/api/users/rita/servers/again", json={"datasets": [CEO2]})
+    assert r.status_code == 403  # and no new server with it
+
+
+def test_a_claim_removed_at_the_provider_stops_the_server_and_the_next_spawn(setup) -> None:
+    hub, provider, _ = setup
+    alice = signed_in(hub, DEMO_USERS["alice"]["sub"])
+    alice.spawn("xrf", {"type": "lab", "datasets": [XRF]})
+    provider.set_user(DEMO_USERS["alice"]["sub"], **{**ALICE, "proposals": ["ES1001"]})
+    took = wait_stopped(alice, "xrf", within=15)
+    print(f"\nclaim revocation reached the server in {took:.1f} s")
+    r = alice.api("POST", "hub/api/users/alice/servers/xrf2", json={"datasets": [XRF]})
+    assert r.status_code == 403, r.text  # the claims are read again at every spawn
+    provider.set_user(DEMO_USERS["alice"]["sub"], **ALICE)
+
+
+def test_a_catalogue_outage_stops_nothing(setup) -> None:
+    hub, _, data = setup
+    alice = signed_in(hub, DEMO_USERS["alice"]["sub"])
+    alice.spawn("steady", {"type": "lab", "datasets": [XRF]})
+    proposals = data / "proposals.yaml"
+    good = proposals.read_text()
+    proposals.write_text("proposals: [this is: not valid")  # the catalogue cannot answer
+    try:
+        time.sleep(6)  # three audit periods
+        assert "steady" in alice.api("GET", "hub/api/users/alice").json()["servers"]
+    finally:
+        proposals.write_text(good)
+    alice.stop("steady")
