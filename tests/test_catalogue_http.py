@@ -691,3 +691,16 @@ def test_http_backends_import_nothing_from_jupyterhub() -> None:
         " sys.exit('jupyterhub' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_server_that_ignores_paging_is_read_once_not_forever() -> None:
+    """A server answering every page with the same records (as SciCat v3 does with a
+    top-level skip): the listing stops at the first repeated record."""
+    server = search_api_server(FACILITY)
+    find = server.find
+    server.find = lambda model, query: find(model, {**query, "skip": 0})  # ignores skip
+    with server.running() as url:
+        catalogue = SearchApiCatalogue(url=url + "/api", page_size=PAGE)
+        found = catalogue.datasets_for(ALICE)
+    assert len({d.pid for d in found}) == len(found) <= PAGE
+    assert len([s for s in server.seen if s.path == "/api/datasets"]) == 2
