@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import re
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from jupyterhub import orm
 from jupyterhub.handlers import BaseHandler
@@ -22,7 +22,7 @@ from tornado import web
 
 from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue
 from portal.course import CourseError, load_course
-from spawner.common import user_from_auth_state
+from spawner.common import trusted_navigation, user_from_auth_state
 from spawner.courses import CourseLibrary, CourseUnavailable, server_name
 from spawner.environments import SERVER_TYPES, load_environments
 from spawner.form import human_size
@@ -53,20 +53,6 @@ class PortalPage(BaseHandler):
     @property
     def server_types(self) -> tuple[str, ...]:
         return getattr(self.settings["spawner_class"], "supported_server_types", ("lab",))
-
-    def trusted_navigation(self) -> bool:
-        """Whether this GET comes from the portal's own pages or the user's own address bar.
-
-        A link or an image on another site must not start servers or fetch courses for a
-        signed-in victim: browsers say where a request comes from in ``Sec-Fetch-Site``
-        ("same-origin", "none" for a typed URL or a bookmark); without it, a ``Referer``
-        from this very origin is needed.
-        """
-        site = self.request.headers.get("Sec-Fetch-Site")
-        if site is not None:
-            return site in ("same-origin", "none")
-        referer = urlsplit(self.request.headers.get("Referer", ""))
-        return referer.netloc == self.request.host and referer.scheme == self.request.protocol
 
     async def confirm(self, heading: str, message: str, button: str) -> None:
         """A page with one button that POSTs back here with the XSRF token."""
@@ -134,7 +120,7 @@ class OpenHandler(PortalPage):
     async def get(self) -> None:
         """Straight to the server from the portal's own pages; a Start button otherwise."""
         dataset, server_type = await self.dataset()
-        if dataset is None or self.trusted_navigation():
+        if dataset is None or trusted_navigation(self.request):
             return await self.open(dataset, server_type)
         kind = "a remote desktop" if server_type == "desktop" else "JupyterLab"
         await self.confirm(
@@ -211,7 +197,7 @@ class CourseHandler(PortalPage):
     @web.authenticated
     async def get(self, name: str) -> None:
         """Straight into the course from the portal's own pages; a Start button otherwise."""
-        if self.trusted_navigation():
+        if trusted_navigation(self.request):
             return await self.start(name)
         library = CourseLibrary.instance(config=self.settings["config"], log=self.log)
         if name not in library.courses:

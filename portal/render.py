@@ -158,8 +158,9 @@ def render_config(settings: PortalSettings) -> Config:
 #: What a portal admin may do (``hub.admin_access: false``, the default): manage users and
 #: groups, see and stop any server, run the hub. Not: enter a user's server
 #: (``access:servers``), start or edit one (``start:servers``: it would mount the user's
-#: data), share one (``shares``), read or create tokens (``tokens``), or read the Umbrella
-#: tokens kept in auth_state (``admin:auth_state``, part of ``admin:users``). JupyterHub
+#: data), share one (``shares``), read or create tokens (``tokens``), read the Umbrella
+#: tokens kept in auth_state (``admin:auth_state``, part of ``admin:users``), or point the
+#: hub's proxy elsewhere (``proxy``: users' traffic and cookies would follow). JupyterHub
 #: refuses to change the scopes of its own ``admin`` role, so portal admins hold this role
 #: instead and nobody holds ``admin``.
 PORTAL_ADMIN_SCOPES = [
@@ -172,7 +173,6 @@ PORTAL_ADMIN_SCOPES = [
     "list:services",
     "read:services",
     "read:hub",
-    "proxy",
     "shutdown",
     "read:roles",
     "read:metrics",

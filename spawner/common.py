@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from traitlets import Dict, Enum, Float, Unicode, default
 from traitlets.config import Configurable
@@ -47,6 +48,25 @@ def user_from_auth_state(username: str, auth_state: dict | None) -> CatalogueUse
 #: The single-user images' user and home, as jupyter docker-stacks have them.
 HOME = PurePosixPath("/home/jovyan")
 JOVYAN_UID, JOVYAN_GID = 1000, 100
+
+
+class ConfirmFirst(Exception):
+    """A spawn asked for from another site: JupyterHub shows the form with this message."""
+
+
+def trusted_navigation(request: Any) -> bool:
+    """Whether a GET comes from the portal's own pages or the user's own address bar.
+
+    A link or an image on another site must not start servers or fetch courses for a
+    signed-in victim: browsers say where a request comes from in ``Sec-Fetch-Site``
+    ("same-origin"; "none" for a typed URL or a bookmark); without it, a ``Referer`` from
+    this very origin is needed.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    referer = urlsplit(request.headers.get("Referer", ""))
+    return referer.netloc == request.host and referer.scheme == request.protocol
 
 
 def flatten_options(raw: dict[str, list[str]]) -> dict[str, Any]:
@@ -130,7 +150,16 @@ class PortalSpawner(Configurable):
         return flatten_options(options)
 
     def options_from_query(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        """``/hub/spawn?opt-type=desktop&opt-datasets=PID`` as user options."""
+        """``/hub/spawn?opt-type=desktop&opt-datasets=PID`` as user options.
+
+        Only from the portal's own pages or the user's address bar: a link on another
+        site gets the spawn form, filled in by nothing, with a word on why.
+        """
+        handler = getattr(self, "handler", None)
+        if handler is None or not trusted_navigation(handler.request):
+            raise ConfirmFirst(
+                "This link comes from another site: choose what to start, then press Start."
+            )
         return flatten_options(query)
 
     audit_interval = Float(
@@ -175,24 +204,25 @@ class PortalSpawner(Configurable):
     async def poll(self) -> int | None:
         """JupyterHub's poll (every ``poll_interval``), plus the access audit when it is due.
 
-        Answering an exit status is how a spawner tells the hub its server has ended: the
-        hub then removes its route and stops it, as for a server that died.
+        A server whose access was revoked is stopped here, then reported as ended: the hub
+        removes its route and forgets it, as for a server that died.
         """
         status = await super().poll()
-        if status is not None or self.access_revoked:
-            return status if status is not None else 1
         due = time.monotonic() - self._last_audit >= self.audit_interval
-        if self.audit_interval and self.mounted_pids and due:
-            self._last_audit = time.monotonic()
-            lost = await self.audit()
-            if lost:
-                self.access_revoked = (
-                    f"Your session {self.name or 'default'} was stopped: you may no longer read"
-                    f" {', '.join(lost)}."
-                )
-                self.log.warning("%s: access revoked to %s; stopping", self._log_name, lost)
-                return 1
-        return None
+        if status is not None or not self.audit_interval or not due:
+            return status
+        self._last_audit = time.monotonic()
+        lost = await self.audit()
+        if not lost:
+            return None
+        self.access_revoked = (
+            f"Your session {self.name or 'default'} was stopped: you may no longer read"
+            f" {', '.join(lost)}."
+        )
+        self.log.warning("%s: access revoked to %s; stopping", self._log_name, lost)
+        await self.stop(now=True)  # the hub's own stop skips a server that reports an exit
+        status = await super().poll()
+        return 1 if status is None else status
 
     async def audit(self) -> list[str]:
         """The mounted datasets the user may no longer read, as the catalogue says now.

@@ -163,7 +163,7 @@ def test_refresh_before_spawn_then_failed_refresh_forces_login(hub: Hub, provide
     provider.revoke("sub-hal")  # e.g. the account was suspended at the facility
     r = client.api("POST", "hub/api/users/hal/server", json={})
     assert r.status_code == 403 and "login again" in r.json()["message"]
-    page = client.http.get(f"{hub.url}/hub/spawn?opt-type=lab", timeout=30)  # spawn at once
+    page = client.click("/hub/spawn?opt-type=lab", timeout=30)  # spawn at once
     assert page.status_code == 403 and "login again" in page.text
     home = client.http.get(f"{hub.url}/hub/home", timeout=30)
     assert "/hub/login" in home.url  # the stale session is over: log in again

@@ -84,6 +84,20 @@ def test_a_cross_site_get_starts_nothing_and_asks_first(
     assert servers(alice) == {}
 
 
+def test_a_cross_site_spawn_link_shows_the_form_and_starts_nothing(
+    hub: Hub, alice: PortalClient
+) -> None:
+    """JupyterHub itself spawns from ``/hub/spawn?opt-...`` on a GET: not from another site."""
+    path = f"/hub/spawn/alice/lured?opt-type=lab&opt-datasets={TOUR}"
+    page = alice.http.get(hub.url + path, headers=CROSS_SITE, timeout=30)
+    assert "This link comes from another site" in page.text and 'name="datasets"' in page.text
+    assert servers(alice) == {}
+    started = alice.click(path, timeout=60)  # the same link, from the portal's own page
+    assert "/hub/spawn-pending/alice/lured" in started.url or "/user/alice/lured" in started.url
+    alice.wait_ready("lured")
+    alice.stop("lured")
+
+
 def test_her_own_click_on_start_opens_the_dataset(hub: Hub, alice: PortalClient) -> None:
     page = alice.http.get(f"{hub.url}/hub/open?dataset={TOUR}", headers=CROSS_SITE, timeout=30)
     xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)

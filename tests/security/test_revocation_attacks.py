@@ -63,10 +63,31 @@ def signed_in(hub: Hub, sub: str) -> PortalClient:
     return client
 
 
-def wait_stopped(client: PortalClient, server: str, within: float) -> float:
+def server_processes(hub: Hub, username: str, server: str) -> list[int]:
+    """The pids of a local server's processes, found by their JupyterHub environment."""
+    wanted = {
+        f"JUPYTERHUB_USER={username}".encode(),
+        f"JUPYTERHUB_SERVER_NAME={server}".encode(),
+        f"JUPYTERHUB_API_URL=http://127.0.0.1:{hub.hub_api_port}/hub/api".encode(),
+    }
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if wanted <= set(environ.read_bytes().split(b"\0")):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_stopped(hub: Hub, client: PortalClient, server: str, within: float) -> float:
+    """Seconds until the hub forgets the server *and* its processes are gone."""
+    username = client.username()
+    assert server_processes(hub, username, server), "the server's process was not found"
     started = time.monotonic()
     while time.monotonic() - started < within:
-        if server not in client.api("GET", f"hub/api/users/{client.username()}").json()["servers"]:
+        listed = client.api("GET", f"hub/api/users/{username}").json()["servers"]
+        if server not in listed and not server_processes(hub, username, server):
             return time.monotonic() - started
         time.sleep(0.3)
     raise AssertionError(f"server {server!r} still runs {within} s after the revocation")
@@ -80,7 +101,7 @@ def test_removal_from_the_member_list_stops_the_running_server(setup) -> None:
     proposals.write_text(
         proposals.read_text().replace("members: [alice, bob, rita]", "members: [alice, bob]")
     )
-    took = wait_stopped(rita, "powder", within=15)
+    took = wait_stopped(hub, rita, "powder", within=15)
     print(f"\nmember-list revocation reached the server in {took:.1f} s")
     home = rita.http.get(f"{hub.url}/hub/home", timeout=30).text
     assert "you may no longer read ES1001/ID22/ceo2_powder_0001" in home
@@ -93,7 +114,7 @@ def test_a_claim_removed_at_the_provider_stops_the_server_and_the_next_spawn(set
     alice = signed_in(hub, DEMO_USERS["alice"]["sub"])
     alice.spawn("xrf", {"type": "lab", "datasets": [XRF]})
     provider.set_user(DEMO_USERS["alice"]["sub"], **{**ALICE, "proposals": ["ES1001"]})
-    took = wait_stopped(alice, "xrf", within=15)
+    took = wait_stopped(hub, alice, "xrf", within=15)
     print(f"\nclaim revocation reached the server in {took:.1f} s")
     r = alice.api("POST", "hub/api/users/alice/servers/xrf2", json={"datasets": [XRF]})
     assert r.status_code == 403, r.text  # the claims are read again at every spawn
