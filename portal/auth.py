@@ -24,6 +24,7 @@ import requests
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler, _deserialize_state
 from tornado import web
+from tornado.httpclient import HTTPClientError
 from traitlets import Float, List, Unicode, default
 
 from portal.idtoken import ASYMMETRIC_ALGORITHMS, IdTokenError, JwksCache, verify_id_token
@@ -33,6 +34,10 @@ ENDPOINTS = {
     "token_endpoint": "token_url",
     "userinfo_endpoint": "userdata_url",
 }
+
+
+class IdentityUnavailable(RuntimeError):
+    """The identity provider could not be asked; nothing is known about the user."""
 
 
 class DiscoveryError(RuntimeError):
@@ -260,6 +265,10 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
     def _basic_auth_default(self) -> bool:
         return True  # client_secret_basic: the OIDC default token endpoint authentication
 
+    @default("refresh_pre_spawn")
+    def _refresh_pre_spawn_default(self) -> bool:
+        return True  # every spawn asks the provider for the user's claims again
+
     @default("auth_refresh_strict")
     def _auth_refresh_strict_default(self) -> bool:
         return True  # never keep serving a user whose tokens could not be refreshed
@@ -376,31 +385,59 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         return refreshed
 
     async def _refresh_tokens(self, user: Any, handler: Any) -> Any:
-        state = await user.get_auth_state()
-        if not state:
-            return False
-        expires_at = (state.get("token_response") or {}).get("expires_at")
-        if expires_at is not None and expires_at - time.time() > self.refresh_margin:
-            return await self._reread_claims(user, state)
-        refresh_token = state.get("refresh_token")
-        if not refresh_token:
-            self.log.info("Tokens of %s expire and cannot be refreshed: login needed", user.name)
-            return False
         try:
-            params = self.build_refresh_token_request_params(refresh_token)
-            token_info = await self.get_token_info(handler, params)
-            if not token_info.get("refresh_token"):  # many providers keep the old one valid
-                token_info["refresh_token"] = refresh_token
-            model = await self._token_to_auth_model(token_info)
-        except Exception as e:
-            self.log.warning("Refreshing tokens of %s failed (%s): login needed", user.name, e)
-            return False
-        if model["name"] != user.name:
+            model = await self.current_model(user, handler)
+        except IdentityUnavailable as e:
             self.log.warning(
-                "Refreshed identity of %s maps to %s: login needed", user.name, model["name"]
+                "Refreshing the identity of %s failed (%s): login needed", user.name, e
             )
             return False
-        self.log.info("Refreshed the tokens of %s", user.name)
+        if model is None:
+            self.log.info("The identity provider no longer vouches for %s: login needed", user.name)
+            return False
+        return model
+
+    async def current_model(self, user: Any, handler: Any = None) -> dict | None:
+        """The user's auth model with their claims as the provider releases them *now*.
+
+        Groups and proposals can be taken away at the provider at any time; a spawn, and
+        the access audit of running servers, must not rely on what the login said. Valid
+        tokens are used to read userinfo again; tokens about to expire are refreshed first.
+        ``None`` when the provider refuses this user (tokens revoked, account disabled, an
+        identity that now maps to another name); :class:`IdentityUnavailable` when it cannot
+        be asked (down, unreachable), which says nothing about the user.
+        """
+        state = await user.get_auth_state() or {}
+        if not state.get("access_token"):
+            return None
+        token_info = {
+            **(state.get("token_response") or {}),
+            "access_token": state["access_token"],
+            "refresh_token": state.get("refresh_token"),
+            "id_token": state.get("id_token"),
+        }
+        expires_at = token_info.get("expires_at")
+        try:
+            if expires_at is None or expires_at - time.time() <= self.refresh_margin:
+                if not state.get("refresh_token"):
+                    return None
+                params = self.build_refresh_token_request_params(state["refresh_token"])
+                token_info = await self.get_token_info(handler, params)
+                if not token_info.get("refresh_token"):  # many providers keep the old one
+                    token_info["refresh_token"] = state["refresh_token"]
+            model = await self._token_to_auth_model(token_info)
+        except HTTPClientError as e:
+            if e.code in (400, 401, 403):  # invalid_grant, invalid_token: a clear "no"
+                return None
+            raise IdentityUnavailable(f"{type(e).__name__}: {e}") from None
+        except web.HTTPError as e:  # our own checks of what came back (ID token, sub)
+            self.log.warning("Refusing the refreshed identity of %s: %s", user.name, e)
+            return None
+        except Exception as e:  # unreachable, timed out, nonsense
+            raise IdentityUnavailable(f"{type(e).__name__}: {e}") from None
+        if model["name"] != user.name:
+            self.log.warning("The identity of %s now maps to %s", user.name, model["name"])
+            return None
         return model
 
     async def run_post_auth_hook(self, handler: Any, authentication: dict) -> dict:
@@ -443,27 +480,6 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
                 "SELECT issuer, sub FROM identities WHERE name = ?", (name,)
             ).fetchone()
         return issuer, sub
-
-    async def _reread_claims(self, user: Any, state: dict) -> Any:
-        """The user's claims as the provider releases them now (userinfo, same tokens).
-
-        Groups and proposals can be taken away at the provider at any time; a spawn, and
-        the access audit of running servers, must not rely on what login day said.
-        """
-        token_info = {
-            **(state.get("token_response") or {}),
-            "access_token": state["access_token"],
-            "refresh_token": state.get("refresh_token"),
-            "id_token": state.get("id_token"),
-        }
-        try:
-            model = await self._token_to_auth_model(token_info)
-        except Exception as e:
-            self.log.warning("Reading the claims of %s again failed (%s)", user.name, e)
-            return False
-        if model["name"] != user.name:
-            return False
-        return model
 
     def claims_list(self, claims: dict[str, Any], name: str) -> list[str]:
         """A claim that may be a list or a space-separated string, as a list of strings."""

@@ -174,6 +174,7 @@ class PortalSpawner(Configurable):
 
     environment_name = ""  # the environment the running server was started in
     mounted_pids: tuple[str, ...] = ()  # what the running server mounts, for the audit
+    member_of: frozenset[str] = frozenset()  # proposals whose processed area it mounts
     access_revoked = ""  # why the audit stopped this server: the home page shows it
     _last_audit = 0.0
 
@@ -183,6 +184,8 @@ class PortalSpawner(Configurable):
             state["environment"] = self.environment_name  # shown on the home page
         if self.mounted_pids:
             state["datasets"] = list(self.mounted_pids)
+        if self.member_of:
+            state["processed"] = sorted(self.member_of)
         if self.access_revoked:  # kept past the stop, for the home page
             state["access_revoked"] = self.access_revoked
         return state
@@ -191,6 +194,7 @@ class PortalSpawner(Configurable):
         super().load_state(state)
         self.environment_name = state.get("environment", "")
         self.mounted_pids = tuple(state.get("datasets") or ())
+        self.member_of = frozenset(state.get("processed") or ())
         self.access_revoked = state.get("access_revoked", "")
 
     def clear_state(self) -> None:
@@ -198,6 +202,7 @@ class PortalSpawner(Configurable):
         super().clear_state()
         self.environment_name = ""
         self.mounted_pids = ()
+        self.member_of = frozenset()
 
     # -- the access audit ---------------------------------------------------------------
 
@@ -209,7 +214,8 @@ class PortalSpawner(Configurable):
         """
         status = await super().poll()
         due = time.monotonic() - self._last_audit >= self.audit_interval
-        if status is not None or not self.audit_interval or not due:
+        guarded = self.mounted_pids or self.member_of
+        if status is not None or not self.audit_interval or not due or not guarded:
             return status
         self._last_audit = time.monotonic()
         lost = await self.audit()
@@ -231,11 +237,24 @@ class PortalSpawner(Configurable):
         provider). A catalogue or provider that cannot answer stops nothing: only a clear
         "no" does, so an outage never costs anyone their session.
         """
-        refreshed = await self.authenticator.refresh_user(self.user, None)
-        if isinstance(refreshed, dict) and refreshed.get("auth_state"):
-            await self.user.save_auth_state(refreshed["auth_state"])
+        current = getattr(self.authenticator, "current_model", None)
+        try:
+            model = await current(self.user) if current else {}
+        except Exception as e:  # the provider cannot be asked: keep what we know
+            self.log.warning("%s: claims not read again (%s)", self._log_name, e)
+            model = {}
+        if model is None:  # the provider refuses this user now: their access ends
+            return list(self.mounted_pids) or ["your datasets"]
+        if model.get("auth_state"):
+            await self.user.save_auth_state(model["auth_state"])
         user = await self.user_for_catalogue()
         lost = []
+        if self.processed_root and self.member_of:
+            try:
+                now = await asyncio.to_thread(self.catalogue.member_proposals, user)
+                lost += [f"the processed area of {p}" for p in sorted(self.member_of - now)]
+            except CatalogueError as e:
+                self.log.warning("%s: membership audit skipped: %s", self._log_name, e)
         for pid in self.mounted_pids:
             try:
                 await asyncio.to_thread(self.catalogue.get, pid, user)
@@ -317,6 +336,9 @@ class PortalSpawner(Configurable):
             if self.processed_root:
                 member_of = await asyncio.to_thread(catalogue.member_proposals, user)
             mounts = plan_mounts(datasets, roots, self.processed_root or None, member_of)
+            self.member_of = frozenset(
+                d.proposal for d in datasets if d.proposal and d.proposal in member_of
+            )
         except (CatalogueError, MountError) as e:
             self.log.warning("refusing spawn for %s: %s", self.user.name, e)
             raise SpawnRefused(str(e)) from e

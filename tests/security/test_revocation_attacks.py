@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 XRF = "MA1234/ID21/xrf_map_0001"  # MA1234's embargoed map
 CEO2 = "ES1001/ID22/ceo2_powder_0001"  # ES1001's embargoed powder pattern
+TOUR = "MA1234/ID21/nexus_tour_0001"  # MA1234's open data
 ALICE = {k: v for k, v in DEMO_USERS["alice"].items() if k != "sub"}
 
 
@@ -31,9 +32,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Provi
     data = folder / "data"
     generate(data)
     # rita is in ES1001 by the member list only; alice in MA1234 by her claim only.
+    # and rita in MA1234 too, whose NeXus tour is open data: her processed area is the
+    # only thing that membership gives her there.
     text = (data / "proposals.yaml").read_text()
     text = text.replace("members: [alice, bob]", "members: [alice, bob, rita]")
-    (data / "proposals.yaml").write_text(text.replace("members: [alice]", "members: []"))
+    (data / "proposals.yaml").write_text(text.replace("members: [alice]", "members: [rita]"))
     provider = Provider(free_port(), folder / "op.log")
     provider.start()
     provider.set_user(DEMO_USERS["alice"]["sub"], **ALICE)
@@ -47,7 +50,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Provi
                 "allowed_groups": ["researchers"],
             },
             "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
-            "spawner": {"home_dir": str(folder / "homes/{username}"), "audit_interval": 2},
+            "spawner": {
+                "home_dir": str(folder / "homes/{username}"),
+                "processed_root": str(folder / "processed"),
+                "audit_interval": 2,
+            },
         },
         folder,
     )
@@ -104,7 +111,8 @@ def test_removal_from_the_member_list_stops_the_running_server(setup) -> None:
     took = wait_stopped(hub, rita, "powder", within=15)
     print(f"\nmember-list revocation reached the server in {took:.1f} s")
     home = rita.http.get(f"{hub.url}/hub/home", timeout=30).text
-    assert "you may no longer read ES1001/ID22/ceo2_powder_0001" in home
+    assert "was stopped: you may no longer read the processed area of ES1001," in home
+    assert "ES1001/ID22/ceo2_powder_0001" in home
     r = rita.api("POST", "hub/api/users/rita/servers/again", json={"datasets": [CEO2]})
     assert r.status_code == 403  # and no new server with it
 
@@ -119,6 +127,27 @@ def test_a_claim_removed_at_the_provider_stops_the_server_and_the_next_spawn(set
     r = alice.api("POST", "hub/api/users/alice/servers/xrf2", json={"datasets": [XRF]})
     assert r.status_code == 403, r.text  # the claims are read again at every spawn
     provider.set_user(DEMO_USERS["alice"]["sub"], **ALICE)
+
+
+def test_leaving_a_proposal_takes_its_processed_area_away(setup) -> None:
+    hub, _, data = setup
+    rita = signed_in(hub, "sub-rita")
+    rita.spawn("tour", {"type": "lab", "datasets": [TOUR]})
+    home = Path(hub.folder, "homes", "rita", "datasets", "MA1234", "processed")
+    assert home.is_symlink()  # her area, as a member
+    proposals = data / "proposals.yaml"
+    proposals.write_text(proposals.read_text().replace("members: [rita]", "members: []"))
+    wait_stopped(hub, rita, "tour", within=15)
+    page = rita.http.get(f"{hub.url}/hub/home", timeout=30).text
+    assert "you may no longer read the processed area of MA1234" in page
+
+
+def test_an_identity_the_provider_revoked_loses_its_sessions(setup) -> None:
+    hub, provider, _ = setup
+    alice = signed_in(hub, DEMO_USERS["alice"]["sub"])
+    alice.spawn("before", {"type": "lab", "datasets": [XRF]})
+    provider.revoke(DEMO_USERS["alice"]["sub"])  # e.g. her account was suspended
+    wait_stopped(hub, alice, "before", within=15)
 
 
 def test_a_catalogue_outage_stops_nothing(setup) -> None:
