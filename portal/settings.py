@@ -120,6 +120,11 @@ class SciCatCatalogueSettings(HttpCatalogueSettings):
     admin_groups: list[str] | None = Field(
         None, description="SciCat's ADMIN_GROUPS, whose members read every dataset."
     )
+    trusted_writers: list[str] | None = Field(
+        None,
+        description="SciCat accounts (the ingestors) whose datasets' sourceFolder is mounted;"
+        " datasets written by anyone else are listed but never mounted.",
+    )
 
 
 class SearchApiCatalogueSettings(HttpCatalogueSettings):

@@ -101,11 +101,17 @@ def resolve_location(dataset: Dataset, roots: Sequence[StorageRoot]) -> Path:
     The root's own host path may be a symlink (``/data`` -> ``/gpfs``, a site's choice); no
     component between it and the dataset may be (a data owner's choice, not trusted).
     """
+    if not dataset.location:
+        raise MountError(
+            f"dataset {dataset.pid}: the catalogue gives it no storage location the portal"
+            " can trust, so it cannot be mounted"
+        )
     location = PurePosixPath(dataset.location)
-    if not location.is_absolute() or ".." in location.parts:
+    components = dataset.location.rstrip("/").split("/")[1:]
+    if not location.is_absolute() or any(c in ("", ".", "..") for c in components):
         raise MountError(
             f"dataset {dataset.pid}: storage location {dataset.location!r} must be an absolute"
-            " path without '..'"
+            " path without '.', '..' or empty components"
         )
     for root in sorted(roots, key=lambda r: len(PurePosixPath(r.prefix).parts), reverse=True):
         prefix = PurePosixPath(root.prefix)

@@ -462,6 +462,8 @@ def scicat_record(e: Example) -> dict[str, Any]:
         "techniques": [{"pid": IRI_PREFIX + e.technique, "name": techniques.get(e.technique).name}],
         "keywords": [],
         "version": "4.0.0",
+        "createdBy": "ingestor",  # the facility's ingestion account
+        "updatedBy": "ingestor",
         "createdAt": iso(e.start),
         "updatedAt": iso(e.start),
     }

@@ -127,14 +127,23 @@ def scicat_server(examples: list[Example] = FACILITY) -> SciCatServer:
     )
 
 
+TRUST = ["ingestor"]  # the SciCat account that writes the facility's datasets
+
 #: Each way the portal can be configured against a remote catalogue.
 REMOTES: dict[str, tuple[Callable[[], JsonServer], Callable[[str], HttpCatalogue]]] = {
-    "scicat-v4-user": (scicat_server, lambda url: SciCatCatalogue(url=url)),
-    "scicat-v3-user": (scicat_server, lambda url: SciCatCatalogue(url=url, api_version="v3")),
+    "scicat-v4-user": (scicat_server, lambda url: SciCatCatalogue(url=url, trusted_writers=TRUST)),
+    "scicat-v3-user": (
+        scicat_server,
+        lambda url: SciCatCatalogue(url=url, api_version="v3", trusted_writers=TRUST),
+    ),
     "scicat-v4-service": (
         scicat_server,
         lambda url: SciCatCatalogue(
-            url=url, auth_mode="service", service_username="portal", service_password="pw"
+            url=url,
+            auth_mode="service",
+            service_username="portal",
+            service_password="pw",
+            trusted_writers=TRUST,
         ),
     ),
     "scicat-v3-service": (
@@ -145,6 +154,7 @@ REMOTES: dict[str, tuple[Callable[[], JsonServer], Callable[[str], HttpCatalogue
             auth_mode="service",
             service_username="portal",
             service_password="pw",
+            trusted_writers=TRUST,
         ),
     ),
     "search-api": (

@@ -31,6 +31,10 @@ portal never forwards the user's Umbrella token. Instead:
 Either way a token SciCat does not know (``whoami`` answers empty: anonymous) is an error
 that says so, never a silently short list.
 
+**Locations**: SciCat lets its users create and edit datasets of their own, with any
+``sourceFolder``; only datasets written (``createdBy``, ``updatedBy``) by the accounts in
+``trusted_writers`` (the facility's ingestors) are given a location the portal mounts.
+
 **Access**: SciCat's own rule (``src/casl/abilities/datasets.ability.ts`` and the list's
 access filter): ``ownerGroup`` or ``accessGroups`` among the user's groups, ``sharedWith``
 holding their e-mail, ``isPublished``, and everything for its ``ADMIN_GROUPS``
@@ -150,6 +154,14 @@ class SciCatCatalogue(HttpCatalogue):
         Unicode(),
         config=True,
         help="SciCat's ADMIN_GROUPS: their members read every dataset, as in SciCat.",
+    )
+    trusted_writers = List(
+        Unicode(),
+        config=True,
+        help="""SciCat accounts (createdBy, updatedBy) whose datasets' sourceFolder the portal
+        mounts: the facility's ingestors, e.g. ["ingestor"]. SciCat lets its users create
+        and edit datasets of their own, with any sourceFolder: a dataset written by anyone
+        else is listed, but never mounted. Empty: nothing is mounted.""",
     )
 
     @default("service_token")
@@ -354,7 +366,7 @@ class SciCatCatalogue(HttpCatalogue):
             proposal=_first(record, "proposalId", "proposalIds"),
             instrument=str(record.get("creationLocation") or "")
             or _first(record, "instrumentId", "instrumentIds"),
-            location=str(record.get("sourceFolder") or ""),
+            location=self._trusted_location(record),
             techniques=tuple(
                 technique_id(t.get("pid"), t.get("name"))
                 for t in record.get("techniques") or []
@@ -368,6 +380,13 @@ class SciCatCatalogue(HttpCatalogue):
             access_groups=frozenset(str(g) for g in groups if g),
             shared_with=frozenset(str(e).lower() for e in record.get("sharedWith") or []),
         )
+
+    def _trusted_location(self, record: dict[str, Any]) -> str:
+        """``sourceFolder``, if only trusted accounts wrote the record; else none."""
+        writers = {record.get("createdBy"), record.get("updatedBy")} - {None}
+        if not writers or not writers <= set(self.trusted_writers):
+            return ""
+        return str(record.get("sourceFolder") or "")
 
     def datasets_for(self, user: CatalogueUser) -> list[Dataset]:
         return self._query(user, [])
