@@ -190,7 +190,7 @@ class LocalCatalogue(Catalogue):
             raise CatalogueUnavailable(f"catalogue data root {root} is not a readable folder")
         added = updated = unchanged = 0
         skipped: list[str] = []
-        with self._connect() as db, MetadataReader() as reader:
+        with self._connect() as db, MetadataReader(root) as reader:
             known = dict(db.execute("SELECT pid, signature FROM datasets"))
             seen: set[str] = set()
             for proposal, instrument, folder in self._dataset_dirs():
@@ -208,7 +208,8 @@ class LocalCatalogue(Catalogue):
                     key=lambda p: (p.stem != folder.name, len(p.parts), p.name),
                 ):
                     try:
-                        meta = reader.read(nexus)
+                        reader.use(proposal)
+                        meta = reader.read(nexus.relative_to(root))
                         break
                     except OSError as e:  # not HDF5, refused, or the worker gave up
                         self.log.warning("catalogue: skipping %s: %s", nexus, e)

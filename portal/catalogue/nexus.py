@@ -7,30 +7,31 @@ hub's own crypt key would be copied into the catalogue and shown on every page. 
 
 - Only hard links are followed, inside the file; a field stored externally or virtually,
   or larger than :data:`MAX_ELEMENTS`, is refused, and the file skipped.
-- The reading happens in a forked worker (:class:`MetadataReader`) that drops to an
-  unprivileged uid when the hub is root, under memory, CPU, file-size and open-file
-  limits, and gets each file as an already open descriptor. It never sees a path it
-  could swap, and any file it might still open is opened as nobody.
-- The parent waits :attr:`MetadataReader.timeout` seconds per file; a worker that does
+- The reading happens in worker processes (:class:`MetadataReader`): a fresh Python,
+  started without the indexer's environment, memory or descriptors, leaves the network,
+  sets memory, CPU, file-size and open-file limits, becomes nobody (when started as
+  root) and undumpable, then forks one worker per proposal. A worker gets each file as
+  a descriptor the indexer opened below the data root without following any symlink; a
+  worker taken over by a malicious file sees no other proposal's files, has nothing to
+  send them to, and can open only what nobody may read.
+- The indexer waits :attr:`MetadataReader.timeout` seconds per file; a worker that does
   not answer is killed and replaced, and that file skipped.
 - What comes back is text for people: control characters removed, at most
   :data:`MAX_TEXT` characters per field.
-
-Forking (not spawning a new interpreter) keeps the worker on the parent's already loaded
-Python, which an unprivileged uid may not be allowed to execute. The indexer runs before
-the hub starts its threads (``panosc-portal serve``, ``catalogue index``), so the fork is
-of a single-threaded process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import resource
 import signal
 import socket
+import stat
 import struct
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,16 @@ def read_metadata(source: Any) -> dict[str, str]:
     return meta
 
 
-# -- the worker ------------------------------------------------------------------------
+# -- the workers ------------------------------------------------------------------------
+#
+# MetadataReader (in the indexing process) --control socket--> the zygote: a fresh Python
+# started as root, which imports h5py, cuts itself off (no network, limits, nobody, not
+# dumpable) and then forks one worker per proposal. A worker reads the files of one
+# proposal, handed over as open descriptors, and answers each with its metadata.
+
+CLONE_NEWNET = 0x40000000
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
 
 
 def _send(sock: socket.socket, payload: dict) -> None:
@@ -143,21 +153,29 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def _become_unprivileged() -> None:
-    """Limits first, then (as root) nobody's uid with no groups; no way back."""
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # it writes no file
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _contain() -> None:
+    """No network, bounded, no way to gain privileges or be traced, and (as root) nobody."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if os.geteuid() == 0 and libc.unshare(CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "cannot leave the network namespace")
+    for limit, value in (
+        (resource.RLIMIT_AS, MEMORY),
+        (resource.RLIMIT_CPU, CPU_SECONDS),
+        (resource.RLIMIT_FSIZE, 0),  # it writes no file
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NOFILE, 32),
+    ):
+        resource.setrlimit(limit, (value, value))
     if os.geteuid() == 0:
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # other nobody processes cannot ptrace it
 
 
 def _serve(sock: socket.socket) -> None:
-    """The worker's loop: a file descriptor in, its metadata (or the reason) out."""
-    os.chdir("/")
+    """A worker's loop: a file descriptor in, its metadata (or the reason) out."""
     while True:
         message, fds, _, _ = socket.recv_fds(sock, 16, 1)
         if not message or not fds:
@@ -169,13 +187,71 @@ def _serve(sock: socket.socket) -> None:
             _send(sock, {"error": f"{type(e).__name__}: {clean_text(e)}"})
 
 
-class MetadataReader:
-    """A worker process reading NeXus metadata for one indexing run (a context manager)."""
+def _zygote(control: socket.socket) -> None:
+    """Fork a worker for each socket received; tell the reader its pid."""
+    while True:
+        message, fds, _, _ = socket.recv_fds(control, 16, 1)
+        if not message or not fds:
+            return
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            try:
+                _serve(socket.socket(fileno=fds[0]))
+            finally:
+                os._exit(0)
+        os.close(fds[0])
+        control.sendall(struct.pack("!I", pid))
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
 
-    def __init__(self, timeout: float = 20.0) -> None:
+
+def main(argv: list[str]) -> None:
+    """``python -m portal.catalogue.nexus FD``: the zygote, on the control socket FD."""
+    control = socket.socket(fileno=int(argv[1]))
+    os.chdir("/")
+    _contain()
+    _zygote(control)
+
+
+#: What the zygote's fresh interpreter inherits of the indexer's environment: no secret.
+_ENVIRONMENT = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "TZ")
+
+
+def open_below(root: int, relative: Path) -> int:
+    """A regular file ``relative`` to the folder ``root``, opened without following any
+    symlink and without blocking on a FIFO; raises ``OSError`` for anything else."""
+    fd = os.dup(root)
+    try:
+        for part in relative.parts[:-1]:
+            inner = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        found = os.open(relative.name, flags, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(found).st_mode):
+        os.close(found)
+        raise OSError(f"{relative} is not a regular file")
+    return found
+
+
+class MetadataReader:
+    """Reads NeXus metadata below ``root`` for one indexing run (a context manager).
+
+    :meth:`use` starts a new worker for each proposal, so a file that took over its
+    worker sees no other proposal's files.
+    """
+
+    def __init__(self, root: Path, timeout: float = 20.0) -> None:
         self.timeout = timeout
-        self._pid = 0
-        self._sock: socket.socket | None = None
+        self._root = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._zygote: subprocess.Popen | None = None
+        self._control: socket.socket | None = None
+        self._worker: tuple[socket.socket, int] | None = None
+        self._proposal: str | None = None
 
     def __enter__(self) -> MetadataReader:
         return self
@@ -183,48 +259,78 @@ class MetadataReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start(self) -> socket.socket:
+    def use(self, proposal: str) -> None:
+        """The next files belong to ``proposal``: a fresh worker reads them."""
+        if proposal != self._proposal:
+            self._end_worker()
+            self._proposal = proposal
+
+    def _start_zygote(self) -> socket.socket:
         ours, theirs = socket.socketpair()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 0
-            try:
-                ours.close()
-                _become_unprivileged()
-                _serve(theirs)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
+        env = {k: os.environ[k] for k in _ENVIRONMENT if k in os.environ}
+        env |= {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-m", "portal.catalogue.nexus", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            cwd="/",
+        )
         theirs.close()
-        ours.settimeout(self.timeout)
-        self._pid, self._sock = pid, ours
+        ours.settimeout(60)  # a fresh Python importing h5py, on a busy machine
+        self._control = ours
         return ours
 
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)
-            os.waitpid(self._pid, 0)
-            self._pid = 0
-
-    def read(self, path: Path) -> dict[str, str]:
-        """The metadata of ``path`` (opened here, never following a symlink); ``OSError``
-        when the worker refuses, fails or takes longer than ``timeout``."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    def _new_worker(self) -> tuple[socket.socket, int]:
+        control = self._control or self._start_zygote()
+        ours, theirs = socket.socketpair()
         try:
-            sock = self._sock or self._start()
+            socket.send_fds(control, [b"w"], [theirs.fileno()])
+            (pid,) = struct.unpack("!I", _exactly(control, 4))
+        finally:
+            theirs.close()
+        ours.settimeout(self.timeout)
+        self._worker = (ours, pid)
+        return self._worker
+
+    def _end_worker(self) -> None:
+        if self._worker is not None:
+            sock, pid = self._worker
+            sock.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._worker = None
+
+    def close(self) -> None:
+        self._end_worker()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._zygote is not None:
+            self._zygote.kill()
+            self._zygote.wait()
+            self._zygote = None
+        if self._root >= 0:
+            os.close(self._root)
+            self._root = -1
+
+    def worker_pid(self) -> int:
+        return self._worker[1] if self._worker else 0
+
+    def read(self, relative: Path) -> dict[str, str]:
+        """The metadata of the file at ``relative`` below the root; ``OSError`` when it is
+        not a regular file reached without symlinks, or the worker refuses, fails or takes
+        longer than ``timeout``."""
+        fd = open_below(self._root, relative)
+        try:
+            sock, _ = self._worker or self._new_worker()
             try:
                 socket.send_fds(sock, [b"r"], [fd])
                 answer = _receive(sock)
             except (OSError, ValueError) as e:  # timeout, crash (memory limit), nonsense
-                self.close()
-                raise OSError(f"the metadata worker gave up on {path.name}: {e}") from None
+                self._end_worker()
+                raise OSError(f"the metadata worker gave up on {relative.name}: {e}") from None
         finally:
             os.close(fd)
         if "error" in answer:
@@ -232,4 +338,7 @@ class MetadataReader:
         return {str(k): clean_text(v) for k, v in dict(answer["meta"]).items()}
 
 
-__all__ = ["MAX_ELEMENTS", "MetadataReader", "Refused", "clean_text", "read_metadata"]
+__all__ = ["MAX_ELEMENTS", "MetadataReader", "Refused", "clean_text", "open_below", "read_metadata"]
+
+if __name__ == "__main__":
+    main(sys.argv)

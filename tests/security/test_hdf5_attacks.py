@@ -8,6 +8,9 @@ crypt key, cookie secret or database: a file only root may read.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import time
 from pathlib import Path
 
 import h5py
@@ -124,17 +127,62 @@ def test_a_crafted_file_never_brings_other_bytes_into_the_catalogue(
     assert SECRET not in index and SECRET.decode() not in scan.title
 
 
-def test_the_worker_is_unprivileged_and_bounded(tmp_path: Path) -> None:
-    """Whatever a check might miss is read as nobody, in a bounded process: the root-only
-    secrets of the hub stay closed to it."""
-    plain = tmp_path / "plain.nxs"
-    nexus(plain, lambda e: e.create_dataset("title", data="A plain title\x1b[31m\n"))
-    with MetadataReader() as reader:
-        assert reader.read(plain) == {"title": "A plain title [31m"}  # control chars gone
-        status = Path(f"/proc/{reader._pid}/status").read_text().splitlines()
+def test_the_workers_are_unprivileged_bounded_offline_and_one_per_proposal(
+    tmp_path: Path,
+) -> None:
+    """Whatever a check might miss runs as nobody, bounded, with no network, and sees the
+    files of one proposal only."""
+    for proposal in ("MA1234", "IH2002"):
+        nexus(
+            tmp_path / proposal / "f.nxs", lambda e: e.create_dataset("title", data="T\x1b[31m\n")
+        )
+    with MetadataReader(tmp_path) as reader:
+        reader.use("MA1234")
+        assert reader.read(Path("MA1234/f.nxs")) == {"title": "T [31m"}  # control chars gone
+        first = reader.worker_pid()
+        status = Path(f"/proc/{first}/status").read_text().splitlines()
         uids = next(line.split()[1:] for line in status if line.startswith("Uid:"))
-        limits = Path(f"/proc/{reader._pid}/limits").read_text()
+        limits = Path(f"/proc/{first}/limits").read_text()
+        network = os.readlink(f"/proc/{first}/ns/net")
+        reader.use("IH2002")
+        assert reader.read(Path("IH2002/f.nxs")) == {"title": "T [31m"}
+        second = reader.worker_pid()
     assert os.geteuid() == 0, "the suite runs as root, as the hub on a Docker host"
     assert uids == ["65534"] * 4  # real, effective, saved and filesystem uid: nobody
     assert "Max address space" in limits and str(1 << 30) in limits
-    assert "Max file size             0" in limits
+    assert re.search(r"Max file size\s+0\s+0", limits)
+    assert re.search(r"Max open files\s+32\s+32", limits)
+    assert network != os.readlink("/proc/self/ns/net")  # a network namespace of its own
+    assert second != first and gone(first)  # one worker per proposal
+
+
+def gone(pid: int) -> bool:
+    """Exited: no process, or a zombie its parent has not reaped yet."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in status
+
+
+def test_a_folder_swapped_for_a_symlink_or_a_fifo_is_never_read(tmp_path: Path) -> None:
+    """The indexer listed a file, then its folder became a symlink to another proposal's,
+    or the file a FIFO (which would hang a plain open): both are refused, nothing hangs."""
+    victim = tmp_path / "IH2002/ID19/tomo/raw/tomo.nxs"
+    nexus(victim, lambda e: e.create_dataset("title", data="IH2002's embargoed title"))
+    mine = tmp_path / "MA1234/ID21/scan/raw/tomo.nxs"
+    nexus(mine, lambda e: e.create_dataset("title", data="mine"))
+    with MetadataReader(tmp_path, timeout=5) as reader:
+        reader.use("MA1234")
+        assert reader.read(Path("MA1234/ID21/scan/raw/tomo.nxs")) == {"title": "mine"}
+        shutil.rmtree(mine.parent)
+        mine.parent.symlink_to(victim.parent)
+        with pytest.raises(OSError, match=r"Too many levels of symbolic links|Not a directory"):
+            reader.read(Path("MA1234/ID21/scan/raw/tomo.nxs"))
+        mine.parent.unlink()
+        mine.parent.mkdir()
+        os.mkfifo(mine)
+        started = time.monotonic()
+        with pytest.raises(OSError, match="not a regular file"):
+            reader.read(Path("MA1234/ID21/scan/raw/tomo.nxs"))
+        assert time.monotonic() - started < 2
