@@ -49,6 +49,23 @@ def docker_mounts(plan: MountPlan, manifest: Path, home: PurePosixPath = HOME) -
     return mounts
 
 
+#: Where the hub signals, inside a new container, that its mounts were verified.
+GATE = "/tmp/.panosc-mounts-verified"
+GATE_SCRIPT = (
+    f"i=0; while [ ! -e {GATE} ]; do i=$((i+1)); [ $i -gt 1200 ] && exit 75; sleep 0.05;"
+    ' done; exec "$@"'
+)
+
+
+def gated(command: list[str]) -> list[str]:
+    """``command``, started only once the hub has opened the gate (within a minute).
+
+    Nothing of the user (their home's startup files, their kernels) runs before the hub
+    has checked what the container mounts.
+    """
+    return ["sh", "-c", GATE_SCRIPT, "panosc-gate", *command]
+
+
 def identity_command(plan: MountPlan, home: PurePosixPath = HOME) -> list[str]:
     """The command that prints, inside a container, device and inode of each dataset mount."""
     return ["stat", "-c", "%d %i", "--", *(str(home / m.target) for m in plan.dataset_mounts)]
@@ -198,13 +215,28 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
                 verify_mount(mount)
         except MountError as e:
             raise SpawnRefused(str(e)) from e
-        address = await super().start()
+        address = await super().start()  # the container waits at the gate (get_command)
         await self.verify_mounted(spawn.mounts)
         try:
             await self.sync_course()
         except CourseUnavailable as e:
             raise SpawnRefused(str(e), 503) from e
+        await self.exec_checked(["touch", GATE], "open the gate")
         return address
+
+    async def get_command(self) -> list[str]:
+        return gated(await super().get_command())
+
+    async def exec_checked(self, command: list[str], what: str) -> bytes:
+        """Run ``command`` in the container as jovyan; a failure refuses the spawn."""
+        user = f"{JOVYAN_UID}:{JOVYAN_GID}"
+        run = await self.docker("exec_create", self.container_id, command, user=user)
+        out, err = await self.docker("exec_start", run["Id"], demux=True)
+        if (await self.docker("exec_inspect", run["Id"]))["ExitCode"]:
+            problem = (err or out or b"").decode(errors="replace").strip()[-300:]
+            await self.stop(now=True)
+            raise SpawnRefused(f"cannot {what} in the new server: {problem}", 500)
+        return out or b""
 
     async def verify_mounted(self, plan: MountPlan) -> None:
         """Check, inside the new container, that each dataset mount is the folder checked.

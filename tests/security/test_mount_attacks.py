@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from docker.types import Mount as DockerMount
 
 from portal.catalogue import Dataset
 from portal.demo.sampledata import DEMO_USERS, generate
-from spawner.docker import bridge_gateway, check_mounted, identity_command
+from spawner.docker import GATE, bridge_gateway, check_mounted, gated, identity_command
 from spawner.environments import load_environments
 from spawner.mounts import MountError, StorageRoot, plan_mounts, verify_mount
 from tests.conftest import free_port
@@ -179,3 +180,26 @@ def test_a_folder_swapped_after_the_check_is_refused_before_and_after_the_bind(
 
 def _bind(source: Path, target: str) -> DockerMount:
     return DockerMount(target, str(source), type="bind", read_only=True)
+
+
+def test_nothing_of_the_user_runs_before_the_mounts_are_verified() -> None:
+    """The container waits at the hub's gate: a user's startup code (in their persistent
+    home) cannot copy a swapped-in folder in the moment before the check."""
+    ensure_images("base")
+    box = engine().containers.run(
+        load_environments()["base"].image,
+        gated(["sh", "-c", "touch /tmp/user-code-ran; sleep 60"]),
+        detach=True,
+        remove=True,
+        user="1000:100",
+    )
+    try:
+        time.sleep(1.5)
+        assert box.exec_run(["test", "-e", "/tmp/user-code-ran"])[0] != 0
+        assert box.exec_run(["touch", GATE])[0] == 0  # what the hub does once verified
+        deadline = time.monotonic() + 10
+        while box.exec_run(["test", "-e", "/tmp/user-code-ran"])[0] != 0:
+            assert time.monotonic() < deadline, "the gate did not open"
+            time.sleep(0.1)
+    finally:
+        box.remove(force=True)
