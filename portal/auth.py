@@ -176,8 +176,9 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
 
         A claim is used only if it already is a portal username (lowercase [a-z0-9._-]),
         so that "JDoe" can never become "jdoe"; ``email`` only when the provider verified
-        it (``email_verified``), as the whole address ("fay.li-esrf.fr"); ``sub`` as a
-        stable hash ("u-<12 hex>").
+        it (``email_verified``), as its local part and a digest of the whole address
+        ("fay.li-3f2a9c"), so that two addresses never give one name; ``sub`` as a stable
+        hash ("u-<12 hex>").
         """,
     )
     identities_file = Unicode(
@@ -497,7 +498,9 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
             if claim == "email":
                 if user_info.get("email_verified") is not True:
                     continue  # anyone can claim an address the provider did not check
-                value = safe_username(value)
+                address = value.strip().lower()
+                digest = hashlib.sha256(address.encode()).hexdigest()[:6]
+                value = f"{safe_username(address.split('@', 1)[0])}-{digest}"
             elif claim == "sub":
                 value = "u-" + hashlib.sha256(value.encode()).hexdigest()[:12]
             if value and safe_username(value) == value:

@@ -11,6 +11,7 @@ it had when checked, so a backend can compare them with what it actually mounted
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -93,6 +94,15 @@ def identity_of(path: Path) -> tuple[int, int]:
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(str(path))
     return info.st_dev, info.st_ino
+
+
+def proposal_folder(proposal: str) -> str:
+    """The folder of a proposal under ``~/datasets`` and the processed root: its id when
+    that is a safe name, else the safe name plus a digest, so two ids never share one."""
+    name = safe_name(proposal)
+    if name == proposal:
+        return name
+    return f"{name[:90]}-{hashlib.sha256(proposal.encode()).hexdigest()[:8]}"
 
 
 def resolve_location(dataset: Dataset, roots: Sequence[StorageRoot]) -> Path:
@@ -200,7 +210,7 @@ def plan_mounts(
     proposals: dict[str, PurePosixPath] = {}
     for dataset in sorted(datasets, key=lambda d: d.pid):
         source = resolve_location(dataset, roots)
-        folder = DATASETS_DIR / safe_name(dataset.proposal)
+        folder = DATASETS_DIR / proposal_folder(dataset.proposal)
         proposals.setdefault(dataset.proposal, folder)
         base = safe_name(PurePosixPath(dataset.location).name)
         if base == "processed":
@@ -234,6 +244,6 @@ def plan_mounts(
         for proposal, folder in sorted(proposals.items()):
             if not proposal or proposal not in member_of:
                 continue
-            source = Path(processed_root).resolve() / safe_name(proposal)
+            source = Path(processed_root).resolve() / proposal_folder(proposal)
             mounts.append(Mount(source, folder / "processed", read_only=False))
     return MountPlan(tuple(mounts), tuple(manifest))

@@ -6,6 +6,7 @@ would release them) and then logs in through the full authorization-code flow.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,7 +131,17 @@ def test_username_falls_back_to_a_verified_email_then_sub(hub: Hub, provider: Pr
     client, _ = login(
         hub, provider, "sub-fay", email="Fay.Li@esrf.fr", email_verified=True, groups=["physicists"]
     )
-    assert me(client)["name"] == "fay.li-esrf.fr"
+    name = me(client)["name"]
+    assert re.fullmatch(r"fay\.li-[0-9a-f]{6}", name)  # her verified address, digested
+    other, _ = login(
+        hub,
+        provider,
+        "sub-fay2",
+        email="fay.li@evil.example",
+        email_verified=True,
+        groups=["physicists"],
+    )
+    assert me(other)["name"] != name  # another address: another name, not her account
     client, _ = login(hub, provider, "opaque-7f3a", groups=["physicists"])
     assert me(client)["name"].startswith("u-")
 

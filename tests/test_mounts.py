@@ -67,11 +67,24 @@ def test_datasets_map_through_their_root_read_only(tree: Path) -> None:
         "/data/visitorX/ma1234",
         "relative/path",
         "/data/visitor",  # the whole root is never a dataset
+        "/data/visitor/ma1234/id21/.",  # pathlib would make it the instrument's folder
+        "/data/visitor/ma1234//id21/scan1",
     ],
 )
 def test_locations_outside_roots_are_refused_naming_the_dataset(tree: Path, location: str) -> None:
     with pytest.raises(MountError, match="dataset evil"):
         plan_mounts([dataset("evil", location)], roots(tree))
+
+
+def test_proposals_never_share_a_folder(tree: Path, tmp_path: Path) -> None:
+    twins = [
+        dataset("a", "/data/visitor/ma1234/id21/scan1", proposal="MA1234"),
+        dataset("b", "/data/visitor/ma1234/id21/scan2", proposal="MA1234."),
+    ]
+    plan = plan_mounts(twins, roots(tree), str(tmp_path), frozenset({"MA1234", "MA1234."}))
+    processed = sorted(str(m.source) for m in plan.mounts if not m.read_only)
+    assert len(set(processed)) == 2 and processed[0] == str(tmp_path / "MA1234")
+    assert len({m.target.parent for m in plan.dataset_mounts}) == 2
 
 
 def test_missing_folder_is_refused(tree: Path) -> None:
