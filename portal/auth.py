@@ -176,9 +176,9 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
 
         A claim is used only if it already is a portal username (lowercase [a-z0-9._-]),
         so that "JDoe" can never become "jdoe"; ``email`` only when the provider verified
-        it (``email_verified``), as its local part and a digest of the whole address
-        ("fay.li-3f2a9c"), so that two addresses never give one name; ``sub`` as a stable
-        hash ("u-<12 hex>").
+        it (``email_verified``), as its local part and a 64-bit digest of the whole address
+        ("fay.li-3f2a9c1e5b7d8a90"), so that no two addresses give one name; ``sub`` as a
+        stable hash ("u-<12 hex>").
         """,
     )
     identities_file = Unicode(
@@ -404,13 +404,15 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         Groups and proposals can be taken away at the provider at any time; a spawn, and
         the access audit of running servers, must not rely on what the login said. Valid
         tokens are used to read userinfo again; tokens about to expire are refreshed first.
-        ``None`` when the provider refuses this user (tokens revoked, account disabled, an
-        identity that now maps to another name); :class:`IdentityUnavailable` when it cannot
-        be asked (down, unreachable), which says nothing about the user.
+
+        ``None`` only for the provider's own clear "no" to this user: userinfo refusing an
+        access token that has not expired (revoked tokens, a disabled account). Anything
+        else, from an outage to a session that simply reached its maximum age, is
+        :class:`IdentityUnavailable`: it says nothing about the user's rights.
         """
         state = await user.get_auth_state() or {}
         if not state.get("access_token"):
-            return None
+            raise IdentityUnavailable(f"the hub holds no tokens for {user.name}")
         token_info = {
             **(state.get("token_response") or {}),
             "access_token": state["access_token"],
@@ -418,27 +420,26 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
             "id_token": state.get("id_token"),
         }
         expires_at = token_info.get("expires_at")
+        fresh = expires_at is not None and expires_at - time.time() > self.refresh_margin
         try:
-            if expires_at is None or expires_at - time.time() <= self.refresh_margin:
+            if not fresh:
                 if not state.get("refresh_token"):
-                    return None
+                    raise IdentityUnavailable(f"the tokens of {user.name} expired")
                 params = self.build_refresh_token_request_params(state["refresh_token"])
                 token_info = await self.get_token_info(handler, params)
                 if not token_info.get("refresh_token"):  # many providers keep the old one
                     token_info["refresh_token"] = state["refresh_token"]
             model = await self._token_to_auth_model(token_info)
+        except IdentityUnavailable:
+            raise
         except HTTPClientError as e:
-            if e.code in (400, 401, 403):  # invalid_grant, invalid_token: a clear "no"
+            if fresh and e.code in (401, 403):  # userinfo refuses a live token: revoked
                 return None
             raise IdentityUnavailable(f"{type(e).__name__}: {e}") from None
-        except web.HTTPError as e:  # our own checks of what came back (ID token, sub)
-            self.log.warning("Refusing the refreshed identity of %s: %s", user.name, e)
-            return None
-        except Exception as e:  # unreachable, timed out, nonsense
+        except Exception as e:  # unreachable, timed out, nonsense, a refresh refused
             raise IdentityUnavailable(f"{type(e).__name__}: {e}") from None
         if model["name"] != user.name:
-            self.log.warning("The identity of %s now maps to %s", user.name, model["name"])
-            return None
+            raise IdentityUnavailable(f"the claims of {user.name} now map to {model['name']}")
         return model
 
     async def run_post_auth_hook(self, handler: Any, authentication: dict) -> dict:
@@ -499,8 +500,8 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
                 if user_info.get("email_verified") is not True:
                     continue  # anyone can claim an address the provider did not check
                 address = value.strip().lower()
-                digest = hashlib.sha256(address.encode()).hexdigest()[:6]
-                value = f"{safe_username(address.split('@', 1)[0])}-{digest}"
+                digest = hashlib.sha256(address.encode()).hexdigest()[:16]  # 64 bits
+                value = f"{safe_username(address.split('@', 1)[0])[:40]}-{digest}"
             elif claim == "sub":
                 value = "u-" + hashlib.sha256(value.encode()).hexdigest()[:12]
             if value and safe_username(value) == value:

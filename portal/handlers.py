@@ -22,7 +22,7 @@ from tornado import web
 
 from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue
 from portal.course import CourseError, load_course
-from spawner.common import trusted_navigation, user_from_auth_state
+from spawner.common import spawn_query, trusted_navigation, user_from_auth_state
 from spawner.courses import CourseLibrary, CourseUnavailable, server_name
 from spawner.environments import SERVER_TYPES, load_environments
 from spawner.form import human_size
@@ -172,16 +172,10 @@ class OpenHandler(PortalPage):
         running = {n for n, s in user.spawners.items() if s.active}
         name = server_name_for(dataset, server_type, running)
         environment = pick_environment([dataset], load_environments(), server_type)
-        query = urlencode(
-            {
-                "opt-type": server_type,
-                "opt-environment": environment.name,
-                "opt-datasets": pid,
-            }
-        )
-        self.redirect(
-            url_path_join(self.hub.base_url, "spawn", user.escaped_name, name) + "?" + query
-        )
+        options = {"type": [server_type], "environment": [environment.name], "datasets": [pid]}
+        query = spawn_query(self.settings["cookie_secret"], user.name, name, options)
+        spawn = url_path_join(self.hub.base_url, "spawn", user.escaped_name, name)
+        self.redirect(f"{spawn}?{urlencode(query)}")
 
 
 class CourseHandler(PortalPage):
@@ -243,10 +237,13 @@ class CourseHandler(PortalPage):
             except CourseUnavailable as e:
                 return await self.refuse(503, f"Cannot deliver the course's updates: {e}")
         first = quote(f"lab/tree/courses/{name}/{course.notebooks[0]}")
+        options = {
+            "type": ["lab"],
+            "environment": [course.environment],
+            "datasets": list(course.datasets),
+        }
         query = [
-            ("opt-type", "lab"),
-            ("opt-environment", course.environment),
-            *(("opt-datasets", pid) for pid in course.datasets),
+            *spawn_query(self.settings["cookie_secret"], owner.name, server, options),
             ("next", url_path_join(owner.server_url(server), first)),
         ]
         spawn = url_path_join(self.hub.base_url, "spawn", owner.escaped_name, server)

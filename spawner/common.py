@@ -7,6 +7,9 @@ The backends (local, Docker, Kubernetes) differ only in how they realise a
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -51,20 +54,44 @@ JOVYAN_UID, JOVYAN_GID = 1000, 100
 
 
 class ConfirmFirst(Exception):
-    """A spawn asked for from another site: JupyterHub shows the form with this message."""
+    """A spawn asked for by a link the portal did not make: JupyterHub shows the form."""
+
+
+#: Seconds a spawn link made by the portal's own pages (/hub/open, /hub/course) is valid.
+SPAWN_LINK_TTL = 600
+
+
+def _signature(secret: bytes, username: str, server: str, options: dict, expires: int) -> str:
+    canonical = json.dumps(
+        [username, server, {k: sorted(v) for k, v in options.items()}, expires], sort_keys=True
+    )
+    return hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def spawn_query(
+    secret: bytes, username: str, server: str, options: dict[str, list[str]]
+) -> list[tuple[str, str]]:
+    """The query of a ``/hub/spawn`` link for these options, signed for this user and
+    server: JupyterHub starts a server from a GET with options, so only links the portal
+    made itself (after the user's own click) may carry them."""
+    expires = int(time.time()) + SPAWN_LINK_TTL
+    token = f"{expires}.{_signature(secret, username, server, options, expires)}"
+    return [
+        *((f"opt-{k}", v) for k, values in options.items() for v in values),
+        ("opt-token", token),
+    ]
 
 
 def trusted_navigation(request: Any) -> bool:
-    """Whether a GET comes from the portal's own pages or the user's own address bar.
+    """Whether a GET is a click on one of the portal's own pages.
 
-    A link or an image on another site must not start servers or fetch courses for a
-    signed-in victim: browsers say where a request comes from in ``Sec-Fetch-Site``
-    ("same-origin"; "none" for a typed URL or a bookmark); without it, a ``Referer`` from
-    this very origin is needed.
+    A link or an image on another site, or in a mail, must not start servers or fetch
+    courses for a signed-in victim: browsers say where a request comes from in
+    ``Sec-Fetch-Site``; without it, a ``Referer`` from this very origin is needed.
     """
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None:
-        return site in ("same-origin", "none")
+        return site == "same-origin"
     referer = urlsplit(request.headers.get("Referer", ""))
     return referer.netloc == request.host and referer.scheme == request.protocol
 
@@ -150,17 +177,27 @@ class PortalSpawner(Configurable):
         return flatten_options(options)
 
     def options_from_query(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        """``/hub/spawn?opt-type=desktop&opt-datasets=PID`` as user options.
+        """``/hub/spawn?opt-type=desktop&opt-datasets=PID&opt-token=...`` as user options.
 
-        Only from the portal's own pages or the user's address bar: a link on another
-        site gets the spawn form, filled in by nothing, with a word on why.
+        Only with a valid token of :func:`spawn_query` for this user and server: any
+        other link gets the spawn form, filled in by nothing, with a word on why.
         """
+        options = {k: v for k, v in query.items() if k != "token"}
+        token = (query.get("token") or [""])[-1]
+        expires, _, signature = token.partition(".")
         handler = getattr(self, "handler", None)
-        if handler is None or not trusted_navigation(handler.request):
-            raise ConfirmFirst(
-                "This link comes from another site: choose what to start, then press Start."
+        secret = handler.settings.get("cookie_secret", b"") if handler is not None else b""
+        valid = (
+            bool(secret)
+            and expires.isdigit()
+            and int(expires) >= time.time()
+            and hmac.compare_digest(
+                signature, _signature(secret, self.user.name, self.name, options, int(expires))
             )
-        return flatten_options(query)
+        )
+        if not valid:
+            raise ConfirmFirst("This link was not made by the portal: choose what to start.")
+        return flatten_options(options)
 
     audit_interval = Float(
         300.0,
@@ -225,10 +262,11 @@ class PortalSpawner(Configurable):
             f"Your session {self.name or 'default'} was stopped: you may no longer read"
             f" {', '.join(lost)}."
         )
+        if getattr(self, "_stop_pending", False):
+            return None  # stopping already: the hub's stop ends it
         self.log.warning("%s: access revoked to %s; stopping", self._log_name, lost)
         await self.stop(now=True)  # the hub's own stop skips a server that reports an exit
-        status = await super().poll()
-        return 1 if status is None else status
+        return await super().poll()
 
     async def audit(self) -> list[str]:
         """The mounted datasets the user may no longer read, as the catalogue says now.
@@ -240,11 +278,11 @@ class PortalSpawner(Configurable):
         current = getattr(self.authenticator, "current_model", None)
         try:
             model = await current(self.user) if current else {}
-        except Exception as e:  # the provider cannot be asked: keep what we know
+        except Exception as e:  # nothing known about the user now: keep what we know
             self.log.warning("%s: claims not read again (%s)", self._log_name, e)
             model = {}
-        if model is None:  # the provider refuses this user now: their access ends
-            return list(self.mounted_pids) or ["your datasets"]
+        if model is None:  # the provider refuses this user's live token: access ends
+            return [*self.mounted_pids, *(f"the processed area of {p}" for p in self.member_of)]
         if model.get("auth_state"):
             await self.user.save_auth_state(model["auth_state"])
         user = await self.user_for_catalogue()

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path, PurePosixPath
 
 import docker
-from docker.errors import ImageNotFound
+from docker.errors import APIError, ImageNotFound
 from docker.types import Mount
 from dockerspawner import DockerSpawner
 from traitlets import Unicode, default
@@ -51,19 +51,20 @@ def docker_mounts(plan: MountPlan, manifest: Path, home: PurePosixPath = HOME) -
 
 #: Where the hub signals, inside a new container, that its mounts were verified.
 GATE = "/tmp/.panosc-mounts-verified"
-GATE_SCRIPT = (
-    f"i=0; while [ ! -e {GATE} ]; do i=$((i+1)); [ $i -gt 1200 ] && exit 75; sleep 0.05;"
-    ' done; exec "$@"'
-)
 
 
-def gated(command: list[str]) -> list[str]:
-    """``command``, started only once the hub has opened the gate (within a minute).
+def gated(command: list[str], seconds: float = 60) -> list[str]:
+    """``command``, started only once the hub has opened the gate (within ``seconds``).
 
     Nothing of the user (their home's startup files, their kernels) runs before the hub
     has checked what the container mounts.
     """
-    return ["sh", "-c", GATE_SCRIPT, "panosc-gate", *command]
+    ticks = max(1, int(seconds * 20))
+    script = (
+        f"i=0; while [ ! -e {GATE} ]; do i=$((i+1)); [ $i -gt {ticks} ] && exit 75;"
+        ' sleep 0.05; done; exec "$@"'
+    )
+    return ["sh", "-c", script, "panosc-gate", *command]
 
 
 def identity_command(plan: MountPlan, home: PurePosixPath = HOME) -> list[str]:
@@ -225,18 +226,27 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         return address
 
     async def get_command(self) -> list[str]:
-        return gated(await super().get_command())
+        return gated(await super().get_command(), self.start_timeout)
+
+    async def run_in_container(self, command: list[str]) -> tuple[int, bytes, bytes]:
+        """Exit code, output and errors of ``command`` run in the container as jovyan."""
+        user = f"{JOVYAN_UID}:{JOVYAN_GID}"
+        try:
+            run = await self.docker("exec_create", self.container_id, command, user=user)
+            out, err = await self.docker("exec_start", run["Id"], demux=True)
+            code = (await self.docker("exec_inspect", run["Id"]))["ExitCode"]
+        except APIError as e:  # e.g. the container gave up waiting at the gate
+            return 1, b"", str(e.explanation or e).encode()
+        return code, out or b"", err or b""
 
     async def exec_checked(self, command: list[str], what: str) -> bytes:
-        """Run ``command`` in the container as jovyan; a failure refuses the spawn."""
-        user = f"{JOVYAN_UID}:{JOVYAN_GID}"
-        run = await self.docker("exec_create", self.container_id, command, user=user)
-        out, err = await self.docker("exec_start", run["Id"], demux=True)
-        if (await self.docker("exec_inspect", run["Id"]))["ExitCode"]:
-            problem = (err or out or b"").decode(errors="replace").strip()[-300:]
+        """Run ``command`` in the container; a failure stops it and refuses the spawn."""
+        code, out, err = await self.run_in_container(command)
+        if code:
+            problem = (err or out).decode(errors="replace").strip()[-300:]
             await self.stop(now=True)
             raise SpawnRefused(f"cannot {what} in the new server: {problem}", 500)
-        return out or b""
+        return out
 
     async def verify_mounted(self, plan: MountPlan) -> None:
         """Check, inside the new container, that each dataset mount is the folder checked.
@@ -248,13 +258,9 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         """
         if not plan.dataset_mounts:
             return
-        user = f"{JOVYAN_UID}:{JOVYAN_GID}"
-        command = identity_command(plan)
-        run = await self.docker("exec_create", self.container_id, command, user=user)
-        out, err = await self.docker("exec_start", run["Id"], demux=True)
-        code = (await self.docker("exec_inspect", run["Id"]))["ExitCode"]
+        code, out, err = await self.run_in_container(identity_command(plan))
         try:
-            check_mounted(plan, code, out or b"", err or b"")
+            check_mounted(plan, code, out, err)
         except MountError as e:
             self.log.warning("%s: %s; stopping it", self._log_name, e)
             await self.stop(now=True)
@@ -273,13 +279,9 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
             return
         archive = course_archive(library.folder(course), course, JOVYAN_UID, JOVYAN_GID)
         await self.docker("put_archive", self.container_id, "/", archive)
-        user = f"{JOVYAN_UID}:{JOVYAN_GID}"
-        run = await self.docker(
-            "exec_create", self.container_id, container_command("sync", course), user=user
-        )
-        out, err = await self.docker("exec_start", run["Id"], demux=True)
-        if (await self.docker("exec_inspect", run["Id"]))["ExitCode"]:
-            problem = (err or out or b"").decode(errors="replace").strip()[-800:]
+        code, out, err = await self.run_in_container(container_command("sync", course))
+        if code:
+            problem = (err or out).decode(errors="replace").strip()[-800:]
             raise CourseUnavailable(f"course {course}: delivery into the server failed: {problem}")
         self.progress_event(f"Course {course}: {read_sync_report(out.decode()).summary()}", 90)
 

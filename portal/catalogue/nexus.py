@@ -8,12 +8,14 @@ hub's own crypt key would be copied into the catalogue and shown on every page. 
 - Only hard links are followed, inside the file; a field stored externally or virtually,
   or larger than :data:`MAX_ELEMENTS`, is refused, and the file skipped.
 - The reading happens in worker processes (:class:`MetadataReader`): a fresh Python,
-  started without the indexer's environment, memory or descriptors, leaves the network,
-  sets memory, CPU, file-size and open-file limits, becomes nobody (when started as
-  root) and undumpable, then forks one worker per proposal. A worker gets each file as
-  a descriptor the indexer opened below the data root without following any symlink; a
-  worker taken over by a malicious file sees no other proposal's files, has nothing to
-  send them to, and can open only what nobody may read.
+  started without the indexer's environment, memory, descriptors or log, leaves the
+  network, shuts itself in an empty folder (chroot), sets memory, CPU, file-size and
+  open-file limits, becomes nobody (when started as root) and undumpable, then forks one
+  worker per proposal, which may not fork. A worker gets each file as a descriptor the
+  indexer opened below the data root without following any symlink or blocking on a
+  FIFO; a worker taken over by a malicious file sees no other proposal's files, no file
+  by path at all, and has nothing to send them to. What it answers is bounded in size
+  and time, and checked.
 - The indexer waits :attr:`MetadataReader.timeout` seconds per file; a worker that does
   not answer is killed and replaced, and that file skipped.
 - What comes back is text for people: control characters removed, at most
@@ -24,15 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import json
+import logging
 import os
 import resource
+import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +50,9 @@ MAX_TEXT = 500
 NOBODY = 65534
 MEMORY = 1 << 30  # address space of the worker, in bytes
 CPU_SECONDS = 600  # CPU time of one worker, across the files it reads
+
+
+log = logging.getLogger(__name__)
 
 
 class Refused(OSError):
@@ -129,6 +139,8 @@ def read_metadata(source: Any) -> dict[str, str]:
 # proposal, handed over as open descriptors, and answers each with its metadata.
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+MAX_REPLY = 1 << 16
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
@@ -138,14 +150,25 @@ def _send(sock: socket.socket, payload: dict) -> None:
     sock.sendall(struct.pack("!I", len(data)) + data)
 
 
-def _receive(sock: socket.socket) -> dict:
-    header = _exactly(sock, 4)
-    return json.loads(_exactly(sock, struct.unpack("!I", header)[0]))
+def _receive(sock: socket.socket, deadline: float) -> dict:
+    """One length-prefixed JSON object, at most :data:`MAX_REPLY` bytes, by ``deadline``."""
+    (size,) = struct.unpack("!I", _exactly(sock, 4, deadline))
+    if size > MAX_REPLY:
+        raise ValueError(f"a reply of {size} bytes")
+    answer = json.loads(_exactly(sock, size, deadline))
+    if not isinstance(answer, dict):
+        raise ValueError("a reply that is not an object")
+    return answer
 
 
-def _exactly(sock: socket.socket, size: int) -> bytes:
+def _exactly(sock: socket.socket, size: int, deadline: float | None = None) -> bytes:
     data = b""
     while len(data) < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no complete answer in time")
+            sock.settimeout(left)
         chunk = sock.recv(size - len(data))
         if not chunk:
             raise ConnectionError("the metadata worker went away")
@@ -153,11 +176,29 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def _contain() -> None:
-    """No network, bounded, no way to gain privileges or be traced, and (as root) nobody."""
+def _warm_up() -> None:
+    """Read one small file in memory, so every module a read needs is loaded before the
+    zygote loses its view of the filesystem."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        entry["title"] = "warm-up"
+    read_metadata(io.BytesIO(buffer.getvalue()))
+    json.dumps({"x": [1]})
+
+
+def _contain(empty: str) -> str:
+    """No network, no filesystem but an empty folder, bounded, no way to gain privileges
+    or be traced, and nobody. Returns what could not be done, for the indexer's log."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if os.geteuid() == 0 and libc.unshare(CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "cannot leave the network namespace")
+    missing = ""
+    flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
+    if libc.unshare(flags) == 0:
+        os.chroot(empty)
+        os.chdir("/")
+    else:  # e.g. a container that forbids namespaces: limits and checks still hold
+        missing = f"no namespaces ({os.strerror(ctypes.get_errno())}): network and files stay"
     for limit, value in (
         (resource.RLIMIT_AS, MEMORY),
         (resource.RLIMIT_CPU, CPU_SECONDS),
@@ -172,10 +213,12 @@ def _contain() -> None:
         os.setuid(NOBODY)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # other nobody processes cannot ptrace it
+    return missing
 
 
 def _serve(sock: socket.socket) -> None:
     """A worker's loop: a file descriptor in, its metadata (or the reason) out."""
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no child to outlive a kill
     while True:
         message, fds, _, _ = socket.recv_fds(sock, 16, 1)
         if not message or not fds:
@@ -208,10 +251,11 @@ def _zygote(control: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m portal.catalogue.nexus FD``: the zygote, on the control socket FD."""
+    """``python -m portal.catalogue.nexus FD EMPTY``: the zygote, on the control socket
+    FD, inside the empty folder EMPTY."""
     control = socket.socket(fileno=int(argv[1]))
-    os.chdir("/")
-    _contain()
+    _warm_up()
+    _send(control, {"missing": _contain(argv[2])})
     _zygote(control)
 
 
@@ -252,6 +296,7 @@ class MetadataReader:
         self._control: socket.socket | None = None
         self._worker: tuple[socket.socket, int] | None = None
         self._proposal: str | None = None
+        self._empty = ""
 
     def __enter__(self) -> MetadataReader:
         return self
@@ -267,32 +312,45 @@ class MetadataReader:
 
     def _start_zygote(self) -> socket.socket:
         ours, theirs = socket.socketpair()
+        self._empty = tempfile.mkdtemp(prefix="panosc-nexus-")
+        os.chmod(self._empty, 0o555)
         env = {k: os.environ[k] for k in _ENVIRONMENT if k in os.environ}
         env |= {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-m", "portal.catalogue.nexus", str(theirs.fileno())]
         self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "portal.catalogue.nexus", str(theirs.fileno())],
+            [*command, self._empty],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # a worker must not write the indexer's log
             env=env,
             cwd="/",
         )
         theirs.close()
-        ours.settimeout(60)  # a fresh Python importing h5py, on a busy machine
         self._control = ours
+        status = _receive(ours, time.monotonic() + 60)  # a fresh Python importing h5py
+        if status.get("missing"):
+            log.warning("catalogue: the metadata worker runs less contained: %s", status["missing"])
         return ours
 
     def _new_worker(self) -> tuple[socket.socket, int]:
-        control = self._control or self._start_zygote()
-        ours, theirs = socket.socketpair()
-        try:
-            socket.send_fds(control, [b"w"], [theirs.fileno()])
-            (pid,) = struct.unpack("!I", _exactly(control, 4))
-        finally:
-            theirs.close()
-        ours.settimeout(self.timeout)
-        self._worker = (ours, pid)
-        return self._worker
+        for attempt in (1, 2):  # a zygote that died is started again, once
+            ours, theirs = socket.socketpair()
+            try:
+                control = self._control or self._start_zygote()
+                socket.send_fds(control, [b"w"], [theirs.fileno()])
+                (pid,) = struct.unpack("!I", _exactly(control, 4, time.monotonic() + 10))
+            except (OSError, ValueError):
+                ours.close()
+                self._stop_zygote()
+                if attempt == 2:
+                    raise
+                continue
+            finally:
+                theirs.close()
+            self._worker = (ours, pid)
+            return self._worker
+        raise AssertionError("unreachable")
 
     def _end_worker(self) -> None:
         if self._worker is not None:
@@ -302,8 +360,7 @@ class MetadataReader:
                 os.kill(pid, signal.SIGKILL)
             self._worker = None
 
-    def close(self) -> None:
-        self._end_worker()
+    def _stop_zygote(self) -> None:
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -311,6 +368,13 @@ class MetadataReader:
             self._zygote.kill()
             self._zygote.wait()
             self._zygote = None
+        if self._empty:
+            shutil.rmtree(self._empty, ignore_errors=True)
+            self._empty = ""
+
+    def close(self) -> None:
+        self._end_worker()
+        self._stop_zygote()
         if self._root >= 0:
             os.close(self._root)
             self._root = -1
@@ -327,15 +391,18 @@ class MetadataReader:
             sock, _ = self._worker or self._new_worker()
             try:
                 socket.send_fds(sock, [b"r"], [fd])
-                answer = _receive(sock)
-            except (OSError, ValueError) as e:  # timeout, crash (memory limit), nonsense
+                answer = _receive(sock, time.monotonic() + self.timeout)
+                if "error" in answer:
+                    raise Refused(clean_text(answer["error"]))
+                meta = {str(k): clean_text(v) for k, v in dict(answer["meta"]).items()}
+            except Refused:
+                raise
+            except Exception as e:  # timeout, crash (memory limit), nonsense
                 self._end_worker()
                 raise OSError(f"the metadata worker gave up on {relative.name}: {e}") from None
         finally:
             os.close(fd)
-        if "error" in answer:
-            raise OSError(answer["error"])
-        return {str(k): clean_text(v) for k, v in dict(answer["meta"]).items()}
+        return meta
 
 
 __all__ = ["MAX_ELEMENTS", "MetadataReader", "Refused", "clean_text", "open_below", "read_metadata"]

@@ -144,6 +144,7 @@ def test_the_workers_are_unprivileged_bounded_offline_and_one_per_proposal(
         uids = next(line.split()[1:] for line in status if line.startswith("Uid:"))
         limits = Path(f"/proc/{first}/limits").read_text()
         network = os.readlink(f"/proc/{first}/ns/net")
+        root = os.readlink(f"/proc/{first}/root")
         reader.use("IH2002")
         assert reader.read(Path("IH2002/f.nxs")) == {"title": "T [31m"}
         second = reader.worker_pid()
@@ -153,6 +154,8 @@ def test_the_workers_are_unprivileged_bounded_offline_and_one_per_proposal(
     assert re.search(r"Max file size\s+0\s+0", limits)
     assert re.search(r"Max open files\s+32\s+32", limits)
     assert network != os.readlink("/proc/self/ns/net")  # a network namespace of its own
+    assert root != "/" and "panosc-nexus-" in root  # shut in an empty folder: no file by path
+    assert re.search(r"Max processes\s+0\s+0", limits)  # no child to outlive a kill
     assert second != first and gone(first)  # one worker per proposal
 
 

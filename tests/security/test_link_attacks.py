@@ -69,6 +69,7 @@ def servers(client: PortalClient) -> dict:
         ("/hub/course/nexus-basics", CROSS_SITE),
         (f"/hub/open?dataset={TOUR}", {"Referer": "https://evil.example/page"}),  # older browsers
         ("/hub/course/nexus-basics", {}),  # no word of where it came from: ask too
+        (f"/hub/open?dataset={TOUR}", {"Sec-Fetch-Site": "none"}),  # a link in a mail
     ],
 )
 def test_a_cross_site_get_starts_nothing_and_asks_first(
@@ -84,18 +85,23 @@ def test_a_cross_site_get_starts_nothing_and_asks_first(
     assert servers(alice) == {}
 
 
-def test_a_cross_site_spawn_link_shows_the_form_and_starts_nothing(
-    hub: Hub, alice: PortalClient
+@pytest.mark.parametrize(
+    "headers",
+    [CROSS_SITE, {"Sec-Fetch-Site": "none"}, {"Sec-Fetch-Site": "same-origin"}],
+    ids=["cross-site", "from-a-mail", "same-origin"],
+)
+def test_a_spawn_link_the_portal_did_not_make_shows_the_form_and_starts_nothing(
+    hub: Hub, alice: PortalClient, headers: dict
 ) -> None:
-    """JupyterHub itself spawns from ``/hub/spawn?opt-...`` on a GET: not from another site."""
+    """JupyterHub itself spawns from ``/hub/spawn?opt-...`` on a GET; the portal lets it
+    only with a token that /hub/open or /hub/course signed after the user's own click.
+    A link in a mail, or one smuggled as ``next`` after a harmless Start, has none."""
     path = f"/hub/spawn/alice/lured?opt-type=lab&opt-datasets={TOUR}"
-    page = alice.http.get(hub.url + path, headers=CROSS_SITE, timeout=30)
-    assert "This link comes from another site" in page.text and 'name="datasets"' in page.text
+    for link in (path, path + "&opt-token=9999999999.forged"):
+        page = alice.http.get(hub.url + link, headers=headers, timeout=30)
+        assert "This link was not made by the portal" in page.text, page.status_code
+        assert 'name="datasets"' in page.text  # the spawn form, for her to fill in
     assert servers(alice) == {}
-    started = alice.click(path, timeout=60)  # the same link, from the portal's own page
-    assert "/hub/spawn-pending/alice/lured" in started.url or "/user/alice/lured" in started.url
-    alice.wait_ready("lured")
-    alice.stop("lured")
 
 
 def test_her_own_click_on_start_opens_the_dataset(hub: Hub, alice: PortalClient) -> None:
@@ -119,6 +125,13 @@ def test_links_of_the_portals_own_pages_go_straight_through(hub: Hub, alice: Por
         timeout=30,
     )
     assert r.status_code == 302 and "/hub/spawn/alice/lab-nexus-tour-0001?" in r.headers["Location"]
+    assert "opt-token=" in r.headers["Location"]  # signed for alice and this server
+    started = alice.http.get(
+        hub.url + r.headers["Location"], headers={"Sec-Fetch-Site": "same-origin"}, timeout=60
+    )
+    assert "/hub/spawn-pending/alice/lab-nexus-tour-0001" in started.url, started.url
+    alice.wait_ready("lab-nexus-tour-0001")
+    alice.stop("lab-nexus-tour-0001")
     # An unknown or unreadable dataset is refused before any question is asked.
     r = alice.http.get(
         f"{hub.url}/hub/open?dataset=IH2002/ID19/phantom_tomo_0001", headers=CROSS_SITE, timeout=30
