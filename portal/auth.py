@@ -406,7 +406,8 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         tokens are used to read userinfo again; tokens about to expire are refreshed first.
 
         ``None`` only for the provider's own clear "no" to this user: userinfo refusing an
-        access token that has not expired (revoked tokens, a disabled account). Anything
+        access token that has not expired (revoked tokens, a disabled account), be it after
+        a refused refresh. Anything
         else, from an outage to a session that simply reached its maximum age, is
         :class:`IdentityUnavailable`: it says nothing about the user's rights.
         """
@@ -420,27 +421,43 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
             "id_token": state.get("id_token"),
         }
         expires_at = token_info.get("expires_at")
-        fresh = expires_at is not None and expires_at - time.time() > self.refresh_margin
+        live = expires_at is None or expires_at > time.time()
         try:
-            if not fresh:
-                if not state.get("refresh_token"):
-                    raise IdentityUnavailable(f"the tokens of {user.name} expired")
-                params = self.build_refresh_token_request_params(state["refresh_token"])
-                token_info = await self.get_token_info(handler, params)
-                if not token_info.get("refresh_token"):  # many providers keep the old one
-                    token_info["refresh_token"] = state["refresh_token"]
+            if expires_at is not None and expires_at - time.time() <= self.refresh_margin:
+                token_info = await self._refreshed(state, handler) or token_info
             model = await self._token_to_auth_model(token_info)
-        except IdentityUnavailable:
-            raise
         except HTTPClientError as e:
-            if fresh and e.code in (401, 403):  # userinfo refuses a live token: revoked
+            # userinfo refuses a live token: revoked (Keycloak answers 401 invalid_token,
+            # others 400 access_denied or 403)
+            if live and e.code in (400, 401, 403):
                 return None
             raise IdentityUnavailable(f"{type(e).__name__}: {e}") from None
-        except Exception as e:  # unreachable, timed out, nonsense, a refresh refused
+        except IdentityUnavailable:
+            raise
+        except Exception as e:  # unreachable, timed out, nonsense
             raise IdentityUnavailable(f"{type(e).__name__}: {e}") from None
         if model["name"] != user.name:
             raise IdentityUnavailable(f"the claims of {user.name} now map to {model['name']}")
         return model
+
+    async def _refreshed(self, state: dict, handler: Any) -> dict | None:
+        """New tokens for ``state``'s refresh token; ``None`` when it is refused but the
+        access token still lives (userinfo then says whether the user is still welcome)."""
+        live = (state.get("token_response") or {}).get("expires_at", 0) > time.time()
+        if not state.get("refresh_token"):
+            if live:
+                return None
+            raise IdentityUnavailable("the tokens expired and cannot be refreshed")
+        params = self.build_refresh_token_request_params(state["refresh_token"])
+        try:
+            token_info = await self.get_token_info(handler, params)
+        except HTTPClientError as e:  # invalid_grant: a session's end, or a revocation
+            if live:
+                return None
+            raise IdentityUnavailable(f"refresh refused ({e.code})") from None
+        if not token_info.get("refresh_token"):  # many providers keep the old one valid
+            token_info["refresh_token"] = state["refresh_token"]
+        return token_info
 
     async def run_post_auth_hook(self, handler: Any, authentication: dict) -> dict:
         """Bind the username to this identity (issuer, sub), or refuse another identity.

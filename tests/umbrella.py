@@ -112,3 +112,34 @@ class Hub:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def demo_provider(folder: Path, *names: str) -> Provider:
+    """A started provider knowing these demo users (alice, bob, dave...) by their claims."""
+    from portal.demo.sampledata import DEMO_USERS
+
+    provider = Provider(free_port(), folder / "op.log")
+    provider.start()
+    for name in names:
+        claims = {k: v for k, v in DEMO_USERS[name].items() if k != "sub"}
+        provider.set_user(DEMO_USERS[name]["sub"], **claims)
+    return provider
+
+
+def local_hub(provider: Provider, folder: Path, data: Path, **sections: dict) -> Hub:
+    """A hub with the local backend and catalogue over ``data``; ``sections`` of
+    portal.yaml are merged over these defaults (``auth`` key by key)."""
+    auth = {
+        "issuer": provider.issuer,
+        "client_id": f"portal-{folder.name}",
+        "client_secret": "s",
+        "allowed_groups": ["researchers"],
+        **sections.pop("auth", {}),
+    }
+    config = {
+        "auth": auth,
+        "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
+        "spawner": {"home_dir": str(folder / "homes/{username}"), **sections.pop("spawner", {})},
+        **sections,
+    }
+    return Hub(config, folder)

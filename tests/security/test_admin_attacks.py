@@ -11,9 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from portal.demo.sampledata import DEMO_USERS, generate
-from tests.conftest import free_port
 from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.umbrella import Hub, demo_provider, local_hub
 
 pytestmark = pytest.mark.e2e
 
@@ -22,25 +21,8 @@ pytestmark = pytest.mark.e2e
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     folder = tmp_path_factory.mktemp("hub")
     generate(folder / "data")
-    provider = Provider(free_port(), folder / "op.log")
-    provider.start()
-    for name in ("alice", "dave"):
-        claims = {k: v for k, v in DEMO_USERS[name].items() if k != "sub"}
-        provider.set_user(DEMO_USERS[name]["sub"], **claims)
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "portal-admin-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-                "admin_groups": ["admins"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(folder / "data")}},
-            "spawner": {"home_dir": str(folder / "homes/{username}")},
-        },
-        folder,
-    )
+    provider = demo_provider(folder, "alice", "dave")
+    h = local_hub(provider, folder, folder / "data", auth={"admin_groups": ["admins"]})
     h.start()
     yield h
     h.stop()

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from portal.demo.sampledata import DEMO_USERS, generate
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.umbrella import Hub, demo_provider, local_hub
 
 pytestmark = pytest.mark.e2e
 
@@ -27,24 +27,9 @@ CROSS_SITE = {"Sec-Fetch-Site": "cross-site"}
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     folder = tmp_path_factory.mktemp("hub")
     generate(folder / "data")
-    provider = Provider(free_port(), folder / "op.log")
-    provider.start()
-    claims = {k: v for k, v in DEMO_USERS["alice"].items() if k != "sub"}
-    provider.set_user(DEMO_USERS["alice"]["sub"], **claims)
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "portal-link-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(folder / "data")}},
-            "spawner": {"home_dir": str(folder / "homes/{username}")},
-            "courses": {"sources": {"nexus-basics": str(ROOT / "notebooks/nexus-basics")}},
-        },
-        folder,
-    )
+    provider = demo_provider(folder, "alice")
+    courses = {"sources": {"nexus-basics": str(ROOT / "notebooks/nexus-basics")}}
+    h = local_hub(provider, folder, folder / "data", courses=courses)
     h.start()
     yield h
     h.stop()

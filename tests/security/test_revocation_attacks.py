@@ -7,16 +7,17 @@ while their servers run. The audit period is 2 s here (300 s by default).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from portal.auth import IdentityUnavailable, UmbrellaOAuthenticator
 from portal.demo.sampledata import DEMO_USERS, generate
-from tests.conftest import free_port
 from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.umbrella import Hub, Provider, demo_provider, local_hub
 
 pytestmark = pytest.mark.e2e
 
@@ -37,27 +38,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Provi
     text = (data / "proposals.yaml").read_text()
     text = text.replace("members: [alice, bob]", "members: [alice, bob, rita]")
     (data / "proposals.yaml").write_text(text.replace("members: [alice]", "members: [rita]"))
-    provider = Provider(free_port(), folder / "op.log")
-    provider.start()
-    provider.set_user(DEMO_USERS["alice"]["sub"], **ALICE)
+    provider = demo_provider(folder, "alice")
     provider.set_user("sub-rita", preferred_username="rita", groups=["researchers"])
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "portal-revocation-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
-            "spawner": {
-                "home_dir": str(folder / "homes/{username}"),
-                "processed_root": str(folder / "processed"),
-                "audit_interval": 2,
-            },
-        },
-        folder,
-    )
+    spawner = {"processed_root": str(folder / "processed"), "audit_interval": 2}
+    h = local_hub(provider, folder, data, spawner=spawner)
     h.start()
     yield h, provider, data
     h.stop()
@@ -163,3 +147,32 @@ def test_a_catalogue_outage_stops_nothing(setup) -> None:
     finally:
         proposals.write_text(good)
     alice.stop("steady")
+
+
+class _User:
+    """What the authenticator reads of a hub user: a name and the stored auth_state."""
+
+    def __init__(self, name: str, state: dict) -> None:
+        self.name, self._state = name, state
+
+    async def get_auth_state(self) -> dict:
+        return self._state
+
+
+def test_a_session_that_merely_ended_is_not_a_revocation(setup) -> None:
+    """Against the real provider: an expired login whose refresh is refused (a session's
+    maximum age) says nothing about the user's rights; a live token refused does."""
+    _, provider, _ = setup
+    auth = UmbrellaOAuthenticator(issuer=provider.issuer, client_id="c", client_secret="s")
+    ended = {
+        "access_token": "old-access",
+        "refresh_token": "old-refresh",
+        "token_response": {"token_type": "Bearer", "expires_at": time.time() - 60},
+    }
+    with pytest.raises(IdentityUnavailable):
+        asyncio.run(auth.current_model(_User("alice", ended)))
+    revoked = {
+        **ended,
+        "token_response": {"token_type": "Bearer", "expires_at": time.time() + 3600},
+    }
+    assert asyncio.run(auth.current_model(_User("alice", revoked))) is None
