@@ -274,7 +274,9 @@ def run_course(course: Course, data_root: Path, timeout: int = 600) -> Iterator[
         ) from None
     except DockerException as e:
         raise CourseError([f"course check runs notebooks in Docker, which fails: {e}"]) from None
-    command = container_command("run", course.name, *course.notebooks, "--timeout", str(timeout))
+    command = container_command(
+        "run", course.name, *course.notebooks, "--timeout", str(timeout), python="python"
+    )
     with tempfile.TemporaryDirectory(prefix="panosc-course-check-") as scratch:
         container = client.containers.create(
             image,

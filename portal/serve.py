@@ -14,7 +14,8 @@ from pathlib import Path
 
 from portal import render
 from portal.catalogue.local import index_tree
-from portal.settings import PortalSettings, load
+from portal.settings import PortalSettings, SettingsError, load
+from spawner.sandbox import host_check
 
 
 def secret_file(path: Path) -> str:
@@ -50,6 +51,10 @@ def prepare_hub(settings: PortalSettings) -> tuple[list[str], dict[str, str]]:
     from the environment if set, else from ``<state_dir>/crypt_key``. The virtualenv's
     ``bin`` goes first on ``PATH`` so the hub finds its proxy and single-user command.
     """
+    if settings.spawner.backend == "local":
+        problem = host_check()
+        if problem:
+            raise SettingsError([f"spawner.backend: local: {problem}"])
     state = Path(settings.hub.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     index_local_catalogue(settings)

@@ -1,72 +1,65 @@
-"""The local-process backend: for a laptop and the embedded demo. NOT an isolation boundary.
+"""The local backend: each user's servers on this host, under their own account, sandboxed.
 
-Single-user servers run as the hub's own OS user. Datasets appear under
-``~/datasets/<proposal>/<dataset>`` as symlinks into the (read-only) data tree. When the hub
-runs as root, each server is started with every Linux capability dropped and
-``no_new_privs`` set, so file permissions bind it like any user and a read-only tree stays
-read-only. A user can still read anything the hub's OS user can read: use the Docker or
-Kubernetes backend wherever users must not trust each other.
+For one Linux host without Docker (a beamline, a training room, a small lab, the embedded
+demo). Each server runs in a bubblewrap sandbox (:mod:`spawner.sandbox`) as the user's own
+system account, in the hub's Python environment (read-only): it sees its home, exactly the
+approved datasets read-only under ``~/datasets``, a private ``/tmp``, and none of the host's
+data tree, other homes or the hub's state; its network reaches the hub's API and nothing
+else. The hub must run as root, to create the accounts and the sandboxes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import contextlib
 import os
-from collections.abc import Callable
-from pathlib import Path
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path, PurePosixPath
+from subprocess import Popen
+from urllib.parse import urlsplit
 
-from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import default
+from jupyterhub.spawner import LocalProcessSpawner
+from jupyterhub.utils import random_port
+from traitlets import Integer, Unicode, default
 
+from spawner import course_delivery, sandbox_init
 from spawner.common import PortalSpawner
-from spawner.courses import CourseLibrary, course_of_server, sync
-from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan, verify_mount
+from spawner.course_delivery import STAGING
+from spawner.courses import CourseLibrary, CourseUnavailable, course_of_server, read_sync_report
+from spawner.mounts import MountError, MountPlan
 from spawner.options import SpawnRefused
+from spawner.sandbox import (
+    RUN,
+    Account,
+    Bridges,
+    Limits,
+    SandboxError,
+    ensure_account,
+    environment_paths,
+    host_check,
+    run_bounded,
+    sandbox,
+    take_home,
+)
 
-PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
-
-
-def drop_all_capabilities() -> None:
-    """Empty the capability bounding set so that after exec even uid 0 holds no capability."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    for cap in range(last + 1):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"cannot drop capability {cap}")
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "cannot set no_new_privs")
-
-
-def expose_plan(home: Path, plan: MountPlan) -> None:
-    """Make ``~/datasets`` show exactly the plan: symlinks, plus ``datasets.json``.
-
-    What an earlier spawn left (symlinks, the manifest, then empty folders) is removed
-    first; a file the user saved there is never touched.
-    """
-    top = home / DATASETS_DIR
-    if top.is_symlink() or top.is_file():
-        raise FileExistsError(f"{top} exists and is not a folder; move it away and start again")
-    if top.exists():
-        for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if path.is_symlink() or path == top / MANIFEST_NAME:
-                path.unlink()
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-    top.mkdir(parents=True, exist_ok=True)
-    for mount in plan.mounts:
-        link = home / mount.target
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not mount.read_only:
-            mount.source.mkdir(parents=True, exist_ok=True)
-        verify_mount(mount)  # still the folder the catalogue check planned
-        link.symlink_to(mount.source, target_is_directory=True)
-    (top / MANIFEST_NAME).write_text(plan.manifest_json(), encoding="utf-8")
+#: Where the sandbox sees the two programs the hub runs in it.
+PROGRAMS = PurePosixPath("/opt/panosc-portal")
+INIT = PROGRAMS / "sandbox_init.py"
+DELIVERY = PROGRAMS / "course_delivery.py"
 
 
-class PortalLocalSpawner(PortalSpawner, SimpleLocalProcessSpawner):
-    """Local single-user servers with the user's datasets linked read-only into ~/datasets.
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
+    """Sandboxed local servers, each user under an account of their own.
 
     Every server runs in the hub's own Python environment, so the environment option only
     picks the landing page; desktops need a container backend.
@@ -74,52 +67,202 @@ class PortalLocalSpawner(PortalSpawner, SimpleLocalProcessSpawner):
 
     supported_server_types = ("lab",)
 
+    account_prefix = Unicode(
+        "panosc-",
+        config=True,
+        help="Prefix of the system accounts made for portal users (panosc-alice...).",
+    )
+    runtime_dir = Unicode(
+        "/run",
+        config=True,
+        help="Where each running server gets a private folder for its sockets (keep it short:"
+        " a Unix socket's path has at most 107 bytes).",
+    )
+    process_limit = Integer(
+        512, config=True, help="Processes (and threads) a user's account may run at once."
+    )
+    delivery_timeout = Integer(120, config=True, help="Seconds a course delivery may take.")
+    home_dir_template = Unicode(
+        config=True,
+        help="Each user's home folder on this host; {username} is the portal user's name.",
+    )
+
     @default("home_dir_template")
     def _default_home_dir_template(self) -> str:
         return str(Path.home() / ".local/share/panosc-portal/homes/{username}")
 
-    def make_preexec_fn(self, name: str) -> Callable[[], None]:
-        parent = super().make_preexec_fn(name)
+    @property
+    def home_dir(self) -> str:
+        return self.home_dir_template.format(username=self.user.name)
 
-        def preexec() -> None:
-            parent()
-            if os.geteuid() == 0:
-                drop_all_capabilities()
+    _run: str = ""
+    _account: Account | None = None
 
-        return preexec
+    @property
+    def bridges(self) -> Bridges:
+        if not hasattr(self, "_bridges"):
+            self._bridges = Bridges()
+        return self._bridges
 
-    def get_args(self) -> list[str]:
-        args = super().get_args()
-        if os.geteuid() == 0:
-            args.append("--allow-root")
-        return args
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self._run:
+            state["run"] = self._run
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self._run = state.get("run", "")
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._run = ""
+
+    async def account(self) -> Account:
+        if self._account is None:
+            problem = host_check()
+            if problem:
+                raise SpawnRefused(f"cannot start a local server: {problem}", 500)
+            try:
+                self._account = await asyncio.to_thread(
+                    ensure_account, self.user.name, self.account_prefix
+                )
+            except SandboxError as e:
+                raise SpawnRefused(str(e), 500) from e
+        return self._account
+
+    def hub_address(self) -> tuple[str, int]:
+        """Where the hub's API listens, as the server is told to reach it."""
+        url = urlsplit(self.hub.api_url)
+        return url.hostname or "127.0.0.1", url.port or 80
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The account's identity; the hub's API as the sandbox reaches it (its own loopback,
+        bridged by :mod:`spawner.sandbox_init`)."""
+        assert self._account is not None
+        env.update(USER=self._account.name, HOME=str(self._account.home), SHELL="/bin/bash")
+        env["PATH"] = f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin"
+        inside = f"127.0.0.1:{self.hub_address()[1]}"
+        for key in ("JUPYTERHUB_API_URL", "JUPYTERHUB_ACTIVITY_URL"):
+            if env.get(key):
+                env[key] = urlsplit(env[key])._replace(netloc=inside).geturl()
+        return env
+
+    def limits(self) -> Limits:
+        """Memory (``mem_limit``, set from the environment's resources) and processes."""
+        return Limits(memory=self.mem_limit or Limits.memory, processes=self.process_limit)
 
     async def sync_course(self) -> None:
         """Deliver the course of a ``course-<name>`` server into ``~/courses/<name>/``, merged.
 
-        The home is on this host, so the merge (:func:`spawner.courses.sync`) runs here.
+        :mod:`spawner.course_delivery` runs in a sandbox of its own as the user, with the
+        course bound read-only: the hub never writes into a home itself.
         """
         course = course_of_server(self.name)
         library = CourseLibrary.instance(config=self.config, log=self.log)
         if course not in library.courses:
             return
+        account = await self.account()
         source = await asyncio.to_thread(library.folder, course)
-        dest = Path(self.home_dir) / "courses" / course
-        report = await asyncio.to_thread(sync, source, dest)
-        self.progress_event(f"Course {course}: {report.summary()}", 50)
+        home = Path(self.home_dir)
+        await asyncio.to_thread(take_home, home, account)
+        programs = [(Path(course_delivery.__file__), DELIVERY), (source, STAGING / course)]
+        argv = [sys.executable, "-I", "-S", str(DELIVERY), "sync", str(STAGING / course)]
+        argv.append(str(account.home / "courses" / course))
+        env = {"HOME": str(account.home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        with sandbox(
+            account=account,
+            home=home,
+            plan=MountPlan((), ()),
+            environment=environment_paths(),
+            binds=programs,
+        ) as box:
+            code, out, err = await run_bounded(
+                box.command(argv), box.fds, env, self.delivery_timeout, self.limits()
+            )
+        if code:
+            problem = (err or out).decode(errors="replace").strip()[-800:]
+            raise CourseUnavailable(f"course {course}: delivery into your home failed: {problem}")
+        self.progress_event(f"Course {course}: {read_sync_report(out.decode()).summary()}", 50)
 
     async def start(self) -> tuple[str, int]:
         spawn = await self.prepare_spawn()
+        account = await self.account()
         home = Path(self.home_dir)
-        home.mkdir(parents=True, exist_ok=True)
         try:
-            expose_plan(home, spawn.mounts)
-        except MountError as e:
+            await asyncio.to_thread(take_home, home, account)
+            await self.sync_course()
+        except (MountError, SandboxError) as e:
             raise SpawnRefused(str(e)) from e
-        await self.sync_course()
+        except CourseUnavailable as e:
+            raise SpawnRefused(str(e), 503) from e
         self.default_url = spawn.default_url
-        self.progress_event("Starting JupyterLab", 60)
-        return await super().start()
+        self.mem_limit = spawn.resources.memory
+        if self.port == 0:
+            self.port = random_port()
+        self._run = tempfile.mkdtemp(prefix="panosc-", dir=self.runtime_dir)
+        os.chown(self._run, account.uid, account.gid)
+        await self.bridges.start(Path(self._run), self.port, self.hub_address(), account)
+        server = [*self.cmd, *self.get_args()]
+        init = [sys.executable, "-I", "-S", str(INIT), "--run", str(RUN)]
+        init += ["--hub-port", str(self.hub_address()[1]), "--server-port", str(self.port)]
+        self.progress_event("Starting JupyterLab in your sandbox", 60)
+        try:
+            with sandbox(
+                account=account,
+                home=home,
+                plan=spawn.mounts,
+                environment=environment_paths(),
+                run=Path(self._run),
+                binds=[(Path(sandbox_init.__file__), INIT)],
+            ) as box:
+                self.proc = Popen(
+                    box.command([*init, "--", *server]),
+                    env=self.get_env(),
+                    preexec_fn=self.limits().apply,
+                    start_new_session=True,
+                    pass_fds=box.fds,
+                    cwd="/",
+                )
+        except MountError as e:
+            self.cleanup(self._run)
+            raise SpawnRefused(str(e)) from e
+        self.pid = self.proc.pid
+        self.log.info("%s: sandbox %d as %s", self._log_name, self.pid, account.name)
+        return "127.0.0.1", self.port
+
+    async def poll(self) -> int | None:
+        run = self._run
+        status = await super().poll()
+        if status is not None:
+            self.cleanup(run)
+        elif run and not self.bridges.running:
+            # the hub restarted while the server ran: its bridges live in the hub process
+            account = await self.account()
+            await self.bridges.start(Path(run), self.port, self.hub_address(), account)
+        return status
+
+    async def _signal(self, sig: int) -> bool:
+        """Ask the server to stop through the first process in its sandbox, which passes the
+        signal on (bubblewrap itself would only die, killing everything at once)."""
+        if sig in (signal.SIGINT, signal.SIGTERM):
+            for leader in _children(self.pid):
+                for init in _children(leader):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(init, sig)
+                        return True
+        return await super()._signal(sig)
+
+    def cleanup(self, run: str) -> None:
+        """Close the server's bridges and remove its socket folder."""
+        self.bridges.close()
+        if run:
+            shutil.rmtree(run, ignore_errors=True)
+
+    async def stop(self, now: bool = False) -> None:
+        run = self._run
+        await super().stop(now=now)
+        self.cleanup(run)
 
 
-__all__ = ["PortalLocalSpawner", "drop_all_capabilities", "expose_plan"]
+__all__ = ["PortalLocalSpawner"]

@@ -75,12 +75,13 @@ def safe_name(name: str) -> str:
     return cleaned[:100]
 
 
-def identity_of(path: Path) -> tuple[int, int]:
-    """``(st_dev, st_ino)`` of a folder reached without following any symlink below ``/``.
+def open_folder(path: Path) -> int:
+    """An ``O_PATH`` descriptor of the folder ``path`` names, reached without any symlink.
 
-    Each component is opened with ``O_NOFOLLOW`` relative to its parent, so what is
-    identified is what the path names now, not what a symlink points to; a symlink or a
-    non-folder anywhere raises :class:`OSError`.
+    Each component is opened with ``O_NOFOLLOW`` relative to its parent, so what is opened
+    is what the path names now, not what a symlink points to; a symlink or a non-folder
+    anywhere raises :class:`OSError`. A backend that mounts from the descriptor (bubblewrap's
+    ``--bind-fd``) mounts exactly this folder, whatever is renamed afterwards.
     """
     fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
     try:
@@ -88,6 +89,16 @@ def identity_of(path: Path) -> tuple[int, int]:
             child = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def identity_of(path: Path) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of a folder reached without following any symlink below ``/``."""
+    fd = open_folder(path)
+    try:
         info = os.fstat(fd)
     finally:
         os.close(fd)
@@ -172,6 +183,23 @@ def verify_mount(mount: Mount, mounted: tuple[int, int] | None = None) -> None:
             ) from None
     if mounted != mount.identity:
         raise MountError(f"{what} was replaced between the access check and the mount; refusing it")
+
+
+def open_verified(mount: Mount) -> int:
+    """A descriptor of ``mount``'s source, refused (:class:`MountError`) unless it is the
+    folder the access check planned: nothing can be swapped in between."""
+    what = f"dataset {mount.pid or mount.target}: {mount.source}"
+    try:
+        fd = open_folder(mount.source)
+    except OSError as e:
+        raise MountError(
+            f"{what} can no longer be reached without a symlink ({e.strerror or e}); refusing it"
+        ) from None
+    info = os.fstat(fd)
+    if mount.identity is not None and (info.st_dev, info.st_ino) != mount.identity:
+        os.close(fd)
+        raise MountError(f"{what} was replaced between the access check and the mount; refusing it")
+    return fd
 
 
 def mountable(

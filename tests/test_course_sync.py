@@ -19,19 +19,15 @@ from pathlib import Path
 import pytest
 from traitlets import TraitError
 
+from spawner.course_delivery import BASE_DIR, STAGING, deliverable_files, execute, sync
 from spawner.courses import (
-    BASE_DIR,
-    STAGING,
     CourseLibrary,
     CourseUnavailable,
     container_command,
     course_archive,
     course_of_server,
-    deliverable_files,
-    execute,
     read_sync_report,
     server_name,
-    sync,
 )
 
 NOW = datetime(2026, 3, 4, 5, 6, 7)
@@ -267,7 +263,8 @@ def test_the_container_program_delivers_and_consumes_its_staging_copy(course, tm
 
 
 def test_the_program_never_removes_a_source_outside_staging(course, tmp_path) -> None:
-    program = container_command("sync", "x")[2]
+    command = container_command("sync", "x")
+    program = command[command.index("-c") + 1]
     subprocess.run(
         [sys.executable, "-c", program, "sync", str(course), str(tmp_path / "out")], check=True
     )
