@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -48,7 +49,8 @@ def deliverable_files(root: Path) -> dict[str, Path]:
     """The files a course delivers, by POSIX path relative to ``root``.
 
     Everything but hidden files and folders (``.git``, ``.ipynb_checkpoints``, the merge base),
-    caches, symlinks (which could point anywhere on the hub) and ``course.yaml`` itself.
+    caches, anything but a regular file (a symlink could point anywhere on the hub, a pipe
+    would block the delivery forever) and ``course.yaml`` itself.
     """
     found: dict[str, Path] = {}
     for folder, dirs, files in os.walk(root):
@@ -56,7 +58,8 @@ def deliverable_files(root: Path) -> dict[str, Path]:
         for name in sorted(files):
             path = Path(folder, name)
             rel = path.relative_to(root).as_posix()
-            if not name.startswith(".") and not path.is_symlink() and rel != COURSE_FILE:
+            regular = stat.S_ISREG(path.lstat().st_mode)  # no link, pipe or device
+            if not name.startswith(".") and regular and rel != COURSE_FILE:
                 found[rel] = path
     return found
 

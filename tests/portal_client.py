@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+import uuid
 from urllib.parse import urljoin
 
 import requests
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
 
 class PortalClient:
@@ -98,3 +103,55 @@ class PortalClient:
                 return
             time.sleep(0.5)
         raise AssertionError(f"server {server!r} did not stop")
+
+    def run_python(self, code: str, server: str = "", timeout: float = 60) -> str:
+        """Run ``code`` in a new kernel of the user's server, as a notebook cell would; its
+        printed output (an exception's text included, as a notebook shows it)."""
+        base = f"user/{self.username()}/{server}".rstrip("/")
+        kernel = self.api("POST", f"{base}/api/kernels", json={"name": "python3"})
+        assert kernel.status_code == 201, kernel.text
+        kernel_id = kernel.json()["id"]
+        try:
+            return asyncio.run(
+                self._execute(f"{base}/api/kernels/{kernel_id}/channels", code, timeout)
+            )
+        finally:
+            self.api("DELETE", f"{base}/api/kernels/{kernel_id}")
+
+    async def _execute(self, path: str, code: str, timeout: float) -> str:
+        url = urljoin(self.hub_url.replace("http", "ws", 1) + "/", path)
+        headers = {"Authorization": f"token {self.api_token()}"}
+        ws = await websocket_connect(HTTPRequest(url, headers=headers, connect_timeout=timeout))
+        msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
+        header = {"msg_id": msg_id, "session": session, "username": "test"}
+        header.update(msg_type="execute_request", version="5.3")
+        content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+        await ws.write_message(
+            json.dumps(
+                {
+                    "header": header,
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {**content, "user_expressions": {}, "stop_on_error": True},
+                    "channel": "shell",
+                }
+            )
+        )
+        output: list[str] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                raw = await asyncio.wait_for(ws.read_message(), deadline - time.monotonic())
+                assert raw is not None, "the kernel's websocket closed"
+                msg = json.loads(raw)
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = msg["msg_type"]
+                if kind == "stream":
+                    output.append(msg["content"]["text"])
+                elif kind == "error":
+                    output.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+                elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                    return "".join(output)  # everything the cell printed came before this
+        finally:
+            ws.close()

@@ -1,0 +1,201 @@
+"""Attacks from inside a researcher's server on the sandboxed local backend (the demo's).
+
+alice runs code in her own JupyterLab (a kernel, as a notebook cell would) while bob has a
+server running too, and tries what a curious or hostile user would: read bob's home, the
+data tree outside her plan, the hub's state and configuration, bob's server's environment
+(its API token); reach bob's server, the hub's public port and the identity provider over
+the network; rewrite the code the hub runs (the idle culler) to escalate; and make the hub's
+course delivery hang. Each attempt must fail, and each test fails if it succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from portal.demo.sampledata import DEMO_USERS
+from tests.portal_client import PortalClient
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "bob-private-notes-4711"
+
+
+@pytest.fixture(scope="module")
+def bob(demo) -> PortalClient:
+    client = PortalClient(demo.url)
+    client.login(DEMO_USERS["bob"]["sub"])
+    client.spawn("victim")
+    body = {"type": "file", "format": "text", "content": SECRET}
+    r = client.api("PUT", "user/bob/victim/api/contents/secret.txt", json=body)
+    assert r.status_code in (200, 201), r.text
+    return client
+
+
+@pytest.fixture(scope="module")
+def alice(demo, bob) -> PortalClient:
+    client = PortalClient(demo.url)
+    client.login(DEMO_USERS["alice"]["sub"])
+    client.spawn("attack")
+    return client
+
+
+def attempt(alice: PortalClient, code: str) -> dict:
+    """Run ``code`` (which sets ``found``) in alice's server; what it found, as JSON."""
+    program = f"import json, os, socket\nfound = {{}}\n{code}\nprint(json.dumps(found))"
+    out = alice.run_python(program, server="attack")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_the_server_runs_as_an_account_of_its_own_without_privileges(alice) -> None:
+    found = attempt(
+        alice,
+        "found['uid'] = os.getuid()\n"
+        "status = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines()"
+        " if ':\\t' in l)\n"
+        "found['caps'] = [status['CapEff'], status['CapBnd']]\n"
+        "found['nnp'] = status['NoNewPrivs']\n"
+        "import pwd; found['name'] = pwd.getpwuid(os.getuid()).pw_name",
+    )
+    assert found["uid"] not in (0, 65534)  # neither root (the hub here) nor nobody
+    assert found["name"] == "panosc-alice"
+    assert found["caps"] == ["0000000000000000", "0000000000000000"]
+    assert found["nnp"] == "1"
+
+
+def test_bobs_home_and_the_data_outside_the_plan_cannot_be_read(alice, demo) -> None:
+    targets = {
+        "bob's home": str(demo.state / "homes/bob/secret.txt"),
+        "bob's home in the sandbox layout": "/home/panosc-bob/secret.txt",
+        "embargoed data": str(demo.state / "data"),
+        "the demo's whole state": str(demo.state),
+    }
+    found = attempt(
+        alice,
+        f"for what, path in {targets!r}.items():\n"
+        "    try:\n"
+        "        found[what] = os.listdir(path) if os.path.isdir(path) else open(path).read()\n"
+        "    except OSError as e:\n"
+        "        found[what] = type(e).__name__\n"
+        "found['homes'] = os.listdir('/home')",
+    )
+    assert found["homes"] == ["panosc-alice"], found
+    for what in targets:
+        assert found[what] in ("FileNotFoundError", "PermissionError"), (what, found[what])
+    assert SECRET not in json.dumps(found)
+
+
+def test_the_hubs_state_and_secrets_are_out_of_reach(alice, demo) -> None:
+    hub = demo.state / "hub"
+    files = [
+        hub / "jupyterhub_config.py",
+        hub / "jupyterhub_cookie_secret",
+        hub / "crypt_key",
+        hub / "jupyterhub.sqlite",
+        demo.state / "portal.yaml",
+    ]
+    assert any(f.exists() for f in files), "the demo's state is not where this test looks"
+    found = attempt(
+        alice,
+        f"for path in {[str(f) for f in files]!r}:\n"
+        "    try:\n"
+        "        found[path] = open(path, 'rb').read(64).hex()\n"
+        "    except OSError as e:\n"
+        "        found[path] = type(e).__name__",
+    )
+    assert set(found.values()) <= {"FileNotFoundError", "PermissionError"}, found
+
+
+def test_other_servers_processes_and_tokens_are_invisible(alice, bob) -> None:
+    found = attempt(
+        alice,
+        "envs = []\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n"
+        "        envs.append(open(f'/proc/{pid}/environ', 'rb').read().decode(errors='replace'))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "found['users'] = sorted({e.split('JUPYTERHUB_USER=')[1].split(chr(0))[0]"
+        " for e in envs if 'JUPYTERHUB_USER=' in e})\n"
+        "found['processes'] = len(list(filter(str.isdigit, os.listdir('/proc'))))",
+    )
+    assert found["users"] == ["alice"], found
+    assert found["processes"] < 20, found  # her sandbox's own few processes, not the host's
+
+
+def test_the_network_reaches_the_hubs_api_and_nothing_else(alice, bob, demo) -> None:
+    settings = yaml.safe_load((demo.state / "portal.yaml").read_text())
+    api_port = urlsplit(settings["extra_config"]["JupyterHub"]["hub_bind_url"]).port
+    bob_port = bob.api("GET", "hub/api/users/bob").json()["servers"]["victim"]["url"]
+    bob_state = bob.api("GET", "hub/api/users/bob?include_stopped_servers").json()
+    assert bob_state["servers"]["victim"]["ready"]
+    targets = {
+        "hub API": ("127.0.0.1", api_port),
+        "public port": ("127.0.0.1", urlsplit(demo.url).port),
+        "identity provider": ("127.0.0.1", urlsplit(demo.issuer).port),
+        "outside": ("1.1.1.1", 443),
+    }
+    found = attempt(
+        alice,
+        f"for what, address in {targets!r}.items():\n"
+        "    try:\n"
+        "        socket.create_connection(tuple(address), timeout=3).close()\n"
+        "        found[what] = 'connected'\n"
+        "    except OSError as e:\n"
+        "        found[what] = type(e).__name__",
+    )
+    assert found.pop("hub API") == "connected"
+    assert "connected" not in found.values(), found
+    assert bob_port  # bob's server is up, on the host's loopback, out of alice's reach
+
+
+def test_the_culler_and_the_environment_cannot_be_rewritten(alice) -> None:
+    found = attempt(
+        alice,
+        "import jupyterhub_idle_culler, sys\n"
+        "for path in [jupyterhub_idle_culler.__file__, sys.executable, '/usr/bin/env']:\n"
+        "    try:\n"
+        "        open(path, 'ab').close()\n"
+        "        found[path] = 'writable'\n"
+        "    except OSError as e:\n"
+        "        found[path] = type(e).__name__",
+    )
+    assert "writable" not in found.values(), found
+
+
+def test_a_booby_trapped_home_cannot_hang_or_hijack_course_delivery(demo) -> None:
+    """Files alice controls where the delivery runs: a module shadowing the standard
+    library, a pipe where the delivery reads its merge base. Opening the course link
+    still delivers, promptly, and nothing of hers runs in it."""
+    carol = PortalClient(demo.url)
+    carol.login(DEMO_USERS["carol"]["sub"])
+    assert carol.click("/hub/course/nexus-basics").status_code == 200
+    carol.wait_ready("course-nexus-basics", timeout=120)
+    trap = (
+        "import os, pathlib\n"
+        "home = pathlib.Path.home()\n"
+        "(home / 'argparse.py').write_text('import os; os.kill(os.getppid(), 9)')\n"
+        "(home / 'json.py').write_text('while True: pass')\n"
+        "base = home / 'courses/nexus-basics/.course'\n"
+        "for nb in base.glob('*.ipynb'):\n"
+        "    nb.unlink(); os.mkfifo(nb)\n"
+        "print(sorted(p.name for p in base.iterdir()))"
+    )
+    assert ".ipynb" in carol.run_python(trap, server="course-nexus-basics")
+    started = time.monotonic()
+    page = carol.click("/hub/course/nexus-basics", timeout=60)
+    assert page.status_code == 200, page.text
+    assert time.monotonic() - started < 30
+    listing = carol.api("GET", "user/carol/course-nexus-basics/api/contents/courses/nexus-basics")
+    assert any(f["name"].endswith(".ipynb") for f in listing.json()["content"])
+
+
+def test_homes_belong_to_their_accounts_only(demo, bob) -> None:
+    home = Path(demo.state / "homes/bob")
+    assert home.stat().st_mode & 0o077 == 0
+    assert home.stat().st_uid != 0
