@@ -35,8 +35,6 @@ from spawner.environments import EnvironmentsError, Image, load_images
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES_DIR = ROOT / "images"
-#: Each run logs under its own directory here, so that concurrent builds never mix logs.
-LOG_ROOT = Path(tempfile.gettempdir()) / "panosc-portal-images"
 DEFAULT_BASE_IMAGE = "debian:bookworm-slim"
 BOOTSTRAP_IMAGE = "panosc/debootstrap:bookworm"
 SUITE = "bookworm"
@@ -411,8 +409,8 @@ def build(names: Sequence[str], options: BuildOptions) -> list[Built]:
         raise BuildError(str(e)) from e
     order = build_order(images, names)
     engine = check_engine()
-    LOG_ROOT.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=LOG_ROOT))
+    # private (0700) and unpredictable: nobody else on the host can plant or read the logs
+    log_dir = Path(tempfile.mkdtemp(prefix=time.strftime("panosc-portal-images-%Y%m%d-%H%M%S-")))
     _say(f"images: Docker engine {engine}; building {', '.join(i.name for i in order)}")
     if options.bootstrap_base:
         bootstrap_base(options.base_image, log_dir, options.mirror)

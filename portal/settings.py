@@ -174,7 +174,11 @@ class DockerSettings(Section):
         "172.17.0.1", description="The host's address on the Docker bridge, for containers."
     )
     hub_api_port: int = Field(8081, ge=1, le=65535, description="Port of the hub's API.")
-    network: str = Field("bridge", description="Docker network the servers join.")
+    network: str = Field(
+        "panosc-users",
+        description="Docker network the servers join; the portal creates it with traffic"
+        " between containers off, and refuses one that allows it.",
+    )
     home_volume: str = Field("panosc-home-{username}", description="Named volume per user.")
     pull_policy: Literal["never", "ifnotpresent", "always"] = "never"
 

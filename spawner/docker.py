@@ -9,17 +9,22 @@ user's lab and desktop servers. Images come only from the environments table.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import docker
-from docker.errors import APIError, ImageNotFound
+from docker.errors import DockerException, ImageNotFound
 from docker.types import Mount
+from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner
-from traitlets import Unicode, default
+from traitlets import Integer, Unicode, default
 
 from spawner.common import HOME, JOVYAN_GID, JOVYAN_UID, PortalSpawner, SpawnPlan
 from spawner.courses import (
@@ -30,6 +35,7 @@ from spawner.courses import (
     course_of_server,
     read_sync_report,
 )
+from spawner.docker_network import NetworkError, ensure_user_network, guard_host
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan, verify_mount
 from spawner.options import SpawnRefused
 
@@ -69,7 +75,8 @@ def gated(command: list[str], seconds: float = 60) -> list[str]:
 
 def identity_command(plan: MountPlan, home: PurePosixPath = HOME) -> list[str]:
     """The command that prints, inside a container, device and inode of each dataset mount."""
-    return ["stat", "-c", "%d %i", "--", *(str(home / m.target) for m in plan.dataset_mounts)]
+    targets = (str(home / m.target) for m in plan.dataset_mounts)
+    return ["/usr/bin/stat", "-c", "%d %i", "--", *targets]
 
 
 def check_mounted(plan: MountPlan, code: int, out: bytes, err: bytes) -> None:
@@ -84,6 +91,45 @@ def check_mounted(plan: MountPlan, code: int, out: bytes, err: bytes) -> None:
         raise MountError(f"cannot check the mounted datasets inside the server: {problem}")
     for i, mount in enumerate(plan.dataset_mounts):
         verify_mount(mount, (int(fields[2 * i]), int(fields[2 * i + 1])))
+
+
+#: What a command the hub runs in a user's container may print (each of output and errors).
+EXEC_OUTPUT_LIMIT = 1 << 20
+
+
+def exec_bounded(
+    client_kwargs: dict[str, Any], container: str, command: list[str], user: str, seconds: float
+) -> tuple[int, bytes, bytes]:
+    """Run ``command`` in a user's container, trusting nothing the user could have changed.
+
+    The container is the user's: its programs and files may be booby-trapped. So the
+    command is started from ``/``, under a ``timeout`` that kills it, with a client of its
+    own whose reads time out (never DockerSpawner's single worker thread, which every spawn
+    and stop of every user waits for), and at most :data:`EXEC_OUTPUT_LIMIT` bytes of its
+    output are kept. A command that ran out of time or printed too much is a failure.
+    """
+    api = docker.APIClient(**client_kwargs, timeout=int(seconds) + 5)
+    deadline = time.monotonic() + seconds
+    out, err, problem = bytearray(), bytearray(), ""
+    try:
+        killer = ["/usr/bin/timeout", "-s", "KILL", str(int(seconds)), *command]
+        run = api.exec_create(container, killer, user=user, workdir="/")
+        for chunk_out, chunk_err in api.exec_start(run["Id"], stream=True, demux=True):
+            out += (chunk_out or b"")[: EXEC_OUTPUT_LIMIT - len(out)]
+            err += (chunk_err or b"")[: EXEC_OUTPUT_LIMIT - len(err)]
+            if len(out) >= EXEC_OUTPUT_LIMIT or len(err) >= EXEC_OUTPUT_LIMIT:
+                problem = f"it printed more than {EXEC_OUTPUT_LIMIT} bytes"
+                break
+            if time.monotonic() > deadline:
+                break
+        code = api.exec_inspect(run["Id"])["ExitCode"]
+    except (DockerException, OSError) as e:  # the gate given up, a read timed out...
+        return 1, bytes(out), str(getattr(e, "explanation", None) or e).encode()
+    finally:
+        api.close()
+    if code is None or code == 137 or time.monotonic() > deadline:
+        problem = problem or f"it did not finish within {seconds:g} s"
+    return (code or 1, bytes(out), problem.encode()) if problem else (code, bytes(out), bytes(err))
 
 
 def bridge_gateway(client: docker.DockerClient | None = None) -> str:
@@ -151,9 +197,42 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
     def _default_use_internal_ip(self) -> bool:
         return True  # the proxy reaches the container on the Docker network; no host port
 
+    pids_limit = Integer(
+        1024, config=True, help="Processes (and threads) a user's container may run at once."
+    )
+    exec_timeout = Integer(
+        120,
+        config=True,
+        help="Seconds a command the hub runs in a user's container (the mount check, a course"
+        " delivery) may take.",
+    )
+
+    @default("network_name")
+    def _default_network_name(self) -> str:
+        return "panosc-users"  # spawner.docker_network: no traffic between users' servers
+
+    _guarded: ClassVar[set[tuple[str, int]]] = set()  # networks this hub closed the host to
+
+    async def secure_network(self) -> None:
+        """Make sure the server joins a network where it reaches no other server and, of
+        the host, only the hub's API (:mod:`spawner.docker_network`); once per network."""
+        port = urlsplit(self.hub.api_url).port or 80
+        if (self.network_name, port) in self._guarded:
+            return
+        try:
+            interface = await asyncio.to_thread(ensure_user_network, self.client, self.network_name)
+            await asyncio.to_thread(guard_host, interface, port)
+        except NetworkError as e:
+            raise SpawnRefused(f"cannot start servers safely on this Docker host: {e}", 500) from e
+        self._guarded.add((self.network_name, port))
+
     @default("extra_host_config")
     def _default_extra_host_config(self) -> dict:
-        return {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"]}
+        return {
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": self.pids_limit,
+        }
 
     _plan_mounts: tuple[Mount, ...] = ()
 
@@ -216,28 +295,37 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
                 verify_mount(mount)
         except MountError as e:
             raise SpawnRefused(str(e)) from e
+        await self.secure_network()
         address = await super().start()  # the container waits at the gate (get_command)
         await self.verify_mounted(spawn.mounts)
         try:
             await self.sync_course()
         except CourseUnavailable as e:
             raise SpawnRefused(str(e), 503) from e
-        await self.exec_checked(["touch", GATE], "open the gate")
+        await self.exec_checked(["/usr/bin/touch", GATE], "open the gate")
         return address
 
     async def get_command(self) -> list[str]:
         return gated(await super().get_command(), self.start_timeout)
 
+    def client_kwargs_of_engine(self) -> dict[str, Any]:
+        """How DockerSpawner reaches the engine, for a client of our own."""
+        kwargs: dict[str, Any] = {"version": self.client.api_version}
+        if self.tls_config:
+            kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
+        return {**kwargs, **kwargs_from_env(), **self.client_kwargs}
+
     async def run_in_container(self, command: list[str]) -> tuple[int, bytes, bytes]:
-        """Exit code, output and errors of ``command`` run in the container as jovyan."""
-        user = f"{JOVYAN_UID}:{JOVYAN_GID}"
-        try:
-            run = await self.docker("exec_create", self.container_id, command, user=user)
-            out, err = await self.docker("exec_start", run["Id"], demux=True)
-            code = (await self.docker("exec_inspect", run["Id"]))["ExitCode"]
-        except APIError as e:  # e.g. the container gave up waiting at the gate
-            return 1, b"", str(e.explanation or e).encode()
-        return code, out or b"", err or b""
+        """Exit code, output and errors of ``command`` run in the container as jovyan
+        (:func:`exec_bounded`, in a thread of its own)."""
+        return await asyncio.to_thread(
+            exec_bounded,
+            self.client_kwargs_of_engine(),
+            self.container_id,
+            command,
+            f"{JOVYAN_UID}:{JOVYAN_GID}",
+            self.exec_timeout,
+        )
 
     async def exec_checked(self, command: list[str], what: str) -> bytes:
         """Run ``command`` in the container; a failure stops it and refuses the spawn."""
@@ -270,14 +358,16 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         """Deliver the course of a ``course-<name>`` server into ``~/courses/<name>/``, merged.
 
         The course's files go into the running container as a tar (so the Docker engine need
-        not see the hub's course folder) and :mod:`spawner.courses` runs there, as jovyan, with
-        the image's Python. Other servers, and courses no longer listed, are left alone.
+        not see the hub's course folder) and :mod:`spawner.course_delivery` runs there, as
+        jovyan, with the image's system Python in isolated mode (:func:`exec_bounded`).
+        Other servers, and courses no longer listed, are left alone.
         """
         course = course_of_server(self.name)
         library = CourseLibrary.instance(config=self.config, log=self.log)
         if course not in library.courses:
             return
-        archive = course_archive(library.folder(course), course, JOVYAN_UID, JOVYAN_GID)
+        folder = await asyncio.to_thread(library.folder, course)
+        archive = await asyncio.to_thread(course_archive, folder, course, JOVYAN_UID, JOVYAN_GID)
         await self.docker("put_archive", self.container_id, "/", archive)
         code, out, err = await self.run_in_container(container_command("sync", course))
         if code:
