@@ -1,14 +1,17 @@
-"""Attacks on what a server mounts, against a real hub, a real OIDC provider and Docker.
+"""Attacks on what a server mounts and reaches, against a real hub, OIDC provider and Docker.
 
 Findings 1 and 3 of the security review: a processed area handed to a non-member because
 they mounted the proposal's open data, and a symlinked dataset folder (or a folder swapped
-after the access check) smuggling another proposal's embargoed data into a mount.
+after the access check) smuggling another proposal's embargoed data into a mount. And the
+Docker host's isolation: from alice's container, bob's server and the host's services
+other than the hub's API must be out of reach, and a process bomb must stop at the limit.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +206,50 @@ def test_nothing_of_the_user_runs_before_the_mounts_are_verified() -> None:
             time.sleep(0.1)
     finally:
         box.remove(force=True)
+
+
+def reach(username: str, server: str, host: str, port: int) -> str:
+    """From inside the server: 'connected', or why not."""
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
+        "    print('connected')\n"
+        "except OSError as e:\n"
+        "    print(type(e).__name__)"
+    )
+    _code, out = in_server(username, server, f'python3 -c "{probe}" {host} {port}')
+    return out.strip()
+
+
+def test_servers_reach_neither_each_other_nor_the_host_but_the_hub_api(hub: Hub) -> None:
+    alice, bob = login(hub, DEMO_USERS["alice"]["sub"]), login(hub, DEMO_USERS["bob"]["sub"])
+    alice.spawn("net", {"type": "lab", "datasets": []})
+    bob.spawn("net", {"type": "lab", "datasets": []})
+    [victim] = [c for c in portal_containers(engine(), "bob") if c.name.endswith("net")]
+    networks = victim.attrs["NetworkSettings"]["Networks"]
+    assert list(networks) == ["panosc-users"]
+    bob_ip = networks["panosc-users"]["IPAddress"]
+    gateway = bridge_gateway()
+    api_port = hub.config["spawner"]["docker"]["hub_api_port"]
+    with socket.create_server((gateway, 0)) as service:  # a host service on the bridge
+        service_port = service.getsockname()[1]
+        assert reach("bob", "net", "127.0.0.1", 8888) == "connected"  # bob's server is up
+        assert reach("alice", "net", gateway, api_port) == "connected"  # the hub API: allowed
+        assert reach("alice", "net", bob_ip, 8888) != "connected"  # bob's server
+        assert reach("alice", "net", gateway, service_port) != "connected"
+        assert reach("alice", "net", "172.17.0.1", service_port) != "connected"
+    alice.stop("net")
+    bob.stop("net")
+
+
+def test_a_process_bomb_stops_at_the_containers_limit(hub: Hub) -> None:
+    alice = login(hub, DEMO_USERS["alice"]["sub"])
+    alice.spawn("bomb", {"type": "lab", "datasets": []})
+    [box] = [c for c in portal_containers(engine(), "alice") if c.name.endswith("bomb")]
+    assert box.attrs["HostConfig"]["PidsLimit"] == 1024
+    _code, out = in_server(
+        "alice", "bomb", "for i in $(seq 1100); do sleep 30 & done 2>&1 | tail -1; echo done"
+    )
+    assert "Cannot fork" in out, out  # the shell hit the limit; the host did not
+    alice.stop("bomb")
