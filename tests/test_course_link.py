@@ -234,3 +234,47 @@ def test_a_course_with_a_dataset_the_student_may_not_read_is_refused(hub: Hub, a
     assert r.status_code == 403
     assert f"uses the dataset {TOMO}, which you may not read" in r.text
     assert alice.click("/hub/course/nope", timeout=30).status_code == 404
+
+
+def test_a_booby_trapped_server_cannot_hang_or_hijack_course_delivery(hub: Hub, alice) -> None:
+    """alice replaces the virtualenv's Python with a program that never ends, shadows the
+    standard library from her home and puts a pipe where the delivery reads its merge base.
+    Opening the course link again still delivers, promptly; the hub stays responsive."""
+    [box] = [
+        c
+        for c in portal_containers(engine(), "alice")
+        if c.labels["org.panosc.portal.server"] == "course-intro" and c.status == "running"
+    ]
+    trap = (
+        "printf '#!/bin/sh\\nsleep 1000\\n' > /opt/venv/bin/python3.11.trap"
+        " && chmod +x /opt/venv/bin/python3.11.trap"
+        " && mv -f /opt/venv/bin/python3.11.trap /opt/venv/bin/python3"
+        " && echo 'import time; time.sleep(1000)' > ~/argparse.py && cp ~/argparse.py ~/json.py"
+        " && rm ~/courses/intro/.course/intro.ipynb && mkfifo ~/courses/intro/.course/intro.ipynb"
+    )
+    code, out = box.exec_run(["sh", "-c", trap], user="1000:100")
+    assert code == 0, out
+    started = time.monotonic()
+    opened = alice.click("/hub/course/intro", timeout=60)
+    assert opened.status_code == 200 and opened.url.endswith(LAB), opened.text[-500:]
+    assert time.monotonic() - started < 30
+    assert [c for c, _ in read_cells(alice, "intro.ipynb")][:2] == ["a", "b"]
+
+
+def test_a_command_in_a_user_container_is_bounded_in_time(hub: Hub, alice) -> None:
+    from spawner.docker import exec_bounded
+
+    [box] = [
+        c
+        for c in portal_containers(engine(), "alice")
+        if c.labels["org.panosc.portal.server"] == "course-intro" and c.status == "running"
+    ]
+    kwargs = {"version": engine().api.api_version}
+    started = time.monotonic()
+    code, _, err = exec_bounded(kwargs, box.id, ["/bin/sleep", "60"], "1000:100", 3)
+    assert code != 0 and b"did not finish within 3 s" in err
+    assert time.monotonic() - started < 15
+    code, out, _ = exec_bounded(
+        kwargs, box.id, ["/bin/sh", "-c", "yes | head -c 3000000"], "1000:100", 30
+    )
+    assert code != 0 and len(out) == 1 << 20  # the output cap
