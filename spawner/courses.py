@@ -3,8 +3,8 @@
 A course is a folder of notebooks with a ``course.yaml`` (:mod:`portal.course` reads it). The
 hub knows each course a trainer lists in ``portal.yaml`` (:class:`CourseLibrary`): a folder, or
 a git repository the hub checks out and fetches again when a student opens the course link.
-Starting a ``course-<name>`` server delivers the course into the student's home, and opening
-the link again delivers the trainer's updates.
+Starting the course's server (:func:`server_name`) delivers the course into the student's home,
+and opening the link again delivers the trainer's updates.
 
 Delivery merges, the way nbgitpuller does, so that a student never loses an edit.
 ``~/courses/<name>/.course/`` keeps each file as it was last delivered (the merge base), and
@@ -43,7 +43,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -54,7 +54,7 @@ from traitlets.config import SingletonConfigurable
 
 COURSE_FILE = "course.yaml"
 SERVER_PREFIX = "course-"
-#: A course name: also part of a server name, a container name and a URL.
+#: A course name: part of a URL and a folder name, and the start of its server's name.
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 #: Inside ``~/courses/<name>/``: each file as last delivered, the base of the next merge.
 BASE_DIR = ".course"
@@ -64,17 +64,6 @@ STAGING = PurePosixPath("/tmp/panosc-course")
 
 class CourseUnavailable(Exception):
     """A course cannot be found or fetched; the message names the course and the cause."""
-
-
-def server_name(course: str) -> str:
-    """The named server a course runs in: one per course and student."""
-    return SERVER_PREFIX + course
-
-
-def course_of_server(server: str) -> str | None:
-    """The course a server belongs to, or ``None`` for every other server."""
-    name = server.removeprefix(SERVER_PREFIX)
-    return name if server.startswith(SERVER_PREFIX) and NAME.fullmatch(name) else None
 
 
 def deliverable_files(root: Path) -> dict[str, Path]:
@@ -372,6 +361,50 @@ def update_checkout(url: str, ref: str | None, folder: Path) -> None:
     _git("clean", "--quiet", "-ffdx", cwd=folder)
 
 
+def server_name(course: str) -> str:
+    """The named server a course runs in, one per course and student: ``course-<name>``.
+
+    JupyterHub 6 takes a server name only if it is a safe slug (30 characters at most; lower-case
+    letters, digits and single hyphens; a letter first, no hyphen last) and answers 400 to a
+    link to any other. A course name that would break that rule (over 23 characters, or with
+    ``--``) gets JupyterHub's own shortening instead: a readable start and a hash of the whole
+    name, ``course-tomography-rec-88075728``. So every course name works; since a hash cannot
+    be read back, :func:`course_of_server` looks the course up rather than parsing the name.
+    """
+    # Imported here: the containers run this module with the standard library and traitlets.
+    from jupyterhub.slugs import is_valid_safe_slug, safe_slug
+
+    return safe_slug(SERVER_PREFIX + course, is_valid=is_valid_safe_slug)
+
+
+def server_names(courses: Iterable[str]) -> dict[str, str]:
+    """Server name -> course, for each of ``courses``: how a server leads back to its course.
+
+    Raises :class:`ValueError`, naming both, when two courses would share a server: in practice
+    only when a trainer names a course after another one's shortened name.
+    """
+    found: dict[str, str] = {}
+    for course in courses:
+        server = server_name(course)
+        other = found.setdefault(server, course)
+        if other != course:
+            raise ValueError(
+                f"courses {other!r} and {course!r} would both run in the server {server!r};"
+                " rename one of them"
+            )
+    return found
+
+
+def course_of_server(server: str) -> str | None:
+    """The course a server belongs to, or ``None`` for every other server.
+
+    Found among the hub's configured courses (:class:`CourseLibrary`, which every portal
+    spawner configures when the hub creates it), never read off the name. The servers of a
+    course no longer listed belong to none: delivery leaves them alone.
+    """
+    return server_names(CourseLibrary.instance().courses).get(server)
+
+
 class CourseLibrary(SingletonConfigurable):
     """The courses trainers publish on this hub, shared by the course pages and the spawners.
 
@@ -416,6 +449,10 @@ class CourseLibrary(SingletonConfigurable):
                     f"course {name!r}: give {{'folder': path}} or {{'git': url, 'ref': ..., "
                     f"'subdir': ...}}, not {source!r}"
                 )
+        try:
+            server_names(proposal["value"])
+        except ValueError as e:
+            raise TraitError(str(e)) from None
         return proposal["value"]
 
     def __init__(self, **kwargs: Any) -> None:
