@@ -23,7 +23,7 @@ from tornado import web
 from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue
 from portal.course import CourseError, load_course
 from spawner.common import spawn_query, trusted_navigation, user_from_auth_state
-from spawner.courses import CourseLibrary, CourseUnavailable, server_name
+from spawner.courses import SERVER_PREFIX, CourseLibrary, CourseUnavailable, server_name
 from spawner.environments import SERVER_TYPES, load_environments
 from spawner.form import human_size
 from spawner.options import pick_environment
@@ -181,11 +181,12 @@ class OpenHandler(PortalPage):
 class CourseHandler(PortalPage):
     """``/hub/course/<name>``: a trainer's course, for a student, in one click.
 
-    Starts (or reuses) the student's ``course-<name>`` server in the course's environment with
-    the course's datasets, and opens its first notebook. The spawner delivers the course into
-    ``~/courses/<name>/`` when the server starts; opening the link again fetches a git course
-    and delivers the trainer's updates to a running server too, merged with the student's
-    edits (:mod:`spawner.courses`). The local and Docker backends deliver courses.
+    Starts (or reuses) the student's server for the course (``course-<name>``, shortened by
+    :func:`~spawner.courses.server_name` if JupyterHub needs it) in the course's environment
+    with the course's datasets, and opens its first notebook. The spawner delivers the course
+    into ``~/courses/<name>/`` when the server starts; opening the link again fetches a git
+    course and delivers the trainer's updates to a running server too, merged with the
+    student's edits (:mod:`spawner.courses`). The local and Docker backends deliver courses.
     """
 
     @web.authenticated
@@ -245,6 +246,7 @@ class CourseHandler(PortalPage):
         query = [
             *spawn_query(self.settings["cookie_secret"], owner.name, server, options),
             ("next", url_path_join(owner.server_url(server), first)),
+            ("display_name", SERVER_PREFIX + name),  # the home page's name for a shortened one
         ]
         spawn = url_path_join(self.hub.base_url, "spawn", owner.escaped_name, server)
         self.redirect(f"{spawn}?{urlencode(query)}")
@@ -253,7 +255,7 @@ class CourseHandler(PortalPage):
 class CourseStudentsHandler(PortalPage):
     """``/hub/course/<name>/students``: who has started a course, for its trainers and admins.
 
-    A student has started a course when they have its ``course-<name>`` server, running or
+    A student has started a course when they have its server (:func:`server_name`), running or
     stopped; the hub's database already knows, so nothing else is recorded.
     """
 
@@ -266,7 +268,10 @@ class CourseStudentsHandler(PortalPage):
         admin = self.current_user.admin or "admin-ui" in self.expanded_scopes
         if not (admin or groups & set(library.trainer_groups)):
             return await self.refuse(403, "Only trainers see who started a course.")
-        rows = self.db.query(orm.Spawner).filter(orm.Spawner.name == server_name(name)).all()
+        server = server_name(name)
+        rows = self.db.query(orm.Spawner).filter(orm.Spawner.name == server).all()
         students = sorted(rows, key=lambda s: s.user.name)
-        html = await self.render_template("course_students.html", course=name, students=students)
+        html = await self.render_template(
+            "course_students.html", course=name, server=server, students=students
+        )
         self.finish(html)

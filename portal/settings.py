@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from spawner.courses import NAME as COURSE_NAME
+from spawner.courses import server_names
 
 
 class SettingsError(Exception):
@@ -366,6 +367,7 @@ class CourseSettings(Section):
                 raise ValueError(
                     f"course name {name!r}: use lower-case letters, digits and '-' (40 at most)"
                 )
+        server_names(sources)  # any such name makes a server name; two must not make one
         return sources
 
 

@@ -28,6 +28,7 @@ from portal.catalogue import (
     DatasetNotFound,
     PortalCatalogue,
 )
+from spawner.courses import CourseLibrary
 from spawner.environments import Environment, load_environments
 from spawner.form import options_form
 from spawner.mounts import MountError, MountPlan, StorageRoot, mountable, plan_mounts
@@ -165,6 +166,12 @@ class PortalSpawner(Configurable):
         Name -> {"cpu": cores, "memory": "8G"}.
         """,
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The hub's courses, configured before any course_of_server() needs them: a course
+        # server is traced back to its course through them, never through its name.
+        CourseLibrary.instance(config=self.config, log=self.log)
 
     @default("options_form")
     def _options_form_default(self) -> Callable:

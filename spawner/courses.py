@@ -3,8 +3,8 @@
 A course is a folder of notebooks with a ``course.yaml`` (:mod:`portal.course` reads it). The
 hub knows each course a trainer lists in ``portal.yaml`` (:class:`CourseLibrary`): a folder, or
 a git repository the hub checks out and fetches again when a student opens the course link.
-Starting a ``course-<name>`` server delivers the course into the student's home, and opening
-the link again delivers the trainer's updates: the hub hands the files over as a tar and
+Starting the course's server (:func:`server_name`) delivers the course into the student's home,
+and opening the link again delivers the trainer's updates: the hub hands the files over as a tar and
 :mod:`spawner.course_delivery` merges them, where the student's files are, as the student.
 """
 
@@ -20,9 +20,11 @@ import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from jupyterhub.slugs import is_valid_safe_slug, safe_slug
 from traitlets import Dict, Float, List, TraitError, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
 
@@ -30,7 +32,7 @@ from spawner import course_delivery
 from spawner.course_delivery import COURSE_FILE, STAGING, SyncReport, deliverable_files
 
 SERVER_PREFIX = "course-"
-#: A course name: also part of a server name, a container name and a URL.
+#: A course name: part of a URL and a folder name, and the start of its server's name.
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 #: A Python no user can replace in a server image (its virtualenv belongs to the user).
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -38,17 +40,6 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 class CourseUnavailable(Exception):
     """A course cannot be found or fetched; the message names the course and the cause."""
-
-
-def server_name(course: str) -> str:
-    """The named server a course runs in: one per course and student."""
-    return SERVER_PREFIX + course
-
-
-def course_of_server(server: str) -> str | None:
-    """The course a server belongs to, or ``None`` for every other server."""
-    name = server.removeprefix(SERVER_PREFIX)
-    return name if server.startswith(SERVER_PREFIX) and NAME.fullmatch(name) else None
 
 
 # -- the hub side -----------------------------------------------------------------------------
@@ -133,6 +124,47 @@ def update_checkout(url: str, ref: str | None, folder: Path) -> None:
     _git("clean", "--quiet", "-ffdx", cwd=folder)
 
 
+def server_name(course: str) -> str:
+    """The named server a course runs in, one per course and student: ``course-<name>``.
+
+    JupyterHub 6 takes a server name only if it is a safe slug (30 characters at most; lower-case
+    letters, digits and single hyphens; a letter first, no hyphen last) and answers 400 to a
+    link to any other. A course name that would break that rule (over 23 characters, or with
+    ``--``) gets JupyterHub's own shortening instead: a readable start and a hash of the whole
+    name, ``course-tomography-rec-88075728``. So every course name works; since a hash cannot
+    be read back, :func:`course_of_server` looks the course up rather than parsing the name.
+    """
+    return safe_slug(SERVER_PREFIX + course, is_valid=is_valid_safe_slug)
+
+
+def server_names(courses: Iterable[str]) -> dict[str, str]:
+    """Server name -> course, for each of ``courses``: how a server leads back to its course.
+
+    Raises :class:`ValueError`, naming both, when two courses would share a server: in practice
+    only when a trainer names a course after another one's shortened name.
+    """
+    found: dict[str, str] = {}
+    for course in courses:
+        server = server_name(course)
+        other = found.setdefault(server, course)
+        if other != course:
+            raise ValueError(
+                f"courses {other!r} and {course!r} would both run in the server {server!r};"
+                " rename one of them"
+            )
+    return found
+
+
+def course_of_server(server: str) -> str | None:
+    """The course a server belongs to, or ``None`` for every other server.
+
+    Found among the hub's configured courses (:class:`CourseLibrary`, which every portal
+    spawner configures when the hub creates it), never read off the name. The servers of a
+    course no longer listed belong to none: delivery leaves them alone.
+    """
+    return server_names(CourseLibrary.instance().courses).get(server)
+
+
 class CourseLibrary(SingletonConfigurable):
     """The courses trainers publish on this hub, shared by the course pages and the spawners.
 
@@ -177,6 +209,10 @@ class CourseLibrary(SingletonConfigurable):
                     f"course {name!r}: give {{'folder': path}} or {{'git': url, 'ref': ..., "
                     f"'subdir': ...}}, not {source!r}"
                 )
+        try:
+            server_names(proposal["value"])
+        except ValueError as e:
+            raise TraitError(str(e)) from None
         return proposal["value"]
 
     def __init__(self, **kwargs: Any) -> None:

@@ -115,8 +115,8 @@ class DemoPortal:
         return self.proc.wait(timeout)
 
 
-def start_demo(state: Path, log: Path) -> DemoPortal:
-    """Run the real demo command, exactly as the README tells a user to."""
+def start_demo(state: Path, log: Path, *flags: str) -> DemoPortal:
+    """Run the real demo command, exactly as the README tells a user to (``flags``: more)."""
     port, oidc_port = free_port(), free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with log.open("ab") as out:
@@ -132,6 +132,7 @@ def start_demo(state: Path, log: Path) -> DemoPortal:
                 str(oidc_port),
                 "--state-dir",
                 str(state),
+                *flags,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

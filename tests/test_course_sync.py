@@ -25,9 +25,7 @@ from spawner.courses import (
     CourseUnavailable,
     container_command,
     course_archive,
-    course_of_server,
     read_sync_report,
-    server_name,
 )
 
 NOW = datetime(2026, 3, 4, 5, 6, 7)
@@ -231,13 +229,6 @@ def test_files_the_trainer_deletes_go_unless_the_student_changed_them(course, st
     assert not (student / "notes.md").exists()
     assert (student / "data/table.csv").read_bytes() == b"x,y\n1,3\n"
     assert sorted(deliverable_files(student / BASE_DIR)) == ["intro.ipynb"]
-
-
-def test_course_servers_are_named_after_their_course() -> None:
-    assert server_name("xrf-mapping") == "course-xrf-mapping"
-    assert course_of_server("course-xrf-mapping") == "xrf-mapping"
-    assert course_of_server("lab-xrf-map-0001") is None
-    assert course_of_server("course-Bad_Name") is None
 
 
 def test_the_container_program_delivers_and_consumes_its_staging_copy(course, tmp_path) -> None:

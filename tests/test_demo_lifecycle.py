@@ -1,4 +1,7 @@
-"""The demo command as a person runs it: Ctrl-C stops everything; a second run reuses the state."""
+"""The demo command as a person runs it: Ctrl-C stops everything; a second run reuses the state.
+
+With ``--spawner docker`` "everything" includes the users' containers (their home volumes stay).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from portal.demo.run import STOP_TIMEOUT
 from portal.demo.sampledata import DEMO_USERS
 from tests.conftest import start_demo
+from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
 from tests.portal_client import PortalClient
 
 pytestmark = pytest.mark.e2e
@@ -62,6 +67,30 @@ def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path
     finally:
         assert second.interrupt() == 0
     assert processes_in(state) == []
+
+
+@pytest.mark.docker
+def test_ctrl_c_stops_the_docker_demos_containers_and_keeps_the_homes(tmp_path: Path) -> None:
+    ensure_images("base")
+    client = engine()
+    before = {c.id for c in portal_containers(client, "bob")}
+    demo = start_demo(tmp_path / "state", tmp_path / "demo.log", "--spawner", "docker")
+    try:
+        bob = PortalClient(demo.url)
+        bob.login(DEMO_USERS["bob"]["sub"])
+        bob.spawn("ctrl-c-check")
+        started = [c for c in portal_containers(client, "bob") if c.id not in before]
+        assert [c.status for c in started] == ["running"], started
+        assert demo.interrupt(timeout=STOP_TIMEOUT + 30) == 0
+        assert "Demo stopped." in demo.output()
+        assert [c.id for c in portal_containers(client, "bob") if c.id not in before] == [], (
+            "the demo's containers outlived it"
+        )
+        assert client.volumes.list(filters={"name": "panosc-home-bob"}), "bob's home went too"
+    finally:
+        if demo.proc.poll() is None:
+            demo.proc.kill()
+        remove_user_servers(client, "bob")
 
 
 def test_busy_port_gives_a_clear_message(tmp_path: Path, demo) -> None:

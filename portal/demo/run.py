@@ -3,7 +3,8 @@
 It generates sample data (once), indexes it, starts a real OpenID Connect provider
 (oidc-provider-mock) with the demo users, writes a ``portal.yaml`` for them and starts
 JupyterHub from it exactly as a site would. Every child runs in its own process group,
-so Ctrl-C (or SIGTERM) stops all of them and the servers they started.
+so Ctrl-C (or SIGTERM) stops all of them and the servers they started, containers included
+(the users' homes stay, on disk or in Docker volumes).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from portal.settings import PortalSettings
 DEMO_CLIENT_ID = "panosc-portal-demo"
 DEMO_CLIENT_SECRET = "demo-client-secret"  # the demo provider accepts any secret
 READY_TIMEOUT = 90.0
+#: How long the children have to stop. The hub stops the Docker servers one at a time (Docker
+#: gives each up to 10 s to exit), so a few of them need more than a few seconds.
+STOP_TIMEOUT = 60.0
 
 
 class DemoError(Exception):
@@ -137,7 +141,9 @@ def demo_settings(state: Path, port: int, oidc_port: int, backend: str = "local"
         "spawner": spawner,
         "courses": {"sources": courses, "trainer_groups": ["trainers"]},
         "extra_config": {
-            "JupyterHub": hub_config,
+            # Ctrl-C stops the users' servers too: a site's Docker hub leaves its containers
+            # running across a restart (render.py), but the demo stops what it started.
+            "JupyterHub": {**hub_config, "cleanup_servers": True},
             "ConfigurableHTTPProxy": {"api_url": f"http://127.0.0.1:{ephemeral_port()}"},
         },
     }
@@ -189,13 +195,14 @@ class Demo:
     def stop(self) -> None:
         """SIGTERM every child (the hub stops its proxy and servers), then SIGKILL stragglers.
 
-        It takes 20 s at most; ``run_demo`` ignores further Ctrl-C presses meanwhile, so an
-        impatient second press cannot abandon the clean-up half way and leave orphans.
+        It takes :data:`STOP_TIMEOUT` at most; ``run_demo`` ignores further Ctrl-C presses
+        meanwhile, so an impatient second press cannot abandon the clean-up half way and leave
+        orphans.
         """
         for _, proc in reversed(self.children):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + STOP_TIMEOUT
         for _, proc in reversed(self.children):
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
@@ -267,7 +274,7 @@ def run_demo(state: Path, port: int, oidc_port: int, backend: str = "local") -> 
         print(f"JupyterHub exited with code {hub.returncode}:\n{demo.tail('jupyterhub')}")
         return 1
     except KeyboardInterrupt:
-        print("\nStopping the demo ...", flush=True)
+        print("\nStopping the demo and its servers ...", flush=True)
         return 0
     finally:
         demo.stop()
