@@ -208,9 +208,10 @@ class Sandbox:
         if not network:
             args.append("--unshare-net")
         args += system_binds()
-        for path in environment:
-            args += [*self._parents(PurePosixPath(path)), "--ro-bind", str(path), str(path)]
         args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+        self._made.add(PurePosixPath("/tmp"))
+        for path in environment:  # after /tmp: an environment may live under it
+            args += [*self._parents(PurePosixPath(path)), "--ro-bind", str(path), str(path)]
         try:
             args += self._bind_fd(home_fd(home), account.home, writable=True)
             datasets = account.home / DATASETS_DIR

@@ -117,8 +117,8 @@ def test_leaving_a_proposal_takes_its_processed_area_away(setup) -> None:
     hub, _, data = setup
     rita = signed_in(hub, "sub-rita")
     rita.spawn("tour", {"type": "lab", "datasets": [TOUR]})
-    home = Path(hub.folder, "homes", "rita", "datasets", "MA1234", "processed")
-    assert home.is_symlink()  # her area, as a member
+    listing = rita.api("GET", "user/rita/tour/api/contents/datasets/MA1234")
+    assert "processed" in {f["name"] for f in listing.json()["content"]}  # hers, as a member
     proposals = data / "proposals.yaml"
     proposals.write_text(proposals.read_text().replace("members: [rita]", "members: []"))
     wait_stopped(hub, rita, "tour", within=15)
