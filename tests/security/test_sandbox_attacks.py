@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,22 +28,24 @@ SECRET = "bob-private-notes-4711"
 
 
 @pytest.fixture(scope="module")
-def bob(demo) -> PortalClient:
+def bob(demo) -> Iterator[PortalClient]:
     client = PortalClient(demo.url)
     client.login(DEMO_USERS["bob"]["sub"])
     client.spawn("victim")
     body = {"type": "file", "format": "text", "content": SECRET}
     r = client.api("PUT", "user/bob/victim/api/contents/secret.txt", json=body)
     assert r.status_code in (200, 201), r.text
-    return client
+    yield client
+    client.stop("victim")  # the demo is shared: leave it as found
 
 
 @pytest.fixture(scope="module")
-def alice(demo, bob) -> PortalClient:
+def alice(demo, bob) -> Iterator[PortalClient]:
     client = PortalClient(demo.url)
     client.login(DEMO_USERS["alice"]["sub"])
     client.spawn("attack")
-    return client
+    yield client
+    client.stop("attack")
 
 
 def attempt(alice: PortalClient, code: str) -> dict:
@@ -193,6 +196,7 @@ def test_a_booby_trapped_home_cannot_hang_or_hijack_course_delivery(demo) -> Non
     assert time.monotonic() - started < 30
     listing = carol.api("GET", "user/carol/course-nexus-basics/api/contents/courses/nexus-basics")
     assert any(f["name"].endswith(".ipynb") for f in listing.json()["content"])
+    carol.stop("course-nexus-basics")
 
 
 def test_homes_belong_to_their_accounts_only(demo, bob) -> None:
