@@ -6,6 +6,7 @@ With ``--spawner docker`` "everything" includes the users' containers (their hom
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 from pathlib import Path
 
@@ -34,6 +35,20 @@ def processes_in(folder: Path) -> list[str]:
     return found
 
 
+def account_processes(account: str) -> list[int]:
+    """The pids of processes running as ``account`` (a sandboxed user's)."""
+    uid = pwd.getpwnam(account).pw_uid
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            uids = [line for line in status.read_text().splitlines() if line.startswith("Uid:")]
+        except OSError:
+            continue
+        if uids and int(uids[0].split()[1]) == uid:
+            found.append(int(status.parent.name))
+    return found
+
+
 def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path) -> None:
     state, log = tmp_path / "state", tmp_path / "demo.log"
     first = start_demo(state, log)
@@ -44,7 +59,7 @@ def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path
     bob.login(DEMO_USERS["bob"]["sub"])
     bob.spawn()
     running = processes_in(state)
-    assert any("jupyterhub-singleuser" in p for p in running), running
+    assert account_processes("panosc-bob"), "bob's sandboxed server runs as his account"
     assert any("configurable-http-proxy" in p for p in running), running
     assert any("oidc_provider_mock" in p for p in running), running
 
@@ -52,6 +67,7 @@ def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path
     assert first.interrupt() == 0
     assert "Demo stopped." in first.output()
     assert processes_in(state) == []
+    assert account_processes("panosc-bob") == []
 
     data_files = sorted((state / "data").rglob("*.nxs"))
     mtimes = [p.stat().st_mtime_ns for p in data_files]
@@ -63,7 +79,7 @@ def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path
         assert [p.stat().st_mtime_ns for p in data_files] == mtimes
         again = PortalClient(second.url)
         again.login(DEMO_USERS["bob"]["sub"])
-        assert (state / "homes/bob/datasets/datasets.json").exists()
+        assert (state / "homes/bob").is_dir()  # his home stays for the next run
     finally:
         assert second.interrupt() == 0
     assert processes_in(state) == []
