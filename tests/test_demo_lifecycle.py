@@ -9,8 +9,10 @@ import os
 import pwd
 import signal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from portal.demo.run import STOP_TIMEOUT
 from portal.demo.sampledata import DEMO_USERS
@@ -35,17 +37,20 @@ def processes_in(folder: Path) -> list[str]:
     return found
 
 
-def account_processes(account: str) -> list[int]:
-    """The pids of processes running as ``account`` (a sandboxed user's)."""
-    uid = pwd.getpwnam(account).pw_uid
+def sandboxed_servers(state: Path) -> list[int]:
+    """Pids of the sandboxed servers of the demo in ``state``: processes of a portal account
+    whose environment names this demo's hub API (its port is the demo's own)."""
+    settings = yaml.safe_load((state / "portal.yaml").read_text())
+    api = urlsplit(settings["extra_config"]["JupyterHub"]["hub_bind_url"]).port
+    marker = f"JUPYTERHUB_API_URL=http://127.0.0.1:{api}/".encode()
+    portal_uids = {e.pw_uid for e in pwd.getpwall() if e.pw_name.startswith("panosc-")}
     found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            uids = [line for line in status.read_text().splitlines() if line.startswith("Uid:")]
+            if proc.stat().st_uid in portal_uids and marker in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
         except OSError:
             continue
-        if uids and int(uids[0].split()[1]) == uid:
-            found.append(int(status.parent.name))
     return found
 
 
@@ -59,7 +64,7 @@ def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path
     bob.login(DEMO_USERS["bob"]["sub"])
     bob.spawn()
     running = processes_in(state)
-    assert account_processes("panosc-bob"), "bob's sandboxed server runs as his account"
+    assert sandboxed_servers(state), "bob's server runs, sandboxed, as his account"
     assert any("configurable-http-proxy" in p for p in running), running
     assert any("oidc_provider_mock" in p for p in running), running
 
@@ -67,7 +72,7 @@ def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path
     assert first.interrupt() == 0
     assert "Demo stopped." in first.output()
     assert processes_in(state) == []
-    assert account_processes("panosc-bob") == []
+    assert sandboxed_servers(state) == []
 
     data_files = sorted((state / "data").rglob("*.nxs"))
     mtimes = [p.stat().st_mtime_ns for p in data_files]
