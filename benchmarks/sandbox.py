@@ -15,7 +15,6 @@ stop. Goal: median ratio to plain <= 1.10 with 5 datasets.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,10 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.catalogue import generate
-from benchmarks.spawn import SUB, USER, login_to_lab
+from benchmarks.spawn import SUB, USER, interleaved, report
 from tests.umbrella import Hub, Provider, free_port
-
-GOAL = 1.10
 
 
 def hub(folder: Path, provider: Provider, data: Path, plain: bool) -> Hub:
@@ -75,30 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             "PortalLocalSpawner, 0 datasets": ("portal", {"datasets": []}),
             "PortalLocalSpawner, 5 datasets": ("portal", {"datasets": pids[:5]}),
         }
-        times: dict[str, list[float]] = {name: [] for name in configs}
         try:
-            for h in hubs.values():
-                h.start()
-            for which, options in configs.values():  # warm-up: the account, the caches
-                login_to_lab(hubs[which], options)
-            for _ in range(args.rounds):
-                for name, (which, options) in configs.items():
-                    times[name].append(login_to_lab(hubs[which], options))
+            times = interleaved(hubs, configs, args.rounds)
         finally:
             for h in hubs.values():
                 h.stop()
             provider.stop()
-    plain = statistics.median(times["plain SimpleLocalProcessSpawner"])
-    print(f"login to JupyterLab-ready, {args.rounds} rounds each, seconds")
-    print(f"{'configuration':36} {'median':>7} {'min':>6} {'max':>6} {'ratio':>6}")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(
-            f"{name:36} {median:7.2f} {min(values):6.2f} {max(values):6.2f} {median / plain:6.2f}"
-        )
-    ratio = statistics.median(times["PortalLocalSpawner, 5 datasets"]) / plain
-    verdict = "meets" if ratio <= GOAL else "misses"
-    print(f"\nratio with 5 datasets: {ratio:.2f}: {verdict} the {GOAL:.2f} goal")
+    report(times, "plain SimpleLocalProcessSpawner", "PortalLocalSpawner, 5 datasets", args.rounds)
     return 0
 
 

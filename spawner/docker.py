@@ -16,13 +16,12 @@ import re
 import subprocess
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 import docker
 from docker.errors import DockerException, ImageNotFound
 from docker.types import Mount
-from docker.utils import kwargs_from_env
 from dockerspawner import DockerSpawner
 from traitlets import Integer, Unicode, default
 
@@ -98,17 +97,16 @@ EXEC_OUTPUT_LIMIT = 1 << 20
 
 
 def exec_bounded(
-    client_kwargs: dict[str, Any], container: str, command: list[str], user: str, seconds: float
+    api: docker.APIClient, container: str, command: list[str], user: str, seconds: float
 ) -> tuple[int, bytes, bytes]:
     """Run ``command`` in a user's container, trusting nothing the user could have changed.
 
     The container is the user's: its programs and files may be booby-trapped. So the
-    command is started from ``/``, under a ``timeout`` that kills it, with a client of its
-    own whose reads time out (never DockerSpawner's single worker thread, which every spawn
-    and stop of every user waits for), and at most :data:`EXEC_OUTPUT_LIMIT` bytes of its
-    output are kept. A command that ran out of time or printed too much is a failure.
+    command is started from ``/``, under a ``timeout`` that kills it, in the caller's thread
+    (never DockerSpawner's single worker thread, which every spawn and stop of every user
+    waits for), and at most :data:`EXEC_OUTPUT_LIMIT` bytes of its output are kept. A
+    command that ran out of time or printed too much is a failure.
     """
-    api = docker.APIClient(**client_kwargs, timeout=int(seconds) + 5)
     deadline = time.monotonic() + seconds
     out, err, problem = bytearray(), bytearray(), ""
     try:
@@ -125,8 +123,6 @@ def exec_bounded(
         code = api.exec_inspect(run["Id"])["ExitCode"]
     except (DockerException, OSError) as e:  # the gate given up, a read timed out...
         return 1, bytes(out), str(getattr(e, "explanation", None) or e).encode()
-    finally:
-        api.close()
     if code is None or code == 137 or time.monotonic() > deadline:
         problem = problem or f"it did not finish within {seconds:g} s"
     return (code or 1, bytes(out), problem.encode()) if problem else (code, bytes(out), bytes(err))
@@ -308,19 +304,12 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
     async def get_command(self) -> list[str]:
         return gated(await super().get_command(), self.start_timeout)
 
-    def client_kwargs_of_engine(self) -> dict[str, Any]:
-        """How DockerSpawner reaches the engine, for a client of our own."""
-        kwargs: dict[str, Any] = {"version": self.client.api_version}
-        if self.tls_config:
-            kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
-        return {**kwargs, **kwargs_from_env(), **self.client_kwargs}
-
     async def run_in_container(self, command: list[str]) -> tuple[int, bytes, bytes]:
         """Exit code, output and errors of ``command`` run in the container as jovyan
         (:func:`exec_bounded`, in a thread of its own)."""
         return await asyncio.to_thread(
             exec_bounded,
-            self.client_kwargs_of_engine(),
+            self.client,
             self.container_id,
             command,
             f"{JOVYAN_UID}:{JOVYAN_GID}",

@@ -162,10 +162,9 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         library = CourseLibrary.instance(config=self.config, log=self.log)
         if course not in library.courses:
             return
-        account = await self.account()
+        account = await self.account()  # its home was made when the server first started
         source = await asyncio.to_thread(library.folder, course)
         home = Path(self.home_dir)
-        await asyncio.to_thread(take_home, home, account)
         programs = [(Path(course_delivery.__file__), DELIVERY), (source, STAGING / course)]
         argv = [sys.executable, "-I", "-S", str(DELIVERY), "sync", str(STAGING / course)]
         argv.append(str(account.home / "courses" / course))

@@ -269,12 +269,12 @@ def test_a_command_in_a_user_container_is_bounded_in_time(hub: Hub, alice) -> No
         for c in portal_containers(engine(), "alice")
         if c.labels["org.panosc.portal.server"] == "course-intro" and c.status == "running"
     ]
-    kwargs = {"version": engine().api.api_version}
+    api = engine().api
     started = time.monotonic()
-    code, _, err = exec_bounded(kwargs, box.id, ["/bin/sleep", "60"], "1000:100", 3)
+    code, _, err = exec_bounded(api, box.id, ["/bin/sleep", "60"], "1000:100", 3)
     assert code != 0 and b"did not finish within 3 s" in err
     assert time.monotonic() - started < 15
     code, out, _ = exec_bounded(
-        kwargs, box.id, ["/bin/sh", "-c", "yes | head -c 3000000"], "1000:100", 30
+        api, box.id, ["/bin/sh", "-c", "yes | head -c 3000000"], "1000:100", 30
     )
     assert code != 0 and len(out) == 1 << 20  # the output cap
