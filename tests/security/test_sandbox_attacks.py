@@ -11,6 +11,11 @@ course delivery hang. Each attempt must fail, and each test fails if it succeeds
 from __future__ import annotations
 
 import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,11 +139,16 @@ def test_other_servers_processes_and_tokens_are_invisible(alice, bob) -> None:
 def test_the_network_reaches_the_hubs_api_and_nothing_else(alice, bob, demo) -> None:
     settings = yaml.safe_load((demo.state / "portal.yaml").read_text())
     api_port = urlsplit(settings["extra_config"]["JupyterHub"]["hub_bind_url"]).port
-    bob_port = bob.api("GET", "hub/api/users/bob").json()["servers"]["victim"]["url"]
-    bob_state = bob.api("GET", "hub/api/users/bob?include_stopped_servers").json()
-    assert bob_state["servers"]["victim"]["ready"]
+    with sqlite3.connect(demo.state / "hub/jupyterhub.sqlite") as db:
+        (bob_port,) = db.execute(
+            "SELECT servers.port FROM servers JOIN spawners ON spawners.server_id = servers.id"
+            " WHERE spawners.name = 'victim'"
+        ).fetchone()
+    with socket.create_connection(("127.0.0.1", bob_port), timeout=3):
+        pass  # bob's server answers on the host's loopback
     targets = {
         "hub API": ("127.0.0.1", api_port),
+        "bob's server": ("127.0.0.1", bob_port),
         "public port": ("127.0.0.1", urlsplit(demo.url).port),
         "identity provider": ("127.0.0.1", urlsplit(demo.issuer).port),
         "outside": ("1.1.1.1", 443),
@@ -154,7 +164,6 @@ def test_the_network_reaches_the_hubs_api_and_nothing_else(alice, bob, demo) -> 
     )
     assert found.pop("hub API") == "connected"
     assert "connected" not in found.values(), found
-    assert bob_port  # bob's server is up, on the host's loopback, out of alice's reach
 
 
 def test_the_culler_and_the_environment_cannot_be_rewritten(alice) -> None:
@@ -203,3 +212,36 @@ def test_homes_belong_to_their_accounts_only(demo, bob) -> None:
     home = Path(demo.state / "homes/bob")
     assert home.stat().st_mode & 0o077 == 0
     assert home.stat().st_uid != 0
+
+
+def test_the_local_backend_refuses_to_run_unsandboxed() -> None:
+    """A hub that cannot give users accounts and sandboxes (not root) does not start, and
+    says what to do instead; it never falls back to running users as itself."""
+    with tempfile.TemporaryDirectory() as folder:  # readable by nobody, unlike tmp_path
+        Path(folder).chmod(0o755)
+        refuse_unprivileged(Path(folder))
+
+
+def refuse_unprivileged(tmp_path: Path) -> None:
+    config = tmp_path / "portal.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "hub": {"state_dir": str(tmp_path / "state")},
+                "auth": {"issuer": "http://127.0.0.1:9", "client_id": "c", "client_secret": "s"},
+                "catalogue": {"backend": "local", "local": {"data_root": str(tmp_path)}},
+            }
+        )
+    )
+    nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    done = subprocess.run(
+        [*nobody, sys.executable, "-m", "portal.cli", "serve", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "spawner.backend: local" in done.stderr and "needs the hub to run as root" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state").exists()  # nothing started
