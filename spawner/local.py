@@ -36,12 +36,12 @@ from spawner.sandbox import (
     Account,
     Bridges,
     Limits,
+    Sandbox,
     SandboxError,
     ensure_account,
     environment_paths,
     host_check,
     run_bounded,
-    sandbox,
     take_home,
 )
 
@@ -169,7 +169,7 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         argv = [sys.executable, "-I", "-S", str(DELIVERY), "sync", str(STAGING / course)]
         argv.append(str(account.home / "courses" / course))
         env = {"HOME": str(account.home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-        with sandbox(
+        with Sandbox(
             account=account,
             home=home,
             plan=MountPlan((), ()),
@@ -207,7 +207,7 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         init += ["--hub-port", str(self.hub_address()[1]), "--server-port", str(self.port)]
         self.progress_event("Starting JupyterLab in your sandbox", 60)
         try:
-            with sandbox(
+            with Sandbox(
                 account=account,
                 home=home,
                 plan=spawn.mounts,

@@ -32,7 +32,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -187,8 +187,8 @@ class Limits:
 class Sandbox:
     """One bubblewrap sandbox: build with the mounts, then :meth:`command` and :meth:`fds`.
 
-    The descriptors it opens stay open until :meth:`close`; pass them to the process
-    (``pass_fds``) and close them once it has started.
+    The descriptors it opens stay open until :meth:`close` (or the end of a ``with`` block);
+    pass them to the process (``pass_fds``) and close them once it has started.
     """
 
     def __init__(
@@ -199,14 +199,11 @@ class Sandbox:
         environment: Sequence[Path] = (),
         run: Path | None = None,
         binds: Sequence[tuple[Path, PurePosixPath]] = (),
-        network: bool = False,
     ) -> None:
         self.account, self._fds = account, []
         self._made: set[PurePosixPath] = {PurePosixPath("/")}
         args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc"]
-        args += ["--unshare-uts", "--unshare-cgroup-try", "--hostname", "portal"]
-        if not network:
-            args.append("--unshare-net")
+        args += ["--unshare-uts", "--unshare-cgroup-try", "--unshare-net", "--hostname", "portal"]
         args += system_binds()
         args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
         self._made.add(PurePosixPath("/tmp"))
@@ -265,6 +262,12 @@ class Sandbox:
     def fds(self) -> tuple[int, ...]:
         return tuple(self._fds)
 
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for fd in self._fds:
             with contextlib.suppress(OSError):
@@ -287,16 +290,6 @@ def ensure_processed(folder: Path) -> None:
     if not folder.exists():
         folder.mkdir(parents=True)
         folder.chmod(0o777)
-
-
-@contextlib.contextmanager
-def sandbox(**kwargs) -> Iterator[Sandbox]:
-    """A :class:`Sandbox` whose descriptors are closed on leaving the block."""
-    box = Sandbox(**kwargs)
-    try:
-        yield box
-    finally:
-        box.close()
 
 
 def host_check() -> str | None:
@@ -399,6 +392,5 @@ __all__ = [
     "environment_paths",
     "host_check",
     "run_bounded",
-    "sandbox",
     "take_home",
 ]
