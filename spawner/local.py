@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path, PurePosixPath
 from subprocess import Popen
 from urllib.parse import urlsplit
@@ -41,7 +40,9 @@ from spawner.sandbox import (
     ensure_account,
     environment_paths,
     host_check,
+    make_run_folder,
     run_bounded,
+    server_socket,
     take_home,
 )
 
@@ -162,9 +163,10 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         library = CourseLibrary.instance(config=self.config, log=self.log)
         if course not in library.courses:
             return
-        account = await self.account()  # its home was made when the server first started
+        account = await self.account()
         source = await asyncio.to_thread(library.folder, course)
         home = Path(self.home_dir)
+        await asyncio.to_thread(take_home, home, account)
         programs = [(Path(course_delivery.__file__), DELIVERY), (source, STAGING / course)]
         argv = [sys.executable, "-I", "-S", str(DELIVERY), "sync", str(STAGING / course)]
         argv.append(str(account.home / "courses" / course))
@@ -199,28 +201,33 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         self.mem_limit = spawn.resources.memory
         if self.port == 0:
             self.port = random_port()
-        self._run = tempfile.mkdtemp(prefix="panosc-", dir=self.runtime_dir)
-        os.chown(self._run, account.uid, account.gid)
-        await self.bridges.start(Path(self._run), self.port, self.hub_address(), account)
+        run = make_run_folder(self.runtime_dir)
+        self._run = str(run)
+        await self.bridges.start(run, self.port, self.hub_address())
+        listener = server_socket(run)
         server = [*self.cmd, *self.get_args()]
         init = [sys.executable, "-I", "-S", str(INIT), "--run", str(RUN)]
+        init += ["--server-fd", str(listener.fileno())]
         init += ["--hub-port", str(self.hub_address()[1]), "--server-port", str(self.port)]
         self.progress_event("Starting JupyterLab in your sandbox", 60)
         try:
-            with Sandbox(
-                account=account,
-                home=home,
-                plan=spawn.mounts,
-                environment=environment_paths(),
-                run=Path(self._run),
-                binds=[(Path(sandbox_init.__file__), INIT)],
-            ) as box:
+            with (
+                listener,
+                Sandbox(
+                    account=account,
+                    home=home,
+                    plan=spawn.mounts,
+                    environment=environment_paths(),
+                    run=Path(self._run),
+                    binds=[(Path(sandbox_init.__file__), INIT)],
+                ) as box,
+            ):
                 self.proc = Popen(
                     box.command([*init, "--", *server]),
                     env=self.get_env(),
                     preexec_fn=self.limits().apply,
                     start_new_session=True,
-                    pass_fds=box.fds,
+                    pass_fds=(*box.fds, listener.fileno()),
                     cwd="/",
                 )
         except MountError as e:
@@ -237,13 +244,22 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
             self.cleanup(run)
         elif run and not self.bridges.running:
             # the hub restarted while the server ran: its bridges live in the hub process
-            account = await self.account()
-            await self.bridges.start(Path(run), self.port, self.hub_address(), account)
+            await self.bridges.start(Path(run), self.port, self.hub_address())
         return status
 
     async def _signal(self, sig: int) -> bool:
         """Ask the server to stop through the first process in its sandbox, which passes the
-        signal on (bubblewrap itself would only die, killing everything at once)."""
+        signal on (bubblewrap itself would only die, killing everything at once).
+
+        A pid remembered across a hub restart may have been reused by now: unless it is
+        still a bubblewrap process, the server is gone and nothing is signalled.
+        """
+        try:
+            ours = os.path.basename(os.readlink(f"/proc/{self.pid}/exe")) == "bwrap"
+        except OSError:
+            ours = False
+        if not ours:
+            return False
         if sig in (signal.SIGINT, signal.SIGTERM):
             for leader in _children(self.pid):
                 for init in _children(leader):

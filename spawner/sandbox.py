@@ -28,11 +28,13 @@ import pwd
 import re
 import resource
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -44,6 +46,10 @@ RUN = PurePosixPath("/run/portal")
 _ACCOUNT_NAME = re.compile(r"[a-z][a-z0-9-]*")
 _useradd_lock = threading.Lock()
 OUTPUT_LIMIT = 1 << 20
+#: Connections a sandbox may hold open to the hub's API at once.
+HUB_CONNECTIONS = 32
+#: The size of a sandbox's private /tmp (memory: it is a tmpfs).
+TMP_SIZE = 1 << 30
 
 
 class SandboxError(Exception):
@@ -66,14 +72,14 @@ class Account:
 
 def account_name(username: str, prefix: str = "panosc-") -> str:
     """A valid system account name for ``username``: ``<prefix><name>`` when that is one
-    (at most 32 lower-case letters, digits and '-'), else shortened with a digest, so two
-    portal users never share an account."""
+    (at most 32 lower-case letters, digits and '-'), else shortened with a digest after an
+    '_', which no name of the first kind contains: two portal users never share an account."""
     name = prefix + username
     if _ACCOUNT_NAME.fullmatch(name) and len(name) <= 32:
         return name
     slug = re.sub(r"[^a-z0-9]+", "-", username.lower()).strip("-")
     digest = hashlib.sha256(username.encode()).hexdigest()[:10]
-    return f"{prefix}{slug[: 31 - len(prefix) - len(digest)].rstrip('-')}-{digest}"
+    return f"{prefix}{slug[: 31 - len(prefix) - len(digest)].rstrip('-')}_{digest}"
 
 
 def account_comment(username: str) -> str:
@@ -126,13 +132,19 @@ def take_home(home: Path, account: Account) -> None:
     """Create the user's home folder on the host (mode 700) and give it to their account.
 
     A home made before homes had owners (earlier versions ran every server as the hub's
-    user) is handed over whole, without following any symlink in it.
+    user) is handed over whole, without following any symlink in it; a folder of any other
+    account (a real user's home that the template happens to name) is refused.
     """
     home.parent.mkdir(parents=True, exist_ok=True)
     home.mkdir(mode=0o700, exist_ok=True)
     info = home.lstat()
     if not stat.S_ISDIR(info.st_mode):
         raise SandboxError(f"{home} is not a folder; move it away and start again")
+    if info.st_uid not in (account.uid, os.geteuid()):
+        raise SandboxError(
+            f"{home} belongs to another account (uid {info.st_uid}); the portal hands over only"
+            " homes it made itself: check PortalLocalSpawner.home_dir_template"
+        )
     if info.st_uid != account.uid:
         for folder, dirs, files in os.walk(home):
             for name in [*dirs, *files]:
@@ -205,7 +217,8 @@ class Sandbox:
         args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc"]
         args += ["--unshare-uts", "--unshare-cgroup-try", "--unshare-net", "--hostname", "portal"]
         args += system_binds()
-        args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--perms", "1777", "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
         self._made.add(PurePosixPath("/tmp"))
         for path in environment:  # after /tmp: an environment may live under it
             args += [*self._parents(PurePosixPath(path)), "--ro-bind", str(path), str(path)]
@@ -228,7 +241,7 @@ class Sandbox:
             for source, target in binds:
                 args += [*self._parents(target), "--ro-bind", str(source), str(target)]
             if run is not None:
-                args += [*self._parents(RUN), "--bind", str(run), str(RUN)]
+                args += [*self._parents(RUN), "--ro-bind", str(run), str(RUN)]
         except BaseException:
             self.close()
             raise
@@ -348,36 +361,65 @@ async def run_bounded(
 
 class Bridges:
     """The hub's side of a sandbox's network (:mod:`spawner.sandbox_init`): the server's port
-    on the host's loopback leads into the sandbox, and ``hub.sock`` leads to the hub's API."""
+    on the host's loopback leads to ``server.sock``, and ``hub.sock`` leads to the hub's API.
+
+    Both sockets live in the server's run folder, which root owns and the sandbox sees
+    read-only, so nobody inside can swap a path the hub then uses as root. A sandbox may hold
+    at most :data:`HUB_CONNECTIONS` connections to the hub at once: each costs the hub
+    descriptors, and one user must not exhaust them for all.
+    """
 
     def __init__(self) -> None:
         self._servers: list[asyncio.Server] = []
+        self._open = 0
 
     @property
     def running(self) -> bool:
         return bool(self._servers)
 
-    async def start(self, run: Path, port: int, hub: tuple[str, int], owner: Account) -> None:
-        def to(connect: Callable) -> Callable:
-            return lambda r, w: bridge(r, w, connect)
+    async def start(self, run: Path, port: int, hub: tuple[str, int]) -> None:
+        async def to_hub(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if self._open >= HUB_CONNECTIONS:
+                writer.transport.abort()
+                return
+            self._open += 1
+            try:
+                await bridge(reader, writer, lambda: asyncio.open_connection(*hub))
+            finally:
+                self._open -= 1
 
         hub_sock = run / "hub.sock"
         hub_sock.unlink(missing_ok=True)
-        to_hub = await asyncio.start_unix_server(
-            to(lambda: asyncio.open_connection(*hub)), path=str(hub_sock)
-        )
-        os.chown(hub_sock, owner.uid, owner.gid)
-        hub_sock.chmod(0o600)
+        hub_side = await asyncio.start_unix_server(to_hub, path=str(hub_sock))
+        hub_sock.chmod(0o666)  # the account connects; the folder is root's, so no race
         server_sock = str(run / "server.sock")
-        to_server = await asyncio.start_server(
-            to(lambda: asyncio.open_unix_connection(server_sock)), "127.0.0.1", port
+        server_side = await asyncio.start_server(
+            lambda r, w: bridge(r, w, lambda: asyncio.open_unix_connection(server_sock)),
+            "127.0.0.1",
+            port,
         )
-        self._servers = [to_hub, to_server]
+        self._servers = [hub_side, server_side]
 
     def close(self) -> None:
         for server in self._servers:
             server.close()
         self._servers = []
+
+
+def server_socket(run: Path) -> socket.socket:
+    """The server's listening socket, ``server.sock`` in the root-owned run folder: made by
+    the hub and handed to the sandbox's first process as a descriptor (``--server-fd``)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(run / "server.sock"))
+    listener.listen(128)
+    return listener
+
+
+def make_run_folder(parent: str) -> Path:
+    """A fresh folder for one server's sockets: root's, readable by all, unguessable."""
+    run = Path(tempfile.mkdtemp(prefix="panosc-", dir=parent))
+    run.chmod(0o755)
+    return run
 
 
 __all__ = [
@@ -391,6 +433,8 @@ __all__ = [
     "ensure_account",
     "environment_paths",
     "host_check",
+    "make_run_folder",
     "run_bounded",
+    "server_socket",
     "take_home",
 ]

@@ -4,9 +4,9 @@ A sandbox has a network namespace of its own with nothing but a loopback, so not
 can reach the host's ports, another user's server or the network. Two bridges cross that
 boundary, each over a Unix socket in the folder the hub binds at ``/run/portal``:
 
-- ``server.sock``, listened on here, leads to ``127.0.0.1:<server port>`` inside: how the
-  proxy and the hub reach the server (the hub listens on the same port on the host's
-  loopback and forwards to this socket);
+- ``server.sock``, made by the hub and listened on here (its descriptor is passed in), leads
+  to ``127.0.0.1:<server port>`` inside: how the proxy and the hub reach the server (the hub
+  listens on the same port on the host's loopback and forwards to this socket);
 - ``127.0.0.1:<hub port>`` inside, listened on here, leads to ``hub.sock``, which the hub
   listens on and forwards to its own API: how the server reaches the hub, and nothing else.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -55,11 +56,13 @@ async def bridge(
         side.close()
 
 
-async def serve(run: Path, hub_port: int, server_port: int, command: list[str]) -> int:
+async def serve(
+    run: Path, server_fd: int, hub_port: int, server_port: int, command: list[str]
+) -> int:
     """Open both bridges, run ``command``, pass on the signals that stop it; its exit code."""
     to_server = await asyncio.start_unix_server(
         lambda r, w: bridge(r, w, lambda: asyncio.open_connection("127.0.0.1", server_port)),
-        path=str(run / "server.sock"),
+        sock=socket.socket(fileno=server_fd),
     )
     to_hub = await asyncio.start_server(
         lambda r, w: bridge(r, w, lambda: asyncio.open_unix_connection(str(run / "hub.sock"))),
@@ -77,11 +80,13 @@ async def serve(run: Path, hub_port: int, server_port: int, command: list[str]) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Bridge a sandbox's network and run a server.")
     parser.add_argument("--run", type=Path, required=True, help="folder of the two sockets")
+    parser.add_argument("--server-fd", type=int, required=True, help="server.sock, listening")
     parser.add_argument("--hub-port", type=int, required=True)
     parser.add_argument("--server-port", type=int, required=True)
     parser.add_argument("command", nargs="+")
     args = parser.parse_args(argv)
-    return asyncio.run(serve(args.run, args.hub_port, args.server_port, args.command))
+    ports = args.hub_port, args.server_port
+    return asyncio.run(serve(args.run, args.server_fd, *ports, args.command))
 
 
 if __name__ == "__main__":

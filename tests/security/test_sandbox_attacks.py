@@ -166,6 +166,56 @@ def test_the_network_reaches_the_hubs_api_and_nothing_else(alice, bob, demo) -> 
     assert "connected" not in found.values(), found
 
 
+def test_the_socket_folder_cannot_be_rigged(alice, demo) -> None:
+    """The hub uses the sockets in /run/portal as root: a symlink put there would make it
+    chown, or connect to, anything on the host. The folder is root's and read-only inside."""
+    found = attempt(
+        alice,
+        "for name in ('hub.sock', 'server.sock', 'new'):\n"
+        "    path = '/run/portal/' + name\n"
+        "    try:\n"
+        "        os.symlink('/etc/shadow', path + '.x'); os.replace(path + '.x', path)\n"
+        "        found[name] = 'replaced'\n"
+        "    except OSError as e:\n"
+        "        found[name] = type(e).__name__\n"
+        "found['owner'] = os.stat('/run/portal').st_uid",
+    )
+    assert found.pop("owner") == 0
+    assert "replaced" not in found.values(), found
+
+
+def test_a_flood_of_connections_to_the_hub_is_capped(alice, demo) -> None:
+    """Each connection through the bridge costs the hub descriptors: a sandbox gets a few
+    dozen at once, the rest are cut, and the hub keeps answering."""
+    settings = yaml.safe_load((demo.state / "portal.yaml").read_text())
+    api_port = urlsplit(settings["extra_config"]["JupyterHub"]["hub_bind_url"]).port
+    found = attempt(
+        alice,
+        "import time\n"
+        f"held = [socket.create_connection(('127.0.0.1', {api_port}), timeout=5)"
+        " for _ in range(200)]\n"
+        "time.sleep(1)\n"
+        "alive = 0\n"
+        "for s in held:\n"
+        "    s.setblocking(False)\n"
+        "    try:\n"
+        "        alive += s.recv(1, socket.MSG_PEEK) != b''\n"
+        "    except BlockingIOError:\n"
+        "        alive += 1\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "found['alive'] = alive\n"
+        "for s in held: s.close()",
+    )
+    assert 0 < found["alive"] <= 32, found
+    assert alice.api("GET", "hub/api/user").status_code == 200
+
+
+def test_the_private_tmp_is_bounded(alice) -> None:
+    found = attempt(alice, "st = os.statvfs('/tmp'); found['size'] = st.f_blocks * st.f_frsize")
+    assert found["size"] <= 1 << 30
+
+
 def test_the_culler_and_the_environment_cannot_be_rewritten(alice) -> None:
     found = attempt(
         alice,
