@@ -41,8 +41,9 @@ from typing import Any
 
 COURSE_FILE = "course.yaml"
 BASE_DIR = ".course"
-#: Inside the container: where the hub unpacks a course before :func:`sync` delivers it.
-STAGING = PurePosixPath("/tmp/panosc-course")
+#: Inside the container: where the hub unpacks a course before :func:`sync` delivers it. Under
+#: root's ``/run``, so that the user cannot plant or swap anything there while it is unpacked.
+STAGING = PurePosixPath("/run/panosc-course")
 
 
 def deliverable_files(root: Path) -> dict[str, Path]:

@@ -52,27 +52,29 @@ def _program() -> str:
 
 
 def container_command(
-    action: str, course: str, *args: str, python: str = SYSTEM_PYTHON
+    action: str, course: str, *args: str, python: str = SYSTEM_PYTHON, staging: str = ""
 ) -> list[str]:
     """The command that delivers (``sync``) or checks (``run NOTEBOOK...``) a course in a container.
 
-    It expects the course unpacked from :func:`course_archive` and delivers it into
-    ``~/courses/<course>/`` of whoever runs it. Always in isolated mode (``-I``: no current
-    folder, user site or ``PYTHON*`` variables); a delivery also without site-packages
-    (``-S``), so that nothing the student wrote runs in it. ``run`` needs the image's
-    nbclient, so ``course check``, which runs it in a fresh container, passes the image's
-    ``python``.
+    It expects the course unpacked from :func:`course_archive` (into ``STAGING/<staging>``,
+    by default the course's name) and delivers it into ``~/courses/<course>/`` of whoever
+    runs it. Always in isolated mode (``-I``: no current folder, user site or ``PYTHON*``
+    variables); a delivery also without site-packages (``-S``), so that nothing the student
+    wrote runs in it. ``run`` needs the image's nbclient, so ``course check``, which runs it
+    in a fresh container, passes the image's ``python``.
     """
     flags = ["-I", "-S"] if action == "sync" else ["-I"]
-    target = f"~/courses/{course}"
-    return [python, *flags, "-c", _program(), action, str(STAGING / course), target, *args]
+    source, target = str(STAGING / (staging or course)), f"~/courses/{course}"
+    return [python, *flags, "-c", _program(), action, source, target, *args]
 
 
 def course_archive(folder: Path, course: str, uid: int, gid: int) -> bytes:
-    """The course's deliverable files as a tar to unpack at ``/`` of a container.
+    """The course's deliverable files as a tar to unpack at ``/`` of a container, into
+    ``STAGING/<course>`` (``course`` may be any folder name).
 
-    Members, folders included, are owned by ``uid:gid``, the user the delivery runs as, so
-    that it can remove the staging copy afterwards.
+    Members, folders included, are owned by ``uid:gid``: the user the delivery runs as, who
+    then removes the staging copy, or root, for a container the user already runs code in
+    (the hub removes it then).
     """
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:

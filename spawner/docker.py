@@ -13,10 +13,10 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import subprocess
 import time
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
 from urllib.parse import urlsplit
 
 import docker
@@ -26,6 +26,7 @@ from dockerspawner import DockerSpawner
 from traitlets import Integer, Unicode, default
 
 from spawner.common import HOME, JOVYAN_GID, JOVYAN_UID, PortalSpawner, SpawnPlan
+from spawner.course_delivery import STAGING
 from spawner.courses import (
     CourseLibrary,
     CourseUnavailable,
@@ -207,20 +208,16 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
     def _default_network_name(self) -> str:
         return "panosc-users"  # spawner.docker_network: no traffic between users' servers
 
-    _guarded: ClassVar[set[tuple[str, int]]] = set()  # networks this hub closed the host to
-
     async def secure_network(self) -> None:
         """Make sure the server joins a network where it reaches no other server and, of
-        the host, only the hub's API (:mod:`spawner.docker_network`); once per network."""
+        the host, only the hub's API (:mod:`spawner.docker_network`). Checked at every
+        spawn: a firewall reload on the host may have removed the rules since."""
         port = urlsplit(self.hub.api_url).port or 80
-        if (self.network_name, port) in self._guarded:
-            return
         try:
             interface = await asyncio.to_thread(ensure_user_network, self.client, self.network_name)
             await asyncio.to_thread(guard_host, interface, port)
         except NetworkError as e:
             raise SpawnRefused(f"cannot start servers safely on this Docker host: {e}", 500) from e
-        self._guarded.add((self.network_name, port))
 
     @default("extra_host_config")
     def _default_extra_host_config(self) -> dict:
@@ -344,21 +341,32 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
             raise SpawnRefused(str(e)) from e
 
     async def sync_course(self) -> None:
-        """Deliver the course of a ``course-<name>`` server into ``~/courses/<name>/``, merged.
+        """Deliver the course of its server into ``~/courses/<name>/``, merged.
 
-        The course's files go into the running container as a tar (so the Docker engine need
-        not see the hub's course folder) and :mod:`spawner.course_delivery` runs there, as
-        jovyan, with the image's system Python in isolated mode (:func:`exec_bounded`).
-        Other servers, and courses no longer listed, are left alone.
+        The course's files go into the container as a tar (so the Docker engine need not see
+        the hub's course folder), unpacked, root-owned, into a fresh folder under root's
+        ``/run`` where the user cannot plant or swap anything; then
+        :mod:`spawner.course_delivery` runs there as jovyan with the image's system Python in
+        isolated mode (:func:`exec_bounded`), and the hub removes the copy. All of it off
+        DockerSpawner's single worker thread. Other servers, and courses no longer listed, are
+        left alone.
         """
         course = course_of_server(self.name)
         library = CourseLibrary.instance(config=self.config, log=self.log)
         if course not in library.courses:
             return
+        staging = f"{course}-{secrets.token_hex(6)}"
         folder = await asyncio.to_thread(library.folder, course)
-        archive = await asyncio.to_thread(course_archive, folder, course, JOVYAN_UID, JOVYAN_GID)
-        await self.docker("put_archive", self.container_id, "/", archive)
-        code, out, err = await self.run_in_container(container_command("sync", course))
+        archive = await asyncio.to_thread(course_archive, folder, staging, 0, 0)
+        try:
+            await asyncio.to_thread(self.client.put_archive, self.container_id, "/", archive)
+            command = container_command("sync", course, staging=staging)
+            code, out, err = await self.run_in_container(command)
+        finally:
+            remove = ["/bin/rm", "-rf", "--", str(STAGING / staging)]
+            await asyncio.to_thread(
+                exec_bounded, self.client, self.container_id, remove, "0:0", self.exec_timeout
+            )
         if code:
             problem = (err or out).decode(errors="replace").strip()[-800:]
             raise CourseUnavailable(f"course {course}: delivery into the server failed: {problem}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import docker
 
@@ -48,7 +49,18 @@ def ensure_user_network(client: docker.APIClient, name: str) -> str:
             " spawner.docker.network to a network the portal creates (default: panosc-users),"
             f" or create it with: docker network create -o {ICC}=false {name}"
         )
-    return options.get(BRIDGE_NAME) or f"br-{info['Id'][:12]}"
+    if info.get("EnableIPv6"):
+        raise NetworkError(
+            f"the Docker network {name!r} has IPv6, which the portal's firewall chain does not"
+            " cover; use a network without it"
+        )
+    interface = options.get(BRIDGE_NAME) or f"br-{info['Id'][:12]}"
+    if not Path("/sys/class/net", interface).exists():
+        raise NetworkError(
+            f"the bridge {interface} of network {name!r} is not in the hub's network namespace,"
+            " so the hub cannot close the host to it: run the hub on the Docker host itself"
+        )
+    return interface
 
 
 def host_rules(interface: str, hub_port: int) -> list[list[str]]:
