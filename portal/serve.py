@@ -8,6 +8,7 @@ It renders the JupyterHub config into ``hub.state_dir``, makes sure the secrets 
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import sys
 from pathlib import Path
@@ -73,4 +74,8 @@ def serve(path: Path) -> None:
     print(f"Starting JupyterHub at {render.hub_url(settings)} (state in {settings.hub.state_dir})")
     sys.stdout.flush()
     os.chdir(settings.hub.state_dir)
+    # Every proxied connection, and on the local backend every bridged one, holds descriptors
+    # in the hub: take all the system allows (often 1024 of 524288 by default).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.execvpe(command[0], command, env)

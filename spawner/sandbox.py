@@ -11,7 +11,9 @@ runs in a bubblewrap sandbox (Debian's ``bubblewrap``) under that uid:
   the user's home read-write at ``/home/<account>``, exactly the planned datasets read-only
   under ``~/datasets`` with ``datasets.json``, the processed areas of the plan, and a
   private ``/tmp``. The host's data tree, other homes and the hub's state are not in it;
-- no capability and ``no_new_privs`` (``setpriv``), with memory and process limits.
+- no capability and ``no_new_privs`` (``setpriv``), with memory and process limits, and a
+  seccomp filter (:mod:`spawner.seccomp`): no new namespaces, none of the riskiest kernel
+  interfaces.
 
 Every bind of a dataset or a home is made from a descriptor the hub opened without
 following symlinks and checked against the plan (:func:`spawner.mounts.open_verified`), so
@@ -40,6 +42,7 @@ from pathlib import Path, PurePosixPath
 
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan, open_verified
 from spawner.sandbox_init import CHUNK, bridge
+from spawner.seccomp import sandbox_filter
 
 #: Where the sandbox finds its two sockets (:mod:`spawner.sandbox_init`).
 RUN = PurePosixPath("/run/portal")
@@ -48,7 +51,7 @@ _useradd_lock = threading.Lock()
 OUTPUT_LIMIT = 1 << 20
 #: Connections a sandbox may hold open to the hub's API at once.
 HUB_CONNECTIONS = 32
-#: The size of a sandbox's private /tmp (memory: it is a tmpfs).
+#: The size of a sandbox's private /tmp and /dev/shm (memory: each is a tmpfs).
 TMP_SIZE = 1 << 30
 
 
@@ -218,8 +221,9 @@ class Sandbox:
         args += ["--unshare-uts", "--unshare-cgroup-try", "--unshare-net", "--hostname", "portal"]
         args += system_binds()
         args += ["--proc", "/proc", "--dev", "/dev"]
-        args += ["--perms", "1777", "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
-        self._made.add(PurePosixPath("/tmp"))
+        for tmp in ("/tmp", "/dev/shm"):  # /dev/shm: POSIX semaphores, as multiprocessing uses
+            args += ["--perms", "1777", "--size", str(TMP_SIZE), "--tmpfs", tmp]
+            self._made.add(PurePosixPath(tmp))
         for path in environment:  # after /tmp: an environment may live under it
             args += [*self._parents(PurePosixPath(path)), "--ro-bind", str(path), str(path)]
         try:
@@ -232,12 +236,10 @@ class Sandbox:
                     ensure_processed(mount.source)
                 fd = open_verified(mount)
                 args += self._bind_fd(fd, account.home / mount.target, not mount.read_only)
-            manifest = os.memfd_create("datasets.json")
-            self._fds.append(manifest)
-            os.write(manifest, plan.manifest_json().encode())
-            os.lseek(manifest, 0, os.SEEK_SET)
+            manifest = self._memfd("datasets.json", plan.manifest_json().encode())
             args += ["--perms", "0444", "--ro-bind-data", str(manifest)]
             args.append(str(account.home / DATASETS_DIR / MANIFEST_NAME))
+            args += ["--seccomp", str(self._memfd("seccomp", sandbox_filter()))]
             for source, target in binds:
                 args += [*self._parents(target), "--ro-bind", str(source), str(target)]
             if run is not None:
@@ -247,6 +249,14 @@ class Sandbox:
             raise
         args += ["--chdir", str(account.home)]
         self._args = args
+
+    def _memfd(self, name: str, data: bytes) -> int:
+        """A descriptor holding ``data``, for bubblewrap to read."""
+        fd = os.memfd_create(name)
+        self._fds.append(fd)
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
 
     def _parents(self, path: PurePosixPath) -> list[str]:
         """``--dir`` for each missing ancestor of ``path``, readable by the user (bubblewrap

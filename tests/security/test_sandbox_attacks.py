@@ -216,6 +216,36 @@ def test_the_private_tmp_is_bounded(alice) -> None:
     assert found["size"] <= 1 << 30
 
 
+def test_no_namespace_of_ones_own_to_attack_the_kernel_from(alice) -> None:
+    """A user namespace would make alice "root" inside it, with the kernel's mount and
+    netfilter code in reach; the sandbox's seccomp filter refuses it, and other new
+    namespaces, while ordinary threads and processes work."""
+    found = attempt(
+        alice,
+        "import ctypes, errno, subprocess\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for name, flag in [('user', 0x10000000), ('mount', 0x20000), ('net', 0x40000000)]:\n"
+        "    found[name] = libc.unshare(flag) == 0 or errno.errorcode[ctypes.get_errno()]\n"
+        "run = lambda *argv: subprocess.run(argv, capture_output=True, text=True)\n"
+        "found['unshare -Ur'] = run('unshare', '-Ur', 'true').returncode\n"
+        "found['child'] = run('sh', '-c', 'echo ok').stdout",
+    )
+    assert found.pop("child") == "ok\n"
+    assert found.pop("unshare -Ur") != 0
+    assert set(found.values()) == {"EPERM"}, found
+
+
+def test_parallel_analysis_works_in_the_sandbox(alice) -> None:
+    """multiprocessing needs POSIX semaphores (/dev/shm): a pool of workers runs."""
+    found = attempt(
+        alice,
+        "import multiprocessing\n"
+        "with multiprocessing.get_context('fork').Pool(2) as pool:\n"
+        "    found['squares'] = pool.map(abs, [-1, -2, -3])",
+    )
+    assert found["squares"] == [1, 2, 3]
+
+
 def test_the_culler_and_the_environment_cannot_be_rewritten(alice) -> None:
     found = attempt(
         alice,
