@@ -91,7 +91,9 @@ def account_comment(username: str) -> str:
 
 
 def ensure_account(username: str, prefix: str = "panosc-") -> Account:
-    """The user's system account, created (``useradd --system``, no login shell) if missing.
+    """The user's system account, created if missing: ``useradd`` with no home made, no login
+    shell and no password, a uid from the ordinary range (the system range, under 1000, would
+    run out after a few hundred users).
 
     An existing account is used only if it is marked as this portal user's, so the portal
     never runs a user's code as an account it did not make for them.
@@ -106,7 +108,6 @@ def ensure_account(username: str, prefix: str = "panosc-") -> Account:
             done = subprocess.run(
                 [
                     "useradd",
-                    "--system",
                     "--user-group",
                     "--no-create-home",
                     "--home-dir",
