@@ -56,6 +56,11 @@ def prepare_hub(settings: PortalSettings) -> tuple[list[str], dict[str, str]]:
         problem = host_check()
         if problem:
             raise SettingsError([f"spawner.backend: local: {problem}"])
+    # Every proxied connection, and on the local backend every bridged one, holds descriptors
+    # in the hub: take all the system allows (often 1024 of 524288 by default). Servers get
+    # an ordinary limit back (spawner.sandbox.Limits).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     state = Path(settings.hub.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     index_local_catalogue(settings)
@@ -74,8 +79,4 @@ def serve(path: Path) -> None:
     print(f"Starting JupyterHub at {render.hub_url(settings)} (state in {settings.hub.state_dir})")
     sys.stdout.flush()
     os.chdir(settings.hub.state_dir)
-    # Every proxied connection, and on the local backend every bridged one, holds descriptors
-    # in the hub: take all the system allows (often 1024 of 524288 by default).
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.execvpe(command[0], command, env)

@@ -5,7 +5,9 @@ demo). Each server runs in a bubblewrap sandbox (:mod:`spawner.sandbox`) as the 
 system account, in the hub's Python environment (read-only): it sees its home, exactly the
 approved datasets read-only under ``~/datasets``, a private ``/tmp``, and none of the host's
 data tree, other homes or the hub's state; its network reaches the hub's API and nothing
-else. The hub must run as root, to create the accounts and the sandboxes.
+else. The hub must run as root, to create the accounts and the sandboxes. A sandbox ends
+with the hub that started it, as JupyterHub's ``cleanup_servers`` would stop it anyway;
+what the user saved stays in their home.
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         512, config=True, help="Processes (and threads) a user's account may run at once."
     )
     delivery_timeout = Integer(120, config=True, help="Seconds a course delivery may take.")
+    legacy_home_owner = Integer(
+        -1,
+        config=True,
+        help="The uid that owns homes made by versions before the sandbox (the hub's own);"
+        " such a home is handed over to its user's account. -1: none.",
+    )
     home_dir_template = Unicode(
         config=True,
         help="Each user's home folder on this host; {username} is the portal user's name.",
@@ -149,6 +157,10 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
                 env[key] = urlsplit(env[key])._replace(netloc=inside).geturl()
         return env
 
+    @property
+    def legacy_owner(self) -> int | None:
+        return self.legacy_home_owner if self.legacy_home_owner >= 0 else None
+
     def limits(self) -> Limits:
         """Memory (``mem_limit``, set from the environment's resources) and processes."""
         return Limits(memory=self.mem_limit or Limits.memory, processes=self.process_limit)
@@ -166,7 +178,7 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         account = await self.account()
         source = await asyncio.to_thread(library.folder, course)
         home = Path(self.home_dir)
-        await asyncio.to_thread(take_home, home, account)
+        await asyncio.to_thread(take_home, home, account, self.legacy_owner)
         programs = [(Path(course_delivery.__file__), DELIVERY), (source, STAGING / course)]
         argv = [sys.executable, "-I", "-S", str(DELIVERY), "sync", str(STAGING / course)]
         argv.append(str(account.home / "courses" / course))
@@ -191,7 +203,7 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         account = await self.account()
         home = Path(self.home_dir)
         try:
-            await asyncio.to_thread(take_home, home, account)
+            await asyncio.to_thread(take_home, home, account, self.legacy_owner)
             await self.sync_course()
         except (MountError, SandboxError) as e:
             raise SpawnRefused(str(e)) from e
@@ -201,9 +213,9 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         self.mem_limit = spawn.resources.memory
         if self.port == 0:
             self.port = random_port()
-        run = make_run_folder(self.runtime_dir)
+        run = make_run_folder(self.runtime_dir, account)
         self._run = str(run)
-        await self.bridges.start(run, self.port, self.hub_address())
+        await self.bridges.start(run, self.port, self.hub_address(), account)
         listener = server_socket(run)
         server = [*self.cmd, *self.get_args()]
         init = [sys.executable, "-I", "-S", str(INIT), "--run", str(RUN)]
@@ -238,28 +250,22 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         return "127.0.0.1", self.port
 
     async def poll(self) -> int | None:
+        """As JupyterHub's, except that a server this hub process did not start is gone: a
+        sandbox ends with the hub that started it (``--die-with-parent``), and the pid it
+        had may belong to another process by now."""
         run = self._run
-        status = await super().poll()
+        if self.proc is None and self.pid:
+            self.clear_state()
+            status: int | None = 0
+        else:
+            status = await super().poll()
         if status is not None:
             self.cleanup(run)
-        elif run and not self.bridges.running:
-            # the hub restarted while the server ran: its bridges live in the hub process
-            await self.bridges.start(Path(run), self.port, self.hub_address())
         return status
 
     async def _signal(self, sig: int) -> bool:
         """Ask the server to stop through the first process in its sandbox, which passes the
-        signal on (bubblewrap itself would only die, killing everything at once).
-
-        A pid remembered across a hub restart may have been reused by now: unless it is
-        still a bubblewrap process, the server is gone and nothing is signalled.
-        """
-        try:
-            ours = os.path.basename(os.readlink(f"/proc/{self.pid}/exe")) == "bwrap"
-        except OSError:
-            ours = False
-        if not ours:
-            return False
+        signal on (bubblewrap itself would only die, killing everything at once)."""
         if sig in (signal.SIGINT, signal.SIGTERM):
             for leader in _children(self.pid):
                 for init in _children(leader):

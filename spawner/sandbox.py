@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import platform
 import pwd
 import re
 import resource
@@ -36,12 +37,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan, open_verified
-from spawner.sandbox_init import CHUNK, bridge
+from spawner.sandbox_init import CHUNK, Streams, bridge
 from spawner.seccomp import sandbox_filter
 
 #: Where the sandbox finds its two sockets (:mod:`spawner.sandbox_init`).
@@ -51,6 +52,10 @@ _useradd_lock = threading.Lock()
 OUTPUT_LIMIT = 1 << 20
 #: Connections a sandbox may hold open to the hub's API at once.
 HUB_CONNECTIONS = 32
+#: Connections through the proxy to one server at once (each holds hub descriptors).
+SERVER_CONNECTIONS = 512
+#: Open files a sandboxed process may raise its own limit to.
+FILES_HARD = 65536
 #: The size of a sandbox's private /tmp and /dev/shm (memory: each is a tmpfs).
 TMP_SIZE = 1 << 30
 
@@ -108,6 +113,10 @@ def ensure_account(username: str, prefix: str = "panosc-") -> Account:
             done = subprocess.run(
                 [
                     "useradd",
+                    "-K",
+                    "SUB_UID_COUNT=0",  # no subordinate ids: it never makes namespaces
+                    "-K",
+                    "SUB_GID_COUNT=0",
                     "--user-group",
                     "--no-create-home",
                     "--home-dir",
@@ -132,19 +141,24 @@ def ensure_account(username: str, prefix: str = "panosc-") -> Account:
     return Account(name, entry.pw_uid, entry.pw_gid)
 
 
-def take_home(home: Path, account: Account) -> None:
+def take_home(home: Path, account: Account, legacy_owner: int | None = None) -> None:
     """Create the user's home folder on the host (mode 700) and give it to their account.
 
-    A home made before homes had owners (earlier versions ran every server as the hub's
-    user) is handed over whole, without following any symlink in it; a folder of any other
-    account (a real user's home that the template happens to name) is refused.
+    A folder that already exists is used only if it is the account's, or if it belongs to
+    ``legacy_owner``: homes made by earlier versions, which ran every server as the hub's
+    user, are then handed over whole, without following any symlink in them. Any other
+    folder (a real user's home, or an admin's, that the template happens to name) is refused.
     """
     home.parent.mkdir(parents=True, exist_ok=True)
-    home.mkdir(mode=0o700, exist_ok=True)
+    try:
+        home.mkdir(mode=0o700)
+        os.chown(home, account.uid, account.gid)
+    except FileExistsError:
+        pass
     info = home.lstat()
     if not stat.S_ISDIR(info.st_mode):
         raise SandboxError(f"{home} is not a folder; move it away and start again")
-    if info.st_uid not in (account.uid, os.geteuid()):
+    if info.st_uid != account.uid and info.st_uid != legacy_owner:
         raise SandboxError(
             f"{home} belongs to another account (uid {info.st_uid}); the portal hands over only"
             " homes it made itself: check PortalLocalSpawner.home_dir_template"
@@ -188,7 +202,9 @@ def system_binds() -> list[str]:
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of a sandbox: address space of data per process, processes per user."""
+    """Resource limits of a sandbox: data segment per process (``RLIMIT_DATA``: shared
+    mappings and tmpfs escape it, so it is a guard, not a memory quota), processes per
+    account, and open files back at an ordinary 1024 (the hub raised its own)."""
 
     memory: int = 4 << 30
     processes: int = 512
@@ -198,6 +214,8 @@ class Limits:
         resource.setrlimit(resource.RLIMIT_DATA, (self.memory, self.memory))
         resource.setrlimit(resource.RLIMIT_NPROC, (self.processes, self.processes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        hard = min(FILES_HARD, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
 
 
 class Sandbox:
@@ -324,6 +342,11 @@ def host_check() -> str | None:
             " hub to run as root (sudo scripts/demo, or panosc-portal serve as root); or use"
             " spawner.backend: docker"
         )
+    if platform.machine() != "x86_64":
+        return (
+            f"the local backend's seccomp filter is written for x86_64, not {platform.machine()};"
+            " use spawner.backend: docker"
+        )
     missing = [tool for tool in ("bwrap", "setpriv", "useradd") if shutil.which(tool) is None]
     if missing:
         return (
@@ -375,37 +398,31 @@ class Bridges:
     on the host's loopback leads to ``server.sock``, and ``hub.sock`` leads to the hub's API.
 
     Both sockets live in the server's run folder, which root owns and the sandbox sees
-    read-only, so nobody inside can swap a path the hub then uses as root. A sandbox may hold
-    at most :data:`HUB_CONNECTIONS` connections to the hub at once: each costs the hub
-    descriptors, and one user must not exhaust them for all.
+    read-only, so nobody inside can swap a path the hub then uses as root; only the account's
+    group may enter it. A sandbox may hold at most :data:`HUB_CONNECTIONS` connections to the
+    hub at once, and its server :data:`SERVER_CONNECTIONS` through the proxy: each costs the
+    hub descriptors, and one user must not exhaust them for all.
     """
 
     def __init__(self) -> None:
         self._servers: list[asyncio.Server] = []
-        self._open = 0
 
     @property
     def running(self) -> bool:
         return bool(self._servers)
 
-    async def start(self, run: Path, port: int, hub: tuple[str, int]) -> None:
-        async def to_hub(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if self._open >= HUB_CONNECTIONS:
-                writer.transport.abort()
-                return
-            self._open += 1
-            try:
-                await bridge(reader, writer, lambda: asyncio.open_connection(*hub))
-            finally:
-                self._open -= 1
-
+    async def start(self, run: Path, port: int, hub: tuple[str, int], owner: Account) -> None:
         hub_sock = run / "hub.sock"
         hub_sock.unlink(missing_ok=True)
-        hub_side = await asyncio.start_unix_server(to_hub, path=str(hub_sock))
-        hub_sock.chmod(0o666)  # the account connects; the folder is root's, so no race
+        hub_side = await asyncio.start_unix_server(
+            capped(HUB_CONNECTIONS, lambda: asyncio.open_connection(*hub)), path=str(hub_sock)
+        )
+        # root's folder, so no race: only the account (and root) may connect
+        os.chown(hub_sock, 0, owner.gid)
+        hub_sock.chmod(0o660)
         server_sock = str(run / "server.sock")
         server_side = await asyncio.start_server(
-            lambda r, w: bridge(r, w, lambda: asyncio.open_unix_connection(server_sock)),
+            capped(SERVER_CONNECTIONS, lambda: asyncio.open_unix_connection(server_sock)),
             "127.0.0.1",
             port,
         )
@@ -417,6 +434,25 @@ class Bridges:
         self._servers = []
 
 
+def capped(limit: int, connect: Callable[[], Awaitable[Streams]]) -> Callable:
+    """A connection handler that bridges to ``connect``, at most ``limit`` connections at
+    once; the ones over are cut at once."""
+    open_now = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        if open_now >= limit:
+            writer.transport.abort()
+            return
+        open_now += 1
+        try:
+            await bridge(reader, writer, connect)
+        finally:
+            open_now -= 1
+
+    return handle
+
+
 def server_socket(run: Path) -> socket.socket:
     """The server's listening socket, ``server.sock`` in the root-owned run folder: made by
     the hub and handed to the sandbox's first process as a descriptor (``--server-fd``)."""
@@ -426,10 +462,11 @@ def server_socket(run: Path) -> socket.socket:
     return listener
 
 
-def make_run_folder(parent: str) -> Path:
-    """A fresh folder for one server's sockets: root's, readable by all, unguessable."""
+def make_run_folder(parent: str, owner: Account) -> Path:
+    """A fresh folder for one server's sockets: root's, entered by the account's group only."""
     run = Path(tempfile.mkdtemp(prefix="panosc-", dir=parent))
-    run.chmod(0o755)
+    os.chown(run, 0, owner.gid)
+    run.chmod(0o710)
     return run
 
 

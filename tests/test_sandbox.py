@@ -39,7 +39,24 @@ def test_a_home_the_portal_made_earlier_is_handed_over_whole(tmp_path: Path) -> 
     (home / "notebooks").mkdir(parents=True)
     (home / "notebooks/a.ipynb").write_text("{}")
     os.symlink("/etc/shadow", home / "link")  # not followed
-    take_home(home, Account("panosc-bob", 4344, 4344))
+    take_home(home, Account("panosc-bob", 4344, 4344), legacy_owner=os.geteuid())
     assert {p.lstat().st_uid for p in [home, *home.rglob("*")]} == {4344}
     assert Path("/etc/shadow").stat().st_uid == 0
     assert home.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_root_folder_the_template_names_is_not_handed_over(tmp_path: Path) -> None:
+    """e.g. /home/{username} and a user called like an admin's root-owned folder."""
+    folder = tmp_path / "lost+found"
+    folder.mkdir()
+    (folder / "secret").write_text("root's")
+    with pytest.raises(SandboxError, match="belongs to another account"):
+        take_home(folder, Account("panosc-lost-found", 4345, 4345))
+    assert folder.stat().st_uid == 0 and (folder / "secret").stat().st_uid == 0
+
+
+def test_a_new_home_is_made_for_the_account_alone(tmp_path: Path) -> None:
+    home = tmp_path / "homes/carol"
+    take_home(home, Account("panosc-carol", 4346, 4346))
+    assert (home.stat().st_uid, home.stat().st_mode & 0o777) == (4346, 0o700)
+    assert (home / "datasets").stat().st_uid == 4346

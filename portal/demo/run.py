@@ -145,6 +145,9 @@ def demo_settings(state: Path, port: int, oidc_port: int, backend: str = "local"
             # running across a restart (render.py), but the demo stops what it started.
             "JupyterHub": {**hub_config, "cleanup_servers": True},
             "ConfigurableHTTPProxy": {"api_url": f"http://127.0.0.1:{ephemeral_port()}"},
+            # homes of earlier demo runs, when servers ran as the hub's own user, are handed
+            # over to the users' accounts
+            "PortalLocalSpawner": {"legacy_home_owner": os.geteuid()},
         },
     }
 

@@ -11,6 +11,7 @@ course delivery hang. Each attempt must fail, and each test fails if it succeeds
 from __future__ import annotations
 
 import json
+import pwd
 import socket
 import sqlite3
 import subprocess
@@ -182,6 +183,28 @@ def test_the_socket_folder_cannot_be_rigged(alice, demo) -> None:
     )
     assert found.pop("owner") == 0
     assert "replaced" not in found.values(), found
+
+
+def test_other_host_accounts_cannot_use_a_servers_sockets(alice) -> None:
+    """A local account outside the sandbox (here nobody) must not hold alice's connections
+    to the hub, nor reach her server around the proxy's authentication."""
+    gid = pwd.getpwnam("panosc-alice").pw_gid
+    folders = [p for p in Path("/run").glob("panosc-*") if p.stat().st_gid == gid]
+    assert folders, "alice's server has no socket folder where this test looks"
+    probe = (
+        "import socket, sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        socket.socket(socket.AF_UNIX).connect(path); print(path, 'connected')\n"
+        "    except OSError as e:\n"
+        "        print(path, type(e).__name__)"
+    )
+    sockets = [str(f / name) for f in folders for name in ("hub.sock", "server.sock")]
+    nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    done = subprocess.run(
+        [*nobody, sys.executable, "-I", "-c", probe, *sockets], capture_output=True, text=True
+    )
+    assert done.stdout.count("PermissionError") == len(sockets), done.stdout + done.stderr
 
 
 def test_a_flood_of_connections_to_the_hub_is_capped(alice, demo) -> None:
