@@ -82,6 +82,8 @@ setup_portal() {
         python3 -m venv "$VENV"
     fi
     command -v node >/dev/null && command -v npm >/dev/null || apt_need nodejs npm
+    # the local backend's sandbox: bubblewrap, setpriv (util-linux), useradd (passwd)
+    apt_need bubblewrap util-linux passwd
     if [ "$purpose" = test ]; then
         apt_need chromium procps
         setup_docker
