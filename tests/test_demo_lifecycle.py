@@ -57,16 +57,20 @@ def sandboxed_servers(state: Path) -> list[int]:
 def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path) -> None:
     state, log = tmp_path / "state", tmp_path / "demo.log"
     first = start_demo(state, log)
-    assert "Generating sample data" in first.output()
-    for name in DEMO_USERS:
-        assert name in first.output()  # the banner lists the demo logins
-    bob = PortalClient(first.url)
-    bob.login(DEMO_USERS["bob"]["sub"])
-    bob.spawn()
-    running = processes_in(state)
-    assert sandboxed_servers(state), "bob's server runs, sandboxed, as his account"
-    assert any("configurable-http-proxy" in p for p in running), running
-    assert any("oidc_provider_mock" in p for p in running), running
+    try:
+        assert "Generating sample data" in first.output()
+        for name in DEMO_USERS:
+            assert name in first.output()  # the banner lists the demo logins
+        bob = PortalClient(first.url)
+        bob.login(DEMO_USERS["bob"]["sub"])
+        bob.spawn()
+        running = processes_in(state)
+        assert sandboxed_servers(state), "bob's server runs, sandboxed, as his account"
+        assert any("configurable-http-proxy" in p for p in running), running
+        assert any("oidc_provider_mock" in p for p in running), running
+    except BaseException:
+        first.proc.kill()  # a failed check must not leave a demo running for later tests
+        raise
 
     first.proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not leave orphans
     assert first.interrupt() == 0
