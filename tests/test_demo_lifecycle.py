@@ -69,7 +69,7 @@ def test_ctrl_c_stops_every_process_and_a_second_run_reuses_state(tmp_path: Path
         assert any("configurable-http-proxy" in p for p in running), running
         assert any("oidc_provider_mock" in p for p in running), running
     except BaseException:
-        first.proc.kill()  # a failed check must not leave a demo running for later tests
+        first.interrupt()  # a failed check must not leave a demo running for later tests
         raise
 
     first.proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not leave orphans
