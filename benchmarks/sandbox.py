@@ -7,7 +7,7 @@ isolation at all); the other ``PortalLocalSpawner``: an account of the user's ow
 bubblewrap sandbox, the network bridges, and 0 or 5 datasets bound. Rounds are interleaved so
 drift on the machine hits every configuration alike; a round is a fresh OIDC login, a spawn
 through the REST API and JupyterLab answering ``/lab`` with 200 through the proxy, then a
-stop. Goal: median ratio to plain <= 1.10 with 5 datasets.
+stop. Goal: the median of the paired (same-round) ratios to plain <= 1.10 with 5 datasets.
 
     .venv/bin/python benchmarks/sandbox.py [--rounds 5]
 """

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path, PurePosixPath
 from subprocess import Popen
 from urllib.parse import urlsplit
@@ -247,7 +248,27 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
             raise SpawnRefused(str(e)) from e
         self.pid = self.proc.pid
         self.log.info("%s: sandbox %d as %s", self._log_name, self.pid, account.name)
+        await self.until_answering(run)
         return "127.0.0.1", self.port
+
+    async def until_answering(self, run: Path) -> None:
+        """Return once the server answers HTTP on its socket, asked every 50 ms.
+
+        JupyterHub's own readiness check backs off exponentially (0.2, 0.4, 0.8, 1.6 s...),
+        so a server up after 1.5 s would be seen only at 3 s; here the hub's first check
+        finds it up. A server that exits or stays silent is left to JupyterHub to report.
+        """
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with contextlib.suppress(OSError, TimeoutError):
+                reader, writer = await asyncio.open_unix_connection(str(run / "server.sock"))
+                try:
+                    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+                    if (await asyncio.wait_for(reader.readline(), 2)).startswith(b"HTTP/"):
+                        return
+                finally:
+                    writer.close()
+            await asyncio.sleep(0.05)
 
     async def poll(self) -> int | None:
         """As JupyterHub's, except that a server this hub process did not start is gone: a

@@ -67,17 +67,24 @@ class PortalClient:
             **kwargs,
         )
 
-    def spawn(self, server: str = "", options: dict | None = None, timeout: float = 120) -> dict:
-        """Start a server through the REST API and wait until it is ready."""
+    def spawn(
+        self,
+        server: str = "",
+        options: dict | None = None,
+        timeout: float = 120,
+        every: float = 0.5,
+    ) -> dict:
+        """Start a server through the REST API and wait until it is ready (asking ``every``
+        seconds)."""
         name = self.username()
         path = (
             f"hub/api/users/{name}/servers/{server}" if server else f"hub/api/users/{name}/server"
         )
         r = self.api("POST", path, json=options or {})
         assert r.status_code in (201, 202), f"spawn refused: {r.status_code} {r.text}"
-        return self.wait_ready(server, timeout)
+        return self.wait_ready(server, timeout, every)
 
-    def wait_ready(self, server: str = "", timeout: float = 120) -> dict:
+    def wait_ready(self, server: str = "", timeout: float = 120, every: float = 0.5) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             model = self.api("GET", f"hub/api/users/{self.username()}").json()
@@ -86,7 +93,7 @@ class PortalClient:
                 return state
             if not state or not state.get("pending"):
                 raise AssertionError(f"server {server!r} failed to start: {model}")
-            time.sleep(0.5)
+            time.sleep(every)
         raise AssertionError(f"server {server!r} not ready after {timeout} s")
 
     def stop(self, server: str = "") -> None:
