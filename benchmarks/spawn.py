@@ -6,8 +6,8 @@ the same image (panosc/base) with the same resource limits. One uses plain ``Doc
 (the baseline); the other ours, asked for 0, 5 and 50 datasets. Rounds are interleaved so
 drift on the machine hits every configuration alike. A round is: a new browser session logs
 in through the full OIDC code flow, starts the server through the REST API, and waits until
-JupyterLab answers ``/lab`` with 200; then the server is stopped. Goal: median ratio to
-plain <= 1.10 at 5 datasets.
+JupyterLab answers ``/lab`` with 200; then the server is stopped. Goal: the median of the
+paired (same-round) ratios to plain <= 1.10 at 5 datasets.
 
     .venv/bin/python benchmarks/spawn.py [--rounds 5]
 """
