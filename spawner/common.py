@@ -344,7 +344,10 @@ class PortalSpawner(Configurable):
         """Check the options, ask the catalogue *now* for each dataset, and plan the mounts.
 
         Nothing the browser sent is trusted: a pid is mounted only if the catalogue returns
-        it for this user at this moment, and only through a configured storage root.
+        it for this user at this moment, and only through a configured storage root. The
+        catalogue and the storage (GPFS, NFS: every dataset folder is resolved and stat'ed)
+        are asked from worker threads: the hub's event loop serves every user and its own
+        health probe, and must not wait for one slow disk.
         """
         self._events: list[dict] = []
         environments = self.environments
@@ -365,7 +368,7 @@ class PortalSpawner(Configurable):
                 if self.default_datasets == "all":
                     # One bad catalogue entry must not block all the others: skip it, say so.
                     listed = await asyncio.to_thread(catalogue.datasets_for, user)
-                    datasets, refused = mountable(listed, roots)
+                    datasets, refused = await asyncio.to_thread(mountable, listed, roots)
                     for problem in refused:
                         self.log.warning("%s: skipping %s", self._log_name, problem)
                     if refused:
@@ -380,7 +383,9 @@ class PortalSpawner(Configurable):
             member_of: frozenset[str] = frozenset()
             if self.processed_root:
                 member_of = await asyncio.to_thread(catalogue.member_proposals, user)
-            mounts = plan_mounts(datasets, roots, self.processed_root or None, member_of)
+            mounts = await asyncio.to_thread(
+                plan_mounts, datasets, roots, self.processed_root or None, member_of
+            )
             self.member_of = frozenset(
                 d.proposal for d in datasets if d.proposal and d.proposal in member_of
             )

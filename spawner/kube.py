@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path, PurePosixPath
 
@@ -37,7 +38,7 @@ from kubernetes_asyncio.client import (
 from kubespawner import KubeSpawner
 from kubespawner.slugs import is_valid_label, safe_slug
 from kubespawner.utils import get_k8s_model
-from traitlets import Dict, Unicode, default
+from traitlets import Dict, Float, Unicode, default
 
 from spawner.common import HOME, JOVYAN_GID, JOVYAN_UID, PortalSpawner, SpawnPlan
 from spawner.environments import Environment
@@ -55,6 +56,37 @@ MANIFEST_ANNOTATION = f"{LABEL_PREFIX}/datasets.json"
 
 #: Kubernetes keeps at most 256 KiB of annotations per object; leave room for the others.
 MAX_MANIFEST_BYTES = 200 * 1024
+
+#: What a server reserves at least, whatever ``guarantee_fraction``: an idle JupyterLab
+#: with its kernel takes about this much, so a node is never packed past what its servers
+#: need just to stay up. Kubernetes copies the limits into missing requests, so some
+#: request is always given.
+MIN_CPU_GUARANTEE = 0.1
+MIN_MEM_GUARANTEE = 256 << 20  # bytes
+
+#: The scheduler's words for a node refused by a required pod affinity: "node(s) didn't
+#: match pod affinity rules", or "... pod affinity/anti-affinity" before Kubernetes 1.20.
+#: Not "pod anti-affinity rules": the portal sets no anti-affinity.
+POD_AFFINITY_REFUSED = re.compile(r"didn't match pod affinity\b")
+
+#: Shown on the spawn page when a pod cannot join the node of the user's other servers.
+COLOCATION_CONFLICT = (
+    "This server cannot start now: your other server runs on a node this environment cannot"
+    " use (it needs nodes of another kind, e.g. with a GPU). With this site's ReadWriteOnce"
+    " homes all of a user's servers share one node, the one their home is attached to."
+    " Stop your other server(s) and start this one again, or ask the site to use"
+    " ReadWriteMany homes."
+)
+
+#: Why a ReadWriteOncePod home is refused: the setting's names in portal.yaml, the chart
+#: and kubespawner.
+READ_WRITE_ONCE_POD_REFUSED = (
+    "Servers cannot start: this site gives homes the access mode ReadWriteOncePod"
+    " (spawner.kube.home.access_modes in portal.yaml, singleuser.storage.accessModes in the"
+    " Helm chart, KubeSpawner.storage_access_modes in a hub config), with which only one pod"
+    " at a time may use a home, so a user's second server could never start. The site must"
+    " use ReadWriteOnce or ReadWriteMany."
+)
 
 
 def pod_volumes(
@@ -143,6 +175,23 @@ class PortalKubeSpawner(PortalSpawner, KubeSpawner):
         "extra_resource_limits": {"nvidia.com/gpu": "1"}}}. They win over the resource
         preset, so a site can size an environment for its nodes. The profile list itself is
         built from the environments table: one profile per environment, named after it.
+        """,
+    )
+
+    guarantee_fraction = Float(
+        0.25,
+        min=0.0,
+        max=1.0,
+        config=True,
+        help="""Share of a server's CPU and memory limits reserved for it (its requests).
+
+        Kubernetes places pods by their requests, and a pod given only limits requests all
+        of them: a tomography server (4 CPU, 16G) would hold a node's whole share while it
+        idles between reconstructions. With 0.25 it reserves 1 CPU and 4G and may use up
+        to its limits when the node has room. Lower packs more servers per node, at the
+        risk of memory pressure when many work at once; 1 reserves everything. At least
+        0.1 CPU and 256M are reserved (never more than the limits). A profile override
+        that sets ``cpu_guarantee`` or ``mem_guarantee`` wins.
         """,
     )
 
@@ -258,11 +307,18 @@ class PortalKubeSpawner(PortalSpawner, KubeSpawner):
 
         Options come only through the portal's allow-list and the catalogue
         (:meth:`prepare_spawn`), never as a kubespawner ``profile`` sent by the browser: the
-        environment the plan chose selects its profile.
+        environment the plan chose selects its profile. The hub's own storage is touched
+        only in worker threads: a slow GPFS or NFS must not freeze the hub for everyone.
         """
+        if "ReadWriteOncePod" in self.storage_access_modes:
+            raise SpawnException(
+                READ_WRITE_ONCE_POD_REFUSED, reason="configuration", status_code=500
+            )
         spawn = await self.prepare_spawn()
         try:
-            self._plan_volumes = pod_volumes(spawn.mounts, self.storage_volumes)
+            self._plan_volumes = await asyncio.to_thread(
+                pod_volumes, spawn.mounts, self.storage_volumes
+            )
         except MountError as e:
             raise SpawnException(str(e), reason="configuration", status_code=500) from e
         size = len(spawn.mounts.manifest_json().encode())
@@ -273,7 +329,7 @@ class PortalKubeSpawner(PortalSpawner, KubeSpawner):
                 f" hold {MAX_MANIFEST_BYTES // 1024} KiB here; choose fewer datasets",
                 400,
             )
-        create_writable_folders(spawn.mounts)
+        await asyncio.to_thread(create_writable_folders, spawn.mounts)
         self.cpu_limit = spawn.resources.cpu
         self.mem_limit = spawn.resources.memory
         try:
@@ -282,10 +338,22 @@ class PortalKubeSpawner(PortalSpawner, KubeSpawner):
             self._load_profile(spawn.environment.name, profiles)
         except ValueError as e:
             raise SpawnException(str(e), reason="configuration", status_code=500) from e
+        self.reserve_share(self.profile_overrides.get(spawn.environment.name, {}))
         self.default_url = spawn.default_url
         self._spawn = spawn
         self._pod_requested = True
         self.progress_event(f"Starting environment {spawn.environment.name} ({self.image})", 50)
+
+    def reserve_share(self, overrides: Mapping[str, object]) -> None:
+        """Request ``guarantee_fraction`` of the limits (the profile's, once applied), unless
+        the environment's overrides name a guarantee themselves or remove the limit."""
+        fraction = self.guarantee_fraction
+        if "cpu_guarantee" not in overrides and self.cpu_limit:
+            share = max(round(self.cpu_limit * fraction, 3), MIN_CPU_GUARANTEE)
+            self.cpu_guarantee = min(share, self.cpu_limit)
+        if "mem_guarantee" not in overrides and self.mem_limit:
+            share = max(int(self.mem_limit * fraction), MIN_MEM_GUARANTEE)
+            self.mem_guarantee = min(share, self.mem_limit)
 
     async def get_pod_manifest(self) -> V1Pod:
         """Kubespawner's pod, plus this spawn's datasets, labels and manifest.
@@ -320,15 +388,29 @@ class PortalKubeSpawner(PortalSpawner, KubeSpawner):
         return pod
 
     async def progress(self) -> AsyncIterator[dict]:
-        """The portal's steps (catalogue, mounts) as they happen, then the pod's events."""
+        """The portal's steps (catalogue, mounts) as they happen, then the pod's events.
+
+        A pod kept off every node by the ReadWriteOnce home's pod affinity
+        (:func:`colocate_with_user`) would only show the scheduler's terse text until the
+        start times out: the first such event is followed by what to do about it.
+        """
         seen = 0
         async for event in PortalSpawner.progress(self):
             yield event
             seen += 1
             if self._pod_requested and seen >= len(self._events):
                 break
+        explained = "ReadWriteMany" in self.storage_access_modes  # no colocation, no conflict
         async for event in KubeSpawner.progress(self):
             yield event
+            raw = event.get("raw_event") or {}
+            if (
+                not explained
+                and raw.get("reason") == "FailedScheduling"
+                and POD_AFFINITY_REFUSED.search(raw.get("message") or "")
+            ):
+                explained = True
+                yield {"progress": event["progress"], "message": COLOCATION_CONFLICT}
 
 
 def create_writable_folders(plan: MountPlan) -> None:
@@ -336,6 +418,8 @@ def create_writable_folders(plan: MountPlan) -> None:
 
     The hub runs as uid 1000, the servers' uid; a folder the kubelet created for a missing
     ``subPath`` would belong to root, and NFS with root squashing would refuse to create it.
+    When the hub cannot create one either (an export read-only or squashing every user to
+    nobody, GPFS ACLs), the user is told what they lose and the site what to change.
     """
     for mount in plan.mounts:
         if mount.read_only:
@@ -343,9 +427,17 @@ def create_writable_folders(plan: MountPlan) -> None:
         try:
             mount.source.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            proposal = mount.target.parent.name
             raise SpawnException(
-                f"cannot create the processed folder {mount.source} on the hub ({e}); the hub"
-                " must mount the processed root read-write",
+                f"Your server cannot start: the processed area of proposal {proposal} could"
+                f" not be created, as the portal may not create the folder {mount.source}"
+                f" ({e.strerror or e}). For the site's administrators: the hub runs as uid"
+                f" {JOVYAN_UID}, gid {JOVYAN_GID}, and must be able to create folders in the"
+                f" processed root {mount.source.parent}: its export must be writable by uid"
+                f" {JOVYAN_UID} and not squashed to nobody (no NFS all_squash; GPFS ACLs and the"
+                f" root folder's own permissions must let uid {JOVYAN_UID} write); or create"
+                " each proposal's folder there beforehand, owned by"
+                f" {JOVYAN_UID}:{JOVYAN_GID}.",
                 reason="configuration",
                 status_code=500,
             ) from e

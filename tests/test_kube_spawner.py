@@ -12,10 +12,15 @@ which is also why a refused spawn is refused before anything reaches a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import kubernetes_asyncio.config.kube_config as kube_config
@@ -26,6 +31,8 @@ from jupyterhub.objects import Hub
 from jupyterhub.spawner import SpawnException
 from jupyterhub.user import User
 from kubernetes_asyncio.client import ApiClient
+from kubespawner import KubeSpawner
+from traitlets import TraitError
 from traitlets.config import Config
 
 from portal.catalogue import PortalCatalogue
@@ -33,7 +40,7 @@ from portal.catalogue.local import index_tree
 from portal.demo.sampledata import generate
 from portal.render import render_config
 from portal.settings import SettingsError, load, parse
-from spawner import kube
+from spawner import kube, mounts
 from spawner.environments import load_environments
 from spawner.kube import PortalKubeSpawner
 from spawner.options import SpawnRefused
@@ -342,6 +349,245 @@ async def test_progress_shows_the_portal_steps_then_hands_over(hubs: Hubs) -> No
         "Mounting 1 dataset(s) read-only",
         f"Starting environment xrf ({load_environments()['xrf'].image})",
     ]
+
+
+def scheduler_event(pod: str, message: str, uid: str) -> dict:
+    """A FailedScheduling event as the cluster's event reflector holds it."""
+    return {
+        "metadata": {"uid": uid},
+        "involvedObject": {"kind": "Pod", "name": pod},
+        "reason": "FailedScheduling",
+        "type": "Warning",
+        "lastTimestamp": "2025-03-01T10:00:00Z",
+        "eventTime": None,
+        "message": message,
+    }
+
+
+AFFINITY_CONFLICT = (
+    "0/3 nodes are available: 1 node(s) didn't match pod affinity rules, 2 node(s) didn't"
+    " match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption"
+    " is not helpful for scheduling."
+)
+NO_ROOM = (
+    "0/3 nodes are available: 3 Insufficient memory. preemption: 0/3 nodes are available:"
+    " 3 No preemption victims found for incoming pod."
+)
+
+
+@pytest.mark.parametrize(
+    ("scheduler_says", "explained"),
+    [(AFFINITY_CONFLICT, True), (NO_ROOM, False)],
+    ids=["beside-another-server", "no-room"],
+)
+async def test_a_pod_that_cannot_join_the_users_other_server_says_why(
+    hubs: Hubs, monkeypatch: pytest.MonkeyPatch, scheduler_says: str, explained: bool
+) -> None:
+    """A GPU environment cannot go beside a lab on a CPU node (ReadWriteOnce home): the
+    spawn page says so in words, after Kubernetes' own text; other failures get no such
+    words. The cluster's events are faked where kubespawner reads them, its reflector."""
+    spawner = hubs.spawner("alice", "tomo", {"environment": "tomography"})
+    await spawner.load_user_options()
+    reflector = SimpleNamespace(
+        events=[scheduler_event(spawner.pod_name, scheduler_says, uid) for uid in "ab"],  # a retry
+        first_load_future=asyncio.get_running_loop().create_future(),
+    )
+    reflector.first_load_future.set_result(None)
+    monkeypatch.setitem(KubeSpawner.reflectors, spawner._get_reflector_key("events"), reflector)
+    spawner._start_future = asyncio.get_running_loop().create_future()
+    spawner._start_future.set_result(None)  # the start timeout: progress reads one last time
+
+    messages = [e["message"] async for e in events(spawner)][3:]  # after the portal's steps
+
+    assert messages[0].endswith(f"[Warning] {scheduler_says}")
+    explanations = [m for m in messages if "ReadWriteOnce" in m]
+    if not explained:
+        assert explanations == []
+        return
+    assert messages[1] == explanations[0] and len(explanations) == 1  # once, beside the cause
+    for words in (
+        "your other server runs on a node this environment cannot use",
+        "all of a user's servers share one node",
+        "Stop your other server(s) and start this one again",
+        "ReadWriteMany homes",
+    ):
+        assert words in explanations[0]
+
+
+async def test_read_write_once_pod_homes_are_refused(facility: Path) -> None:
+    """A ReadWriteOncePod home admits one pod: a user's second server could never start."""
+    config = site_config(facility)
+    config.PortalKubeSpawner.storage_access_modes = ["ReadWriteOncePod"]
+    spawner = Hubs(config).spawner("alice", "lab", {"datasets": [XRF]})
+    with pytest.raises(SpawnException) as refused:
+        await spawner.start()
+    assert refused.value.status_code == 500
+    message = refused.value.message
+    assert "ReadWriteOncePod" in message
+    assert "spawner.kube.home.access_modes" in message  # portal.yaml
+    assert "storage_access_modes" in message  # the trait, for hand-written configs
+    assert "ReadWriteOnce or ReadWriteMany" in message
+    assert spawner._spawn is None  # refused before the catalogue or any pod
+    PortalCatalogue.clear_instance()
+
+
+@pytest.mark.parametrize(
+    ("options", "fraction", "requests"),
+    [
+        ({"environment": "tomography"}, None, {"cpu": 1.0, "memory": 4 << 30}),  # 4 CPU, 16G
+        ({"environment": "tomography"}, 0.5, {"cpu": 2.0, "memory": 8 << 30}),
+        ({"resources": "small"}, 0.01, {"cpu": 0.1, "memory": 256 << 20}),  # at least
+    ],
+    ids=["default-quarter", "half", "floor"],
+)
+async def test_a_server_reserves_a_fraction_of_its_limits(
+    facility: Path, tmp_path: Path, options: dict, fraction: float | None, requests: dict
+) -> None:
+    """Kubernetes schedules by requests: a tomography server must not reserve a whole
+    node's 4 CPU and 16 GB while it idles, yet keeps them as its limits."""
+    config = site_config(facility)
+    if fraction is not None:
+        config.PortalKubeSpawner.guarantee_fraction = fraction
+    pod = await pod_of(Hubs(config).spawner("alice", "sized", options))
+    validate(pod, tmp_path)
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == requests
+    preset = {"cpu": 4.0, "memory": 16 << 30} if "environment" in options else None
+    assert resources["limits"] == (preset or {"cpu": 1.0, "memory": 2 << 30})
+    PortalCatalogue.clear_instance()
+
+
+async def test_the_fraction_is_a_fraction(facility: Path) -> None:
+    config = site_config(facility)
+    config.PortalKubeSpawner.guarantee_fraction = 1.5
+    with pytest.raises(TraitError, match="guarantee_fraction"):
+        Hubs(config).spawner("alice", "lab", {})
+    PortalCatalogue.clear_instance()
+
+
+@pytest.fixture
+def read_only_processed(tmp_path: Path) -> Iterator[Path]:
+    """A processed root on a read-only filesystem: mkdir in it fails (EROFS) even for root,
+    as it fails for the hub's uid 1000 on an export squashed to nobody or closed by ACLs."""
+    root = tmp_path / "processed"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(root)], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+async def test_a_processed_area_the_hub_cannot_create_says_what_to_fix(
+    facility: Path, read_only_processed: Path
+) -> None:
+    config = site_config(facility)
+    config.PortalSpawner.processed_root = str(read_only_processed)
+    config.PortalKubeSpawner.storage_volumes[str(read_only_processed)] = {
+        "nfs": {"server": "nfs.example.eu", "path": "/processed"}
+    }
+    spawner = Hubs(config).spawner("alice", "lab", {"datasets": [XRF]})
+    with pytest.raises(SpawnException) as failed:
+        await spawner.start()
+    message = failed.value.message
+    assert f"{read_only_processed / 'MA1234'}" in message  # the folder
+    assert "Read-only file system" in message  # what the storage said
+    assert "processed area of proposal MA1234" in message  # what the user loses
+    for fix in (  # what the site's administrators must change
+        f"create folders in the processed root {read_only_processed}",
+        "writable by uid 1000",
+        "not squashed to nobody",
+        "owned by 1000:100",
+    ):
+        assert fix in message
+    PortalCatalogue.clear_instance()
+
+
+SLOW = 1.0  # seconds one storage call takes in the tests below
+
+
+def slow_once(call: Callable, busy: threading.Event) -> Callable:
+    """``call``, whose first use takes :data:`SLOW` seconds, with ``busy`` set meanwhile."""
+    slowed: list[bool] = []
+
+    def slowly(*args: Any, **kwargs: Any) -> Any:
+        if slowed:
+            return call(*args, **kwargs)
+        slowed.append(True)
+        busy.set()
+        try:
+            time.sleep(SLOW)
+            return call(*args, **kwargs)
+        finally:
+            busy.clear()
+
+    return slowly
+
+
+@pytest.mark.parametrize(
+    ("slow", "options"),
+    [
+        ("dataset-check", {"type": "lab"}),  # every dataset of the user, before planning
+        ("dataset-stat", {"datasets": [XRF]}),  # plan_mounts identifies each dataset folder
+        ("processed-mkdir", {"datasets": [XRF]}),  # the processed area, made by the hub
+    ],
+)
+async def test_slow_storage_does_not_freeze_the_hub(
+    facility: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    slow: str,
+    options: dict,
+) -> None:
+    """While GPFS or NFS answers slowly, the hub keeps serving everyone else.
+
+    Slow storage is stood in for by monkeypatching the one filesystem call to sleep for
+    :data:`SLOW` seconds before doing its work: the check of a dataset's location
+    (``resolve_location``), the stat of its folder in ``plan_mounts`` (``identity_of``), or
+    the ``mkdir`` of a processed area. A coroutine ticking every 50 ms stands for the hub's
+    other work (its /hub/health probe, other users' pages): it must keep ticking while
+    that call is in progress, which it cannot if the call runs on the event loop.
+    """
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    config = site_config(facility)
+    config.PortalSpawner.processed_root = str(processed)
+    config.PortalKubeSpawner.storage_volumes[str(processed)] = {
+        "nfs": {"server": "nfs.example.eu", "path": "/processed"}
+    }
+    busy = threading.Event()
+    if slow == "dataset-check":
+        monkeypatch.setattr(mounts, "resolve_location", slow_once(mounts.resolve_location, busy))
+    elif slow == "dataset-stat":
+        monkeypatch.setattr(mounts, "identity_of", slow_once(mounts.identity_of, busy))
+    else:
+        real_mkdir, slow_mkdir = os.mkdir, slow_once(os.mkdir, busy)
+        target = str(processed / "MA1234")
+
+        def mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+            (slow_mkdir if str(path) == target else real_mkdir)(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    spawner = Hubs(config).spawner("alice", "lab", options)
+    ticks_while_busy = 0
+    planned = False
+
+    async def ticker() -> None:
+        nonlocal ticks_while_busy
+        while not planned:
+            await asyncio.sleep(0.05)
+            ticks_while_busy += busy.is_set()
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        await spawner.load_user_options()
+    finally:
+        planned = True
+        await ticking
+    assert ticks_while_busy >= 5  # 20 expected in a second; 0 if the loop were blocked
+    assert (processed / "MA1234").is_dir()
+    assert any(m.pid == XRF for m in spawner._spawn.mounts.mounts)  # and the spawn went on
+    PortalCatalogue.clear_instance()
 
 
 async def test_the_chart_config_drives_the_spawner(facility: Path, tmp_path: Path) -> None:
