@@ -63,7 +63,7 @@ class AptSource(NamedTuple):
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to build: what the first image starts FROM, and which CAs the builds trust."""
+    """How to build: what the images without a parent start FROM, and which CAs they trust."""
 
     base_image: str = DEFAULT_BASE_IMAGE
     bootstrap_base: bool = False
@@ -307,8 +307,9 @@ def bootstrap_base(tag: str, log_dir: Path, mirror: str | None = None) -> None:
 def prepare_context(image: Image, workdir: Path, certs: Sequence[Path]) -> Path:
     """A build context with what the image's Dockerfile copies, and nothing else.
 
-    The first image gets the CA certificates (always a directory, maybe empty, so the
-    Dockerfile's COPY works either way); the hub gets the portal's source to install.
+    The images built from plain Debian (base, proxy) get the CA certificates (always a
+    directory, maybe empty, so the Dockerfile's COPY works either way); the hub gets the
+    portal's source to install.
     """
     source = IMAGES_DIR / image.name
     if not (source / "Dockerfile").is_file():
@@ -492,7 +493,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--base-image",
         default=None,
-        help=f"what the first image is built FROM (default {DEFAULT_BASE_IMAGE}; with"
+        help=f"what base and proxy are built FROM (default {DEFAULT_BASE_IMAGE}; with"
         f" --bootstrap-base, the tag to create: {BOOTSTRAP_IMAGE})",
     )
     b.add_argument(

@@ -33,7 +33,10 @@ _MEMORY = re.compile(r"[1-9][0-9]*[MG]")
 _ENV_KEYS = frozenset(
     {"name", "image", "from", "description", "techniques", "server_types", "resources"}
 )
-_HUB_KEYS = frozenset({"image", "from"})
+#: The portal's own images, each a top-level key of the table: the Helm chart runs them, users
+#: are never offered them.
+SERVICES = ("hub", "proxy")
+_SERVICE_KEYS = frozenset({"image", "from"})
 
 
 class EnvironmentsError(ValueError):
@@ -44,8 +47,8 @@ class EnvironmentsError(ValueError):
 class Image:
     """An image the build tool makes: ``images/<name>/Dockerfile``, tagged ``image``.
 
-    ``parent`` is the name of the image it is built FROM, or ``None`` for the first one
-    (built from plain Debian), which is what orders a build.
+    ``parent`` is the name of the image it is built FROM, or ``None`` for one built from
+    plain Debian (base, proxy), which is what orders a build.
     """
 
     name: str
@@ -88,7 +91,7 @@ def load_environments(path: Path | None = None) -> dict[str, Environment]:
 
 
 def load_images(path: Path | None = None) -> dict[str, Image]:
-    """Every image to build (the environments and the hub), by name, parents first."""
+    """Every image to build (the environments, the hub and the proxy), by name, parents first."""
     return _load(path or DATA_FILE)
 
 
@@ -99,7 +102,7 @@ def _load(path: Path) -> dict[str, Image]:
         raise EnvironmentsError(f"{path}: cannot read the environments table: {e}") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("environments"), list):
         raise EnvironmentsError(f"{path}: expected a mapping with an 'environments' list")
-    unknown = sorted(set(doc) - {"environments", "hub"})
+    unknown = sorted(set(doc) - {"environments", *SERVICES})
     if unknown:
         raise EnvironmentsError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
 
@@ -110,14 +113,15 @@ def _load(path: Path) -> dict[str, Image]:
         found[env.name] = env
     if not found:
         raise EnvironmentsError(f"{path}: the environments list is empty")
-    if "hub" in doc:
-        hub = doc["hub"]
-        where = f"{path}: hub"
-        _check_keys(hub, _HUB_KEYS, {"image"}, where)
-        found["hub"] = Image(
-            "hub", _image(hub["image"], where), _parent(hub.get("from"), where, found)
-        )
+    for name in SERVICES:
+        if name in doc:
+            found[name] = _service(name, doc[name], f"{path}: {name}", found)
     return found
+
+
+def _service(name: str, entry: Any, where: str, earlier: dict[str, Image]) -> Image:
+    _check_keys(entry, _SERVICE_KEYS, {"image"}, where)
+    return Image(name, _image(entry["image"], where), _parent(entry.get("from"), where, earlier))
 
 
 def _check_keys(entry: Any, allowed: frozenset[str], required: set[str], where: str) -> None:
@@ -137,9 +141,10 @@ def _check_keys(entry: Any, allowed: frozenset[str], required: set[str], where: 
 def _environment(entry: Any, where: str, earlier: dict[str, Image]) -> Environment:
     _check_keys(entry, _ENV_KEYS, set(_ENV_KEYS - {"from"}), where)
     name = entry["name"]
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name == "hub":
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in SERVICES:
         raise EnvironmentsError(
-            f"{where}: name must be lower-case letters, digits and '-' (not 'hub'), got {name!r}"
+            f"{where}: name must be lower-case letters, digits and '-'"
+            f" (not {' or '.join(map(repr, SERVICES))}), got {name!r}"
         )
     if name in earlier:
         raise EnvironmentsError(f"{where}: name {name!r} is listed twice")

@@ -3,9 +3,10 @@
 The first half needs no Docker: the table's validation, the build order, apt sources, CA
 handling and the build contexts. The second half (marker ``docker``) uses the images the
 ``built_images`` fixture builds with ``--bootstrap-base``, as CI does, and checks each one
-from inside (``images/<name>/smoke_test.py``, run by ``images/smoke.py``), from its file
-system (no private key, the host's CAs trusted), from its metadata (labels, user, command)
-and in the host's Chromium (JupyterLab's browser check, h5web, the desktop through noVNC).
+from inside (``images/<name>/smoke_test.py``, run by ``images/smoke.py``, in the images with
+Python), from its file system (no private key, the host's CAs trusted), from its metadata
+(labels, user, command), in the host's Chromium (JupyterLab's browser check, h5web, the
+desktop through noVNC) and, for the proxy and the hub, run as the Helm chart runs them.
 """
 
 from __future__ import annotations
@@ -14,15 +15,21 @@ import importlib.metadata
 import io
 import json
 import re
+import secrets
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 import yaml
 from playwright.sync_api import Page, expect
 
@@ -36,10 +43,13 @@ from spawner.environments import (
     load_environments,
     load_images,
 )
-from tests.conftest import ARTIFACTS, ROOT
+from tests.conftest import ARTIFACTS, ROOT, free_port, wait_http
+from tests.test_helm_chart import CI, full, hub_portal_yaml, pod_specs, render
 
 IMAGES = load_images()
 ENVIRONMENTS = load_environments()
+# The images built on base have its Python, for the smoke tests; the proxy has Node only.
+PYTHON_IMAGES = [n for n in IMAGES if images.build_order(IMAGES, [n])[0].name == "base"]
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2VydA==\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49==\n-----END PRIVATE KEY-----\n"
 
@@ -60,8 +70,10 @@ def test_every_image_has_its_directory_and_nothing_else_lists_images() -> None:
     dirs = {p.parent.name for p in (ROOT / "images").glob("*/Dockerfile")}
     assert dirs == set(IMAGES)
     for name, image in IMAGES.items():
-        assert (ROOT / "images" / name / "smoke_test.py").is_file(), name
         assert image.image == f"panosc/{name}:{__version__}"
+    for name in PYTHON_IMAGES:
+        assert (ROOT / "images" / name / "smoke_test.py").is_file(), name
+    assert set(IMAGES) - set(PYTHON_IMAGES) == {"proxy"}
     assert DATA_FILE.resolve() == ROOT / "images" / "environments.yaml"
 
 
@@ -88,6 +100,7 @@ def test_server_types_and_resources() -> None:
     assert all(e.server_types == ("lab",) for n, e in ENVIRONMENTS.items() if n != "desktop")
     assert ENVIRONMENTS["tomography"].memory == "16G" and ENVIRONMENTS["tomography"].cpu == 4
     assert "hub" not in ENVIRONMENTS and IMAGES["hub"].parent == "base"
+    assert "proxy" not in ENVIRONMENTS and IMAGES["proxy"].parent is None
 
 
 def _broken(tmp_path: Path, change) -> Path:
@@ -128,10 +141,17 @@ def _set(index: int, key: str, value: object):
         ),
         (_set(3, "resources", {"cpu": 0, "memory": "1G"}), r"\(tomography\): resources: cpu must"),
         (_set(4, "name", "xrf"), r"\[4\] \(xrf\): name 'xrf' is listed twice"),
+        (_set(4, "name", "proxy"), r"\(proxy\): name must .* \(not 'hub' or 'proxy'\)"),
         (_set(4, "image", "panosc/neutron"), r"\(neutron\): image must look like"),
         (_set(4, "colour", "blue"), r"\(neutron\): unknown key\(s\) colour; valid keys"),
         (lambda d: d["environments"][0].pop("description"), r"\[0\] \(base\): missing description"),
         (lambda d: d["hub"].__setitem__("from", "nothing"), r"hub: from: 'nothing' is not"),
+        (lambda d: d["proxy"].pop("image"), r"proxy: missing image"),
+        (
+            lambda d: d["proxy"].__setitem__("port", 8000),
+            r"proxy: unknown key\(s\) port; valid keys: from, image",
+        ),
+        (lambda d: d["proxy"].__setitem__("image", "chp"), r"proxy: image must look like"),
         (lambda d: d.__setitem__("images", []), r"unknown top-level key\(s\) images"),
     ],
 )
@@ -152,6 +172,7 @@ def _names(selected: list[str]) -> list[str]:
 def test_build_order_pulls_in_parents_and_keeps_them_first() -> None:
     assert _names(["desktop"]) == ["base", "xrf", "desktop"]
     assert _names(["hub", "neutron"]) == ["base", "neutron", "hub"]
+    assert _names(["proxy"]) == ["proxy"]  # built from plain Debian, nothing of the hub's
     assert _names([]) == list(IMAGES)
     with pytest.raises(images.BuildError, match=r"unknown image.*nope; the images are base, xrf"):
         images.build_order(IMAGES, ["nope"])
@@ -202,10 +223,12 @@ def test_only_certificates_go_into_the_build_never_a_key(tmp_path: Path, capsys)
     assert [p.name for p in certs] == ["proxy.crt", "facility.pem"]
     assert "proxy.key: it holds a private key" in capsys.readouterr().err
 
-    context = images.prepare_context(IMAGES["base"], tmp_path / "work", certs)
-    copied = sorted(p.name for p in (context / "ca-certificates").iterdir())
-    assert copied == ["00-proxy.crt", "01-facility.crt"]  # update-ca-certificates reads *.crt
-    assert "PRIVATE KEY" not in "".join(p.read_text() for p in context.rglob("*") if p.is_file())
+    for name in ("base", "proxy"):  # the images built from plain Debian
+        context = images.prepare_context(IMAGES[name], tmp_path / "work", certs)
+        copied = sorted(p.name for p in (context / "ca-certificates").iterdir())
+        assert copied == ["00-proxy.crt", "01-facility.crt"]  # update-ca-certificates: *.crt
+        text = "".join(p.read_text() for p in context.rglob("*") if p.is_file())
+        assert "PRIVATE KEY" not in text
 
 
 def test_hub_context_carries_the_portal_with_the_table_as_a_file(tmp_path: Path) -> None:
@@ -282,12 +305,17 @@ def test_labels_user_and_command(built_images: dict[str, str], name: str) -> Non
         assert config["Labels"]["org.opencontainers.image.revision"] == revision
     assert config["User"] == "1000"
     assert config["Entrypoint"] == ["tini", "-g", "--"]
-    command = ["jupyterhub-singleuser"] if name in ENVIRONMENTS else ["jupyterhub", "--config"]
-    assert config["Cmd"][: len(command)] == command
+    if name == "hub":  # `docker run` of the image runs what the chart runs
+        command = _chart_program(_chart_container("hub"))
+    elif name == "proxy":
+        command = ["configurable-http-proxy"]
+    else:
+        command = ["jupyterhub-singleuser"]
+    assert config["Cmd"] == command
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("name", list(IMAGES))
+@pytest.mark.parametrize("name", PYTHON_IMAGES)
 def test_smoke(built_images: dict[str, str], sample_data: Path, name: str) -> None:
     """The image's smoke tests and those of the images it is built on, run inside it."""
     tag = _built(built_images, name)
@@ -384,6 +412,219 @@ def test_hub_ships_every_file_of_the_portal(built_images: dict[str, str]) -> Non
         if p.is_file() and "__pycache__" not in p.parts
     }
     assert wanted <= shipped, f"not in {tag}: {sorted(wanted - shipped)}"
+
+
+# The chart's podSecurityContext (uid 1000, group 100) and containerSecurityContext (read-only
+# root, no capabilities, no privilege escalation), as docker options.
+CHART_SECURITY = (
+    "--read-only",
+    "--user",
+    "1000:100",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+)
+
+
+def _chart_container(component: str, *settings: str) -> dict:
+    """The container of the chart's ``component`` Deployment, rendered for a minimal site."""
+    objects = render(CI / "minimal-values.yaml", *settings)
+    return pod_specs(objects)[full(component)]["containers"][0]
+
+
+def _chart_program(container: dict) -> list[str]:
+    """The command line the chart runs in ``container``, after the image's entrypoint or not."""
+    return [*container.get("command", []), *container.get("args", [])]
+
+
+def _as_kubernetes_runs(tag: str, container: dict, env: dict[str, str]) -> list[str]:
+    """``docker run`` arguments that start ``tag`` as Kubernetes starts ``container``.
+
+    ``command`` replaces the image's ENTRYPOINT (and its CMD), ``args`` replace its CMD; the
+    values of the container's environment (Secrets in the chart) come from ``env``.
+    """
+    names = [e["name"] for e in container.get("env", [])]
+    assert set(names) <= set(env), f"no value for {sorted(set(names) - set(env))}"
+    run = [*CHART_SECURITY, *(a for name in names for a in ("--env", f"{name}={env[name]}"))]
+    command, args = container.get("command"), container.get("args", [])
+    if command:
+        return [*run, "--entrypoint", command[0], tag, *command[1:], *args]
+    return [*run, tag, *args]
+
+
+def _start(*args: str) -> str:
+    """A detached container's id."""
+    run = docker("run", "--detach", *args)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def _published(container: str, port: int) -> str:
+    return f"http://{docker('port', container, str(port)).stdout.splitlines()[0]}"
+
+
+def _logs(container: str) -> str:
+    logs = docker("logs", container)
+    return logs.stdout + logs.stderr
+
+
+def _wait_for(url: str, *containers: str, timeout: float = 90) -> None:
+    """Wait until ``url`` answers 200, as the chart's readiness probe does; fail with the logs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        running = [
+            docker("inspect", "-f", "{{.State.Running}}", c).stdout.strip() for c in containers
+        ]
+        if running != ["true"] * len(containers) or time.monotonic() > deadline:
+            pytest.fail(
+                f"{url} did not answer:\n" + "\n".join(_logs(c)[-3000:] for c in containers)
+            )
+        time.sleep(0.3)
+
+
+def _gateway(network: str) -> str:
+    """The host's address on a docker network: where its containers reach the host."""
+    inspect = docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", network)
+    assert inspect.returncode == 0, inspect.stderr
+    return inspect.stdout.strip()
+
+
+class _UsersServer(BaseHTTPRequestHandler):
+    """Stands in for a user's server: answers with the path it was asked for."""
+
+    def do_GET(self) -> None:
+        body = f"server saw {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the test asserts what it saw."""
+
+
+@pytest.fixture
+def users_server() -> Iterator[str]:
+    """A small HTTP server on the host, where containers on the default network reach it."""
+    server = ThreadingHTTPServer((_gateway("bridge"), 0), _UsersServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{server.server_address[0]}:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.docker
+def test_the_proxy_image_routes_with_the_charts_settings(
+    built_images: dict[str, str], users_server: str
+) -> None:
+    """The chart's proxy pod answers its probes, sends a user's path to the server the hub
+    names through the API, and refuses the API to anyone without the hub's token."""
+    tag = _built(built_images, "proxy")
+    token = secrets.token_hex(32)
+    container = _start(
+        *("--publish", "127.0.0.1::8000", "--publish", "127.0.0.1::8001"),
+        *_as_kubernetes_runs(tag, _chart_container("proxy"), {"CONFIGPROXY_AUTH_TOKEN": token}),
+    )
+    try:
+        public, api = _published(container, 8000), _published(container, 8001)
+        _wait_for(f"{public}/_chp_healthz", container)
+        route, target = f"{api}/api/routes/user/alice", {"target": users_server}
+        wrong = {"Authorization": "token not-the-hubs-token"}
+        assert requests.post(route, json=target, headers=wrong, timeout=10).status_code == 403
+        assert requests.get(f"{api}/api/routes", timeout=10).status_code == 403
+        hubs = {"Authorization": f"token {token}"}
+        assert requests.post(route, json=target, headers=hubs, timeout=10).status_code == 201
+
+        answer = requests.get(f"{public}/user/alice/lab/tree/data.nxs?reset", timeout=10)
+        assert answer.status_code == 200
+        assert answer.text == "server saw /user/alice/lab/tree/data.nxs?reset"
+        routes = requests.get(f"{api}/api/routes", headers=hubs, timeout=10).json()
+        assert routes["/user/alice"]["target"] == users_server
+    finally:
+        docker("rm", "--force", container)
+
+
+@pytest.mark.docker
+def test_the_hub_starts_as_the_chart_starts_it_behind_the_proxy_image(
+    built_images: dict[str, str], tmp_path: Path
+) -> None:
+    """The chart's hub and proxy pods, on one network under their Services' names.
+
+    The hub image carries no proxy: it runs the chart's command with the chart's portal.yaml
+    and Secrets, reads a real OIDC provider's discovery, and registers its route with the
+    proxy image's API, so users reach the portal's sign-in page through the proxy.
+    """
+    hub_tag, proxy_tag = _built(built_images, "hub"), _built(built_images, "proxy")
+    network = f"panosc-test-{secrets.token_hex(4)}"
+    created = docker("network", "create", network)
+    assert created.returncode == 0, created.stderr
+    containers: list[str] = []
+    provider: subprocess.Popen | None = None
+    try:
+        gateway, port = _gateway(network), str(free_port())
+        issuer = f"http://{gateway}:{port}"
+        log = tmp_path / "oidc.log"
+        with log.open("wb") as out:
+            provider = subprocess.Popen(
+                [sys.executable, "-m", "oidc_provider_mock", "-H", gateway, "-p", port],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_http(f"{issuer}/.well-known/openid-configuration", provider, log=log)
+
+        objects = render(CI / "minimal-values.yaml", f"portal.auth.issuer={issuer}")
+        specs = pod_specs(objects)
+        hub, proxy = (specs[full(c)]["containers"][0] for c in ("hub", "proxy"))
+        config = tmp_path / "config"
+        config.mkdir(mode=0o755)
+        (config / "portal.yaml").write_text(hub_portal_yaml(objects))
+        (config / "portal.yaml").chmod(0o644)
+        kube = yaml.safe_load(hub_portal_yaml(objects))["spawner"]["kube"]
+        env = {e["name"]: secrets.token_hex(32) for c in (hub, proxy) for e in c["env"]}
+
+        proxy_api = urlsplit(kube["proxy_api_url"]).hostname or ""
+        hub_service = urlsplit(kube["hub_connect_url"]).hostname or ""
+        containers.append(
+            _start(
+                *("--network", network, "--network-alias", proxy_api),
+                *("--publish", "127.0.0.1::8000", "--publish", "127.0.0.1::8001"),
+                *_as_kubernetes_runs(proxy_tag, proxy, env),
+            )
+        )
+        containers.append(
+            _start(
+                *("--network", network, "--network-alias", hub_service),
+                # the chart's volumes: the ConfigMap, the state volume (its group is the pod's
+                # fsGroup, 100) and an emptyDir for /tmp
+                *("--volume", f"{config}:/usr/local/etc/panosc-portal:ro"),
+                *("--tmpfs", "/srv/jupyterhub:uid=1000,gid=100", "--tmpfs", "/tmp"),
+                *_as_kubernetes_runs(hub_tag, hub, env),
+            )
+        )
+        public, api = _published(containers[0], 8000), _published(containers[0], 8001)
+        _wait_for(f"{public}/hub/health", *containers)
+
+        token = {"Authorization": f"token {env['CONFIGPROXY_AUTH_TOKEN']}"}
+        routes = requests.get(f"{api}/api/routes", headers=token, timeout=10).json()
+        assert routes["/"]["target"] == kube["hub_connect_url"].rstrip("/"), routes
+        login = requests.get(f"{public}/hub/login", timeout=10)
+        assert login.status_code == 200 and "Sign in with Umbrella" in login.text
+    finally:
+        hub_logs = _logs(containers[1]) if len(containers) > 1 else ""
+        for container in containers:
+            docker("rm", "--force", container)
+        docker("network", "rm", network)
+        if provider:
+            provider.terminate()
+            provider.wait(10)
+    assert "Traceback" not in hub_logs, hub_logs[-3000:]
 
 
 def _jupyter_lab(tag: str, data: Path, page_config: Path) -> tuple[str, str]:
