@@ -126,7 +126,14 @@ def render_config(settings: PortalSettings) -> Config:
     if spawner.home_dir:
         config["PortalLocalSpawner"] = {"home_dir_template": spawner.home_dir}
 
-    config["JupyterHub"].update(culling(settings))
+    config["JupyterHub"]["upgrade_db"] = config["JupyterHub"]["db_url"].startswith("sqlite")
+    # The hub reads the proxy's routes at every activity update and re-adds any it lost: a
+    # proxy restarted in its own pod (Kubernetes) routes to every server again within a
+    # minute at most, whatever the culling settings.
+    config["JupyterHub"]["last_activity_interval"] = min(
+        ROUTE_CHECK_INTERVAL, activity_interval(settings.cull.timeout)
+    )
+    config["JupyterHub"].update(culling(settings, culler_api_url(settings)))
     if not hub.admin_access:
         config["JupyterHub"].setdefault("load_roles", []).extend(admin_roles(settings))
         # Admins are made by the role alone; their groups still let them sign in.
@@ -135,10 +142,8 @@ def render_config(settings: PortalSettings) -> Config:
         if not auth.allow_all:
             umbrella["allowed_groups"] = sorted({*auth.allowed_groups, *auth.admin_groups})
     if settings.cull.enabled:  # activity must reach the hub well within the idle timeout
-        interval = activity_interval(settings.cull.timeout)
-        config["JupyterHub"]["last_activity_interval"] = interval
         config.setdefault("Spawner", {})["environment"] = {
-            "JUPYTERHUB_ACTIVITY_INTERVAL": str(interval)
+            "JUPYTERHUB_ACTIVITY_INTERVAL": str(activity_interval(settings.cull.timeout))
         }
     courses = settings.courses
     config["CourseLibrary"] = {
@@ -197,13 +202,31 @@ def admin_roles(settings: PortalSettings) -> list[dict[str, Any]]:
     ]
 
 
+#: Seconds between two reads of the proxy's routes by the hub, at most (Zero to JupyterHub's
+#: ``last_activity_interval``).
+ROUTE_CHECK_INTERVAL = 60
+
+
 def activity_interval(timeout: int) -> int:
-    """How often servers and the proxy report activity: JupyterHub's 300 s, or less for
-    short idle timeouts, so a server in use is never culled for lack of news."""
+    """How often servers report activity: JupyterHub's 300 s, or less for short idle
+    timeouts, so a server in use is never culled for lack of news."""
     return max(5, min(300, timeout // 3))
 
 
-def culling(settings: PortalSettings) -> dict[str, Any]:
+def culler_api_url(settings: PortalSettings) -> str | None:
+    """The hub API URL for the idle culler, when the default one would not do.
+
+    On Kubernetes the hub's API URL is its Service; the culler runs in the hub's own pod,
+    and a pod reaching itself through its Service (hairpin traffic) is dropped by some
+    network plugins, so culling would silently never run. It asks the hub on localhost.
+    """
+    if settings.spawner.backend != "kube":
+        return None
+    port = settings.spawner.kube.hub_api_port
+    return f"http://localhost:{port}{settings.hub.base_url}hub/api"
+
+
+def culling(settings: PortalSettings, api_url: str | None = None) -> dict[str, Any]:
     """The idle culler as a hub service, allowed only what culling needs.
 
     The same timeouts go to the home page (``template_vars``), which shows each server's
@@ -221,6 +244,7 @@ def culling(settings: PortalSettings) -> dict[str, Any]:
         f"--timeout={cull.timeout}",
         f"--cull-every={cull.every}",
         f"--max-age={cull.max_age}",
+        *([f"--url={api_url}"] if api_url else []),
     ]
     return {
         "services": [{"name": "idle-culler", "command": command}],
@@ -240,11 +264,12 @@ def render_kube(settings: PortalSettings, config: Config) -> dict[str, Any]:
     """The Kubernetes backend's traits; the hub's and proxy's settings go into ``config``.
 
     The proxy runs in its own pod (the chart's), so the hub does not start one; the hub
-    listens on all its pod's addresses, and user pods reach it through its Service.
+    listens on all its pod's addresses, IPv4 and IPv6 (an empty host, as Zero to
+    JupyterHub binds it), and user pods reach it through its Service.
     """
     kube = settings.spawner.kube
     config["JupyterHub"].update(
-        hub_bind_url=f"http://0.0.0.0:{kube.hub_api_port}",
+        hub_bind_url=f"http://:{kube.hub_api_port}",
         hub_connect_url=str(kube.hub_connect_url).rstrip("/"),
         cleanup_servers=False,
     )
@@ -263,6 +288,7 @@ def render_kube(settings: PortalSettings, config: Config) -> dict[str, Any]:
         "storage_capacity": home.capacity,
         "storage_access_modes": home.access_modes,
         "start_timeout": kube.start_timeout,
+        "guarantee_fraction": kube.guarantee_fraction,
         "extra_labels": kube.pod_labels,
         "profile_overrides": kube.profile_overrides,
     }

@@ -228,7 +228,7 @@ class KubeHomeSettings(Section):
 
     capacity: str = Field("10Gi", pattern=r"^[1-9][0-9]*(Mi|Gi|Ti)$")
     storage_class: str | None = Field(None, description="Default: the cluster's default class.")
-    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]] = Field(
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"], min_length=1
     )
 
@@ -252,6 +252,12 @@ class KubeSettings(Section):
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
     image_pull_secrets: list[str] = Field(default_factory=list)
     start_timeout: int = Field(300, ge=10, description="Seconds a pod may take to start.")
+    guarantee_fraction: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Share of a server's CPU and memory limits its pod requests (reserves).",
+    )
     pod_labels: dict[str, str] = Field(default_factory=dict)
     profile_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Environment -> extra kubespawner settings."

@@ -328,16 +328,60 @@ def test_values_schema_and_portal_settings_agree() -> None:
 def test_images_come_from_the_environments_table() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["appVersion"] == __version__  # the tag of every image the table names
-    specs = pod_specs(render(CI / "minimal-values.yaml"))
+    specs = pod_specs(render(CI / "minimal-values.yaml", "portal.environments.imageRegistry="))
     pulled = [c["image"] for c in specs[full("image-puller")]["initContainers"]]
     assert pulled == [e.image for e in load_environments().values()]
     assert specs[full("hub")]["containers"][0]["image"] == load_images()["hub"].image
-    assert specs[full("proxy")]["containers"][0]["image"] == load_images()["hub"].image
+    # The proxy has its own small image: a new hub image does not restart it.
+    assert specs[full("proxy")]["containers"][0]["image"] == load_images()["proxy"].image
     mirrored = pod_specs(render(CI / "production-values.yaml"))
-    pulled = [c["image"] for c in mirrored[full("image-puller")]["initContainers"]]
-    assert pulled == [
-        f"registry.example-facility.eu/{e.image}" for e in load_environments().values()
+    pulled = [
+        c["image"]
+        for name in (full("image-puller"), full("image-puller-tomography"))
+        for c in mirrored[name]["initContainers"]
     ]
+    assert sorted(pulled) == sorted(
+        f"registry.example-facility.eu/{e.image}" for e in load_environments().values()
+    )
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_every_example_pulls_from_the_sites_registry(site: str) -> None:
+    """An example without imageRegistry would send every pull to Docker Hub."""
+    registry = yaml.safe_load((CI / site).read_text())["portal"]["environments"]["imageRegistry"]
+    for name, spec in pod_specs(render(CI / site)).items():
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            if container["name"] != "pause":
+                assert container["image"].startswith(f"{registry}/panosc/"), (name, container)
+
+
+def test_environments_pinned_to_nodes_are_pulled_only_there() -> None:
+    objects = render(
+        CI / "production-values.yaml",
+        'prePuller.tolerations=[{"key": "dedicated", "value": "portal", "effect": "NoSchedule"}]',
+        "portal.environments.overrides.tomography.tolerations="
+        '[{"key": "gpu", "operator": "Exists"}]',
+        set_json=True,
+    )
+    pullers = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "DaemonSet"}
+    assert set(pullers) == {full("image-puller"), full("image-puller-tomography")}
+    everywhere = pullers[full("image-puller")]["template"]["spec"]
+    gpu = pullers[full("image-puller-tomography")]["template"]["spec"]
+    assert "tomography" not in {c["name"][5:] for c in everywhere["initContainers"]}
+    assert [c["name"] for c in gpu["initContainers"]] == ["pull-tomography"]
+    assert "nodeSelector" not in everywhere
+    assert gpu["nodeSelector"] == {"example-facility.eu/gpu": "true"}
+    site_taint = {"key": "dedicated", "value": "portal", "effect": "NoSchedule"}
+    assert everywhere["tolerations"] == [site_taint]
+    assert gpu["tolerations"] == [site_taint, {"key": "gpu", "operator": "Exists"}]
+    # Each DaemonSet selects only its own pods.
+    selectors = [p["selector"]["matchLabels"] for p in pullers.values()]
+    assert selectors[0] != selectors[1]
+    for spec in pullers.values():
+        assert (
+            spec["selector"]["matchLabels"].items()
+            <= spec["template"]["metadata"]["labels"].items()
+        )
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -403,12 +447,18 @@ def test_the_idle_culler_is_a_hub_service_with_least_privilege(tmp_path: Path) -
     role = roles["idle-culler"]
     assert role["services"] == ["idle-culler"]
     assert role["scopes"] == ["list:users", "read:users:activity", "read:servers", "delete:servers"]
-    # It calls the hub's API through the hub's Service, from the hub's own pod.
+    # It asks the hub on localhost, never through the hub's own Service (hairpin traffic,
+    # which some network plugins drop): the hub listens on every address of its pod.
+    assert "--url=http://localhost:8081/hub/api" in service["command"]
+    assert hub["hub_bind_url"] == "http://:8081"  # IPv4 and IPv6
     policy = one(objects, "NetworkPolicy", full("hub"))["spec"]
-    hub_pods = {"matchLabels": selector("hub")}
-    assert {"podSelector": hub_pods} in policy["ingress"][0]["from"]
-    assert {"to": [{"podSelector": hub_pods}], "ports": [{"port": 8081, "protocol": "TCP"}]} in (
-        policy["egress"]
+    hub_pods = {"podSelector": {"matchLabels": selector("hub")}}
+    assert hub_pods not in policy["ingress"][0]["from"]
+    assert not [r for r in policy["egress"] if hub_pods in r.get("to", [])]
+    under = hub_config(render(CI / "minimal-values.yaml", "hub.baseUrl=/portal/"), tmp_path)
+    assert (
+        "--url=http://localhost:8081/portal/hub/api"
+        in under["JupyterHub"]["services"][0]["command"]
     )
     off = hub_config(render(CI / "minimal-values.yaml", "cull.enabled=false"), tmp_path)
     assert "services" not in off["JupyterHub"]
@@ -417,6 +467,171 @@ def test_the_idle_culler_is_a_hub_service_with_least_privilege(tmp_path: Path) -
 def test_extra_config_passes_through(tmp_path: Path) -> None:
     config = hub_config(render(CI / "production-values.yaml"), tmp_path)
     assert config["Spawner"]["http_timeout"] == 60
+
+
+NGINX_BODY = "nginx.ingress.kubernetes.io/proxy-body-size"
+NGINX_TIMEOUTS = (
+    "nginx.ingress.kubernetes.io/proxy-read-timeout",
+    "nginx.ingress.kubernetes.io/proxy-send-timeout",
+)
+
+
+def test_nginx_examples_let_uploads_and_idle_websockets_through() -> None:
+    """nginx refuses bodies over 1 MB and cuts websockets idle for 60 s unless told."""
+    nginx = [
+        site
+        for site in SITES
+        if (yaml.safe_load((CI / site).read_text()).get("ingress") or {}).get("className")
+        == "nginx"
+    ]
+    assert set(nginx) == {"esrf-like-values.yaml", "production-values.yaml"}
+    for site in nginx:
+        annotations = one(render(CI / site), "Ingress", f"{RELEASE}-panosc-portal")["metadata"][
+            "annotations"
+        ]
+        size = re.fullmatch(r"(\d+)m", annotations[NGINX_BODY])
+        assert size and int(size[1]) >= 64, site
+        for timeout in NGINX_TIMEOUTS:
+            assert int(annotations[timeout]) >= 3600, (site, timeout)
+
+
+def test_on_cilium_the_hub_may_reach_the_api_server() -> None:
+    assert not [o for o in render(CI / "minimal-values.yaml") if o["kind"] == "CiliumNetworkPolicy"]
+    objects = render(CI / "production-values.yaml", "hub.networkPolicy.ciliumApiServer=true")
+    policy = one(objects, "CiliumNetworkPolicy", full("hub-kube-apiserver"))
+    assert policy["apiVersion"] == "cilium.io/v2"
+    assert policy["spec"] == {
+        "endpointSelector": {"matchLabels": selector("hub")},
+        "egress": [{"toEntities": ["kube-apiserver"]}],
+    }
+    # The plain NetworkPolicy is still there, with the site's own rules.
+    hub = one(objects, "NetworkPolicy", full("hub"))["spec"]
+    assert hub["egress"][-1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [(), ("cull.timeout=86400",), ("cull.enabled=false",)],
+    ids=["defaults", "day-long-idle-timeout", "no-culling"],
+)
+def test_a_restarted_proxy_gets_its_routes_back_within_a_minute(
+    settings: tuple[str, ...], tmp_path: Path
+) -> None:
+    """The hub re-adds missing routes at each activity update; it must come often."""
+    config = hub_config(render(CI / "production-values.yaml", *settings), tmp_path)
+    assert 0 < config["JupyterHub"]["last_activity_interval"] <= 60
+
+
+def test_an_upgrade_of_the_hub_leaves_the_proxy_alone() -> None:
+    """A new hub image or configuration must not restart the proxy (and drop websockets)."""
+    base = ("hub.existingSecret=portal-keys",)
+    before = render(CI / "production-values.yaml", *base)
+    after = render(CI / "production-values.yaml", *base, "hub.image.tag=0.2.0", "cull.timeout=3600")
+    proxy = [one(o, "Deployment", full("proxy")) for o in (before, after)]
+    assert proxy[0] == proxy[1]
+    hub = [one(o, "Deployment", full("hub"))["spec"]["template"] for o in (before, after)]
+    assert hub[0] != hub[1]
+
+
+def test_changed_secrets_restart_the_pods_that_read_them() -> None:
+    def annotations(*settings: str) -> tuple[dict, dict]:
+        objects = render(CI / "minimal-values.yaml", "hub.existingSecret=portal-keys", *settings)
+        return tuple(
+            one(objects, "Deployment", full(n))["spec"]["template"]["metadata"]["annotations"]
+            for n in ("hub", "proxy")
+        )
+
+    hub, proxy = annotations()
+    assert set(hub) == {"checksum/config", "checksum/secret"}
+    assert set(proxy) == {"checksum/proxy-token"}
+    new_hub, new_proxy = annotations("portal.clientSecret=rotated")
+    assert new_hub["checksum/secret"] != hub["checksum/secret"]
+    assert new_hub["checksum/config"] == hub["checksum/config"]
+    assert new_proxy == proxy
+    db_hub, _ = annotations(
+        "hub.db.type=postgres", "hub.db.url=postgresql://portal@db.example.eu/portal",
+        "hub.db.password=rotated",
+    )  # fmt: skip
+    assert db_hub["checksum/secret"] != hub["checksum/secret"]
+    _, other_keys = annotations("hub.existingSecret=portal-keys-2025")
+    assert other_keys != proxy
+
+
+def test_with_existing_keys_every_render_is_the_same() -> None:
+    """helm template (Argo CD) cannot look the installed keys up: without hub.existingSecret
+    every sync would make new ones, the proxy would refuse the hub and stored logins would
+    become unreadable. With it, the output is reproducible and names the site's Secret."""
+    first = run_helm(
+        "template", RELEASE, str(CHART), "-f", str(CI / "production-values.yaml"),
+        "--set", "hub.existingSecret=portal-keys",
+    )  # fmt: skip
+    second = run_helm(
+        "template", RELEASE, str(CHART), "-f", str(CI / "production-values.yaml"),
+        "--set", "hub.existingSecret=portal-keys",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    objects = [d for d in yaml.safe_load_all(first.stdout) if d]
+    assert not [o for o in objects if o["kind"] == "Secret"]  # nothing of the chart's to keep
+    specs = pod_specs(objects)
+    refs = {
+        (workload, e["name"]): e["valueFrom"]["secretKeyRef"]
+        for workload in ("hub", "proxy")
+        for e in specs[full(workload)]["containers"][0]["env"]
+    }
+    for ref in ("JUPYTERHUB_CRYPT_KEY", "JPY_COOKIE_SECRET", "CONFIGPROXY_AUTH_TOKEN"):
+        assert refs[("hub", ref)]["name"] == "portal-keys"
+    assert refs[("proxy", "CONFIGPROXY_AUTH_TOKEN")] == {
+        "name": "portal-keys",
+        "key": "proxy-token",
+    }
+
+
+def test_the_sqlite_database_is_upgraded_and_kept(tmp_path: Path) -> None:
+    objects = render(CI / "minimal-values.yaml")
+    claim = one(objects, "PersistentVolumeClaim", full("hub-db"))
+    assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert hub_config(objects, tmp_path)["JupyterHub"]["upgrade_db"] is True
+    postgres = hub_config(render(CI / "production-values.yaml"), tmp_path)
+    assert postgres["JupyterHub"]["upgrade_db"] is False  # the site upgrades PostgreSQL
+
+
+def test_probes_give_a_slow_first_start_time_and_never_drop_a_ready_hub() -> None:
+    """Zero to JupyterHub's probe values: readiness every 2 s, liveness after a long start."""
+    specs = pod_specs(render(CI / "minimal-values.yaml", "hub.baseUrl=/portal/"))
+    for workload, path, start in (
+        ("hub", "/portal/hub/health", 300),
+        ("proxy", "/_chp_healthz", 60),
+    ):
+        container = specs[full(workload)]["containers"][0]
+        ready, live = container["readinessProbe"], container["livenessProbe"]
+        assert ready["httpGet"] == live["httpGet"] == {"path": path, "port": "http"}
+        assert (ready["periodSeconds"], ready["failureThreshold"]) == (2, 1000)
+        assert live["initialDelaySeconds"] == start
+        # a hub that stops answering is restarted only after 30 checks, 10 s apart
+        assert (live["periodSeconds"], live["timeoutSeconds"], live["failureThreshold"]) == (
+            10, 3, 30,
+        )  # fmt: skip
+
+
+def test_servers_reserve_a_share_of_their_limits(tmp_path: Path) -> None:
+    config = hub_config(render(CI / "minimal-values.yaml"), tmp_path)
+    assert config["PortalKubeSpawner"]["guarantee_fraction"] == 0.25
+    half = hub_config(
+        render(CI / "minimal-values.yaml", "singleuser.guaranteeFraction=0.5", set_json=True),
+        tmp_path,
+    )
+    assert half["PortalKubeSpawner"]["guarantee_fraction"] == 0.5
+
+
+def test_a_home_access_mode_that_blocks_a_second_server_is_refused() -> None:
+    out = run_helm(
+        "template", RELEASE, str(CHART), "-f", str(CI / "minimal-values.yaml"),
+        "--set", "singleuser.storage.accessModes={ReadWriteOncePod}",
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "/singleuser/storage/accessModes/0" in out.stderr
+    assert "value must be one of 'ReadWriteOnce', 'ReadWriteMany'" in out.stderr
 
 
 def test_notes_print_the_url_and_next_steps() -> None:
@@ -449,6 +664,18 @@ def test_the_chart_readme_documents_every_value_and_shows_the_esrf_example() -> 
     documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.MULTILINE))
     missing = [k for k in keys(schema) if k not in documented]
     assert not missing, f"README.md documents no row for: {', '.join(missing)}"
+
+
+def test_the_chart_readme_has_the_sites_checklist_before_install() -> None:
+    readme = (CHART / "README.md").read_text()
+    checklist = readme.split("## Before you install", 1)[1].split("\n## ", 1)[0]
+    items = re.findall(r"^- \[ \] \*\*([^*]+)\.\*\*", checklist, re.MULTILINE)
+    for topic in ("Registry", "Ingress", "Network plugin", "Storage permissions", "GPUs"):
+        assert [i for i in items if topic in i], f"no checklist item for {topic}: {items}"
+    for value in ("imageRegistry", NGINX_BODY, *NGINX_TIMEOUTS[:1], "ciliumApiServer",
+                  "portal.storage.processed", "ReadWriteMany", "hub.existingSecret"):  # fmt: skip
+        assert value.split("nginx.ingress.kubernetes.io/")[-1] in checklist, value
+    assert "https://<host><hub.baseUrl>hub/oauth_callback" in readme
 
 
 def test_the_readme_kubernetes_commands_work_as_pasted(tmp_path: Path) -> None:

@@ -96,6 +96,14 @@ def test_bad_enum_lists_choices(tmp_path: Path) -> None:
     assert "portal.yaml:8: catalogue.backend:" in msg and "'local'" in msg
 
 
+def test_a_home_mode_that_would_block_a_second_server_is_refused(tmp_path: Path) -> None:
+    """ReadWriteOncePod: a user's lab would hold the home, and their desktop never start."""
+    kube = "  backend: kube\n  kube:\n    home:\n      access_modes: [ReadWriteOncePod]\n"
+    msg = problems(tmp_path, VALID.replace("spawner:\n", "spawner:\n" + kube))
+    assert "portal.yaml:15: spawner.kube.home.access_modes.0:" in msg
+    assert "'ReadWriteOnce' or 'ReadWriteMany'" in msg
+
+
 def test_relative_storage_prefix_refused(tmp_path: Path) -> None:
     msg = problems(tmp_path, VALID.replace("/data/visitor:", "data/visitor:"))
     assert "spawner.storage_roots" in msg and "absolute" in msg

@@ -61,11 +61,38 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- toJson $images -}}
 {{- end -}}
 
-{{/* An image value {name, tag} defaulting to the table's hub image. */}}
+{{/* The pre-puller's groups: environments whose pods may run on the same nodes, as a JSON
+     list of {name, nodeSelector, tolerations, images}. An environment whose override in
+     portal.environments.overrides sets node_selector or tolerations (a GPU environment) is
+     pulled only onto those nodes; the others onto prePuller.nodeSelector's nodes. */}}
+{{- define "panosc-portal.pullGroups" -}}
+{{- $groups := dict -}}
+{{- $order := list -}}
+{{- $everywhere := toJson (list (merge (dict) .Values.prePuller.nodeSelector) (concat .Values.prePuller.tolerations list)) -}}
+{{- range include "panosc-portal.environmentImages" . | fromJsonArray -}}
+{{- $override := get $.Values.portal.environments.overrides .name | default dict -}}
+{{- $selector := merge (dict) ($override.node_selector | default dict) $.Values.prePuller.nodeSelector -}}
+{{- $tolerations := concat $.Values.prePuller.tolerations ($override.tolerations | default list) -}}
+{{- $key := toJson (list $selector $tolerations) -}}
+{{- if not (hasKey $groups $key) -}}
+{{- $name := ternary "" (printf "-%s" .name) (eq $key $everywhere) -}}
+{{- $_ := set $groups $key (dict "name" $name "nodeSelector" $selector "tolerations" $tolerations "images" list) -}}
+{{- $order = append $order $key -}}
+{{- end -}}
+{{- $group := get $groups $key -}}
+{{- $_ := set $group "images" (append $group.images .) -}}
+{{- end -}}
+{{- $list := list -}}
+{{- range $order -}}{{- $list = append $list (get $groups .) -}}{{- end -}}
+{{- toJson $list -}}
+{{- end -}}
+
+{{/* An image value {name, tag} defaulting to the table's image `service` (hub or proxy). */}}
 {{- define "panosc-portal.image" -}}
-{{- $hub := include "panosc-portal.tableImage" (dict "root" .root "image" (include "panosc-portal.table" .root | fromJson).hub.image) -}}
-{{- $name := default (regexReplaceAll ":[^:/]+$" $hub "") .image.name -}}
-{{- $tag := default (regexFind "[^:/]+$" $hub) .image.tag -}}
+{{- $table := get (include "panosc-portal.table" .root | fromJson) .service -}}
+{{- $default := include "panosc-portal.tableImage" (dict "root" .root "image" $table.image) -}}
+{{- $name := default (regexReplaceAll ":[^:/]+$" $default "") .image.name -}}
+{{- $tag := default (regexFind "[^:/]+$" $default) .image.tag -}}
 {{- printf "%s:%s" $name $tag -}}
 {{- end -}}
 
@@ -81,8 +108,9 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 
 {{/* Secrets: generated once, then kept. On an upgrade, lookup finds the Secret of the
      installed release and its values are reused; only a first install (or `helm template`,
-     which cannot look anything up) generates new ones. 32 random bytes, hex: what
-     JUPYTERHUB_CRYPT_KEY and JPY_COOKIE_SECRET expect. Returns the base64 data value. */}}
+     which cannot look anything up: Argo CD, Flux's post-renderers; set hub.existingSecret
+     there) generates new ones. 32 random bytes, hex: what JUPYTERHUB_CRYPT_KEY and
+     JPY_COOKIE_SECRET expect. Returns the base64 data value. */}}
 {{- define "panosc-portal.keptSecret" -}}
 {{- $installed := lookup "v1" "Secret" .root.Release.Namespace (include "panosc-portal.hub" .root) -}}
 {{- $kept := dig "data" .key "" $installed -}}
@@ -143,6 +171,7 @@ seccompProfile:
       "image_pull_policy" $v.singleuser.image.pullPolicy
       "image_pull_secrets" $pullSecrets
       "start_timeout" (int $v.singleuser.startTimeout)
+      "guarantee_fraction" $v.singleuser.guaranteeFraction
       "pod_labels" (dict "app.kubernetes.io/instance" .Release.Name)
       "profile_overrides" $v.portal.environments.overrides -}}
 {{- $spawner := dict
@@ -160,4 +189,32 @@ seccompProfile:
 {{- $config := dict "hub" $hub "cull" $cull "auth" $v.portal.auth "catalogue" $v.portal.catalogue "spawner" $spawner -}}
 {{- with $v.hub.extraConfig -}}{{- $_ := set $config "extra_config" . -}}{{- end -}}
 {{- toYaml $config -}}
+{{- end -}}
+
+{{/* The Secret holding the three generated keys: the site's (hub.existingSecret) or the chart's. */}}
+{{- define "panosc-portal.keysSecret" -}}
+{{- default (include "panosc-portal.hub" .) .Values.hub.existingSecret -}}
+{{- end -}}
+
+{{/* Probes: Zero to JupyterHub's values. Readiness is asked every 2 s and never gives up, so
+     a pod serves as soon as it answers; liveness allows a slow first start (OIDC discovery,
+     waiting for the proxy, indexing a local catalogue) and 30 missed checks of 3 s before a
+     restart, so a slow storage moment does not kill a hub in the middle of spawns. */}}
+{{- define "panosc-portal.probes" -}}
+readinessProbe:
+  httpGet:
+    path: {{ .path }}
+    port: http
+  initialDelaySeconds: 0
+  periodSeconds: 2
+  timeoutSeconds: 1
+  failureThreshold: 1000
+livenessProbe:
+  httpGet:
+    path: {{ .path }}
+    port: http
+  initialDelaySeconds: {{ .startSeconds }}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 30
 {{- end -}}
