@@ -533,6 +533,34 @@ def test_an_upgrade_of_the_hub_leaves_the_proxy_alone() -> None:
     assert hub[0] != hub[1]
 
 
+def test_a_new_portal_release_leaves_the_proxy_running(tmp_path: Path) -> None:
+    """The proxy image carries configurable-http-proxy's version, not the portal's: a release
+    that does not change the proxy must not restart it (every open websocket would drop)."""
+    chart = tmp_path / "panosc-portal"
+    shutil.copytree(CHART, chart)  # files/environments.yaml: the table itself, not the link
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    meta["appVersion"] = "99.0.0"
+    (chart / "Chart.yaml").write_text(yaml.safe_dump(meta))
+
+    def pods(chart: Path) -> dict[str, dict]:
+        out = run_helm(
+            "template", RELEASE, str(chart), "-f", str(CI / "production-values.yaml"),
+            "--set", "hub.existingSecret=portal-keys",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        objects = [d for d in yaml.safe_load_all(out.stdout) if d]
+        return {
+            n: one(objects, "Deployment", full(n))["spec"]["template"] for n in ("hub", "proxy")
+        }
+
+    before, after = pods(CHART), pods(chart)
+    assert before["proxy"] == after["proxy"]
+    assert before["hub"] != after["hub"]  # the hub does move to the new release
+    dockerfile = (ROOT / "images" / "proxy" / "Dockerfile").read_text()
+    pinned = re.search(r"configurable-http-proxy@(\S+)", dockerfile)[1]
+    assert load_images()["proxy"].image == f"panosc/proxy:{pinned}"
+
+
 def test_changed_secrets_restart_the_pods_that_read_them() -> None:
     def annotations(*settings: str) -> tuple[dict, dict]:
         objects = render(CI / "minimal-values.yaml", "hub.existingSecret=portal-keys", *settings)

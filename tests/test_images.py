@@ -70,7 +70,9 @@ def test_every_image_has_its_directory_and_nothing_else_lists_images() -> None:
     dirs = {p.parent.name for p in (ROOT / "images").glob("*/Dockerfile")}
     assert dirs == set(IMAGES)
     for name, image in IMAGES.items():
-        assert image.image == f"panosc/{name}:{__version__}"
+        # The proxy carries configurable-http-proxy's version (see test_helm_chart.py).
+        assert image.image.startswith(f"panosc/{name}:")
+        assert image.image.endswith(f":{__version__}") is (name != "proxy"), name
     for name in PYTHON_IMAGES:
         assert (ROOT / "images" / name / "smoke_test.py").is_file(), name
     assert set(IMAGES) - set(PYTHON_IMAGES) == {"proxy"}
