@@ -266,7 +266,7 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         spawn = await self.prepare_spawn()
         await self.ensure_image(spawn)
         self.image = spawn.environment.image
-        self.write_manifest(spawn.mounts)
+        await asyncio.to_thread(self.write_manifest, spawn.mounts)  # storage may be slow
         self._plan_mounts = tuple(docker_mounts(spawn.mounts, self.manifest_path))
         self.cpu_limit = spawn.resources.cpu
         self.mem_limit = spawn.resources.memory
@@ -285,7 +285,7 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         self.progress_event(f"Starting environment {spawn.environment.name} ({self.image})", 50)
         try:
             for mount in spawn.mounts.dataset_mounts:
-                verify_mount(mount)
+                await asyncio.to_thread(verify_mount, mount)
         except MountError as e:
             raise SpawnRefused(str(e)) from e
         await self.secure_network()

@@ -184,13 +184,15 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         argv = [sys.executable, "-I", "-S", str(DELIVERY), "sync", str(STAGING / course)]
         argv.append(str(account.home / "courses" / course))
         env = {"HOME": str(account.home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-        with Sandbox(
+        box = await asyncio.to_thread(
+            Sandbox,
             account=account,
             home=home,
             plan=MountPlan((), ()),
             environment=environment_paths(),
             binds=programs,
-        ) as box:
+        )
+        with box:
             code, out, err = await run_bounded(
                 box.command(argv), box.fds, env, self.delivery_timeout, self.limits()
             )
@@ -224,25 +226,27 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         init += ["--hub-port", str(self.hub_address()[1]), "--server-port", str(self.port)]
         self.progress_event("Starting JupyterLab in your sandbox", 60)
         try:
-            with (
-                listener,
-                Sandbox(
+            with listener:
+                # Opening and checking every mount touches the storage, which may be slow:
+                # in a worker thread, so that the hub keeps serving everyone else.
+                box = await asyncio.to_thread(
+                    Sandbox,
                     account=account,
                     home=home,
                     plan=spawn.mounts,
                     environment=environment_paths(),
                     run=Path(self._run),
                     binds=[(Path(sandbox_init.__file__), INIT)],
-                ) as box,
-            ):
-                self.proc = Popen(
-                    box.command([*init, "--", *server]),
-                    env=self.get_env(),
-                    preexec_fn=self.limits().apply,
-                    start_new_session=True,
-                    pass_fds=(*box.fds, listener.fileno()),
-                    cwd="/",
                 )
+                with box:
+                    self.proc = Popen(
+                        box.command([*init, "--", *server]),
+                        env=self.get_env(),
+                        preexec_fn=self.limits().apply,
+                        start_new_session=True,
+                        pass_fds=(*box.fds, listener.fileno()),
+                        cwd="/",
+                    )
         except MountError as e:
             self.cleanup(self._run)
             raise SpawnRefused(str(e)) from e
