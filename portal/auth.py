@@ -24,8 +24,8 @@ import requests
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler, _deserialize_state
 from tornado import web
-from tornado.httpclient import HTTPClientError
-from traitlets import Float, List, Unicode, default
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import Float, Integer, List, Unicode, default
 
 from portal.idtoken import ASYMMETRIC_ALGORITHMS, IdTokenError, JwksCache, verify_id_token
 
@@ -38,6 +38,18 @@ ENDPOINTS = {
 
 class IdentityUnavailable(RuntimeError):
     """The identity provider could not be asked; nothing is known about the user."""
+
+
+class ProviderUnreachable(IdentityUnavailable):
+    """The identity provider did not answer: down, hanging or overloaded."""
+
+
+def unreachable(error: Exception) -> bool:
+    """Whether ``error`` says the provider did not answer (down, hanging, overloaded), as
+    opposed to answering no: connection errors, timeouts (tornado's 599) and 5xx."""
+    if isinstance(error, HTTPClientError):
+        return error.code == 599 or error.code >= 500
+    return isinstance(error, OSError)  # refused, reset, timed out (TimeoutError is one)
 
 
 class DiscoveryError(RuntimeError):
@@ -163,6 +175,20 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         config=True,
         help="Seconds to keep retrying OIDC discovery at start-up before failing.",
     )
+    request_timeout = Float(
+        10.0,
+        config=True,
+        help="""Seconds to wait for the identity provider on each request (token exchange,
+        userinfo, signing keys), queueing included. A provider that is down or hanging gets
+        the user a clear page after this long, never a request that hangs.""",
+    )
+    http_max_clients = Integer(
+        100,
+        config=True,
+        help="""Requests to the identity provider in flight at once. tornado's default of 10,
+        shared with the hub's own calls to the proxy, makes a class of 100 signing in
+        together wait in a queue until their requests time out.""",
+    )
     end_session_url = Unicode(
         "",
         config=True,
@@ -274,6 +300,32 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
     def _auth_refresh_strict_default(self) -> bool:
         return True  # never keep serving a user whose tokens could not be refreshed
 
+    @default("http_client")
+    def _http_client_default(self) -> AsyncHTTPClient:
+        """A client of the authenticator's own, with room for a class signing in at once."""
+        timeouts = {
+            "connect_timeout": self.request_timeout,
+            "request_timeout": self.request_timeout,
+        }
+        return AsyncHTTPClient(
+            force_instance=True, max_clients=self.http_max_clients, defaults=timeouts
+        )
+
+    async def authenticate(self, handler: Any, data: Any = None, **kwargs: Any) -> Any:
+        """Sign in; a provider that does not answer gets the user a page saying so (503)."""
+        try:
+            return await super().authenticate(handler, data, **kwargs)
+        except (HTTPClientError, OSError, TimeoutError) as e:
+            if not unreachable(e):
+                raise
+            self.log.warning("Sign-in failed: the identity provider did not answer: %s", e)
+            raise web.HTTPError(
+                503,
+                f"Sign-in failed: the identity provider ({self.issuer}) did not answer within"
+                f" {self.request_timeout:.0f} s. Nothing was changed; please try again in a"
+                " minute.",
+            ) from None
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         bad = sorted(set(self.id_token_algorithms) - set(ASYMMETRIC_ALGORITHMS))
@@ -374,6 +426,9 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         Tokens that stay valid beyond ``refresh_margin`` are kept as they are. Otherwise
         the refresh token is used; if there is none, or the provider refuses it, the user
         must log in again rather than run with a stale token: a browser session is ended.
+        A provider that does not answer ends nothing (``True``: keep what is known); the
+        claims then stay as old as their ``claims_at``, and a spawn refuses claims that old
+        (:meth:`spawner.common.PortalSpawner.prepare_spawn`) with a page saying why.
         """
         if handler is not None and not hasattr(handler, "_token_authenticated"):
             # JupyterHub 6.1 reads this attribute after a failed refresh, but only sets it
@@ -388,6 +443,11 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
     async def _refresh_tokens(self, user: Any, handler: Any) -> Any:
         try:
             model = await self.current_model(user, handler)
+        except ProviderUnreachable as e:
+            self.log.warning(
+                "Claims of %s not read again, the provider did not answer: %s", user.name, e
+            )
+            return True
         except IdentityUnavailable as e:
             self.log.warning(
                 "Refreshing the identity of %s failed (%s): login needed", user.name, e
@@ -431,11 +491,13 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
             # others 400 access_denied or 403)
             if live and e.code in (400, 401, 403):
                 return None
-            raise IdentityUnavailable(f"{type(e).__name__}: {e}") from None
+            kind = ProviderUnreachable if unreachable(e) else IdentityUnavailable
+            raise kind(f"{type(e).__name__}: {e}") from None
         except IdentityUnavailable:
             raise
         except Exception as e:  # unreachable, timed out, nonsense
-            raise IdentityUnavailable(f"{type(e).__name__}: {e}") from None
+            kind = ProviderUnreachable if unreachable(e) else IdentityUnavailable
+            raise kind(f"{type(e).__name__}: {e}") from None
         if model["name"] != user.name:
             raise IdentityUnavailable(f"the claims of {user.name} now map to {model['name']}")
         return model
@@ -452,6 +514,8 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         try:
             token_info = await self.get_token_info(handler, params)
         except HTTPClientError as e:  # invalid_grant: a session's end, or a revocation
+            if unreachable(e):
+                raise ProviderUnreachable(f"refresh: {e}") from None
             if live:
                 return None
             raise IdentityUnavailable(f"refresh refused ({e.code})") from None
@@ -538,6 +602,7 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         state = super().build_auth_state_dict(token_info, user_info)
         state["iss"] = self.issuer
         state["sub"] = str(user_info.get("sub", ""))
+        state["claims_at"] = time.time()  # when the provider last vouched for these claims
         state["groups"] = sorted(
             {self.strip_group(g) for g in self.claims_list(user_info, self.groups_claim)}
         )

@@ -2,8 +2,9 @@
 
 oauthenticator decodes ID tokens without checking their signature; a portal that mounts
 data by identity must not. Keys are fetched from ``jwks_uri`` and fetched again when a
-token names a key id we do not know (the provider rotated its keys), at most once per
-``min_refetch`` seconds so that forged key ids cannot make us hammer the provider.
+token names a key id we do not know, or a known key id fails the signature check (the
+provider rotated its keys; some reuse the key id, as a restarted provider may), at most once
+per ``min_refetch`` seconds so that forged tokens cannot make us hammer the provider.
 Only asymmetric algorithms are accepted, so ``alg: none`` and an HMAC token "signed" with
 the provider's public key are both refused.
 """
@@ -29,7 +30,7 @@ class IdTokenError(Exception):
 class JwksCache:
     """The issuer's signing keys by key id, refreshed on an unknown ``kid``."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[dict[str, Any]]], min_refetch: float = 5.0):
+    def __init__(self, fetch: Callable[[], Awaitable[dict[str, Any]]], min_refetch: float = 2.0):
         self._fetch = fetch
         self._min_refetch = min_refetch
         self._keys: dict[str | None, jwt.PyJWK] = {}
@@ -48,9 +49,19 @@ class JwksCache:
         self._keys = keys
         self._fetched_at = time.monotonic()
 
+    def _due(self) -> bool:
+        return time.monotonic() - self._fetched_at >= self._min_refetch
+
+    async def refetch(self) -> bool:
+        """Fetch the keys again if the last fetch is old enough; whether it was."""
+        if not self._due():
+            return False
+        await self._refresh()
+        return True
+
     async def key(self, kid: str | None) -> jwt.PyJWK:
         """The key for ``kid``, fetching the JWKS again if it is new to us."""
-        if kid not in self._keys and time.monotonic() - self._fetched_at >= self._min_refetch:
+        if kid not in self._keys and self._due():
             await self._refresh()
         if kid is None and len(self._keys) == 1:
             return next(iter(self._keys.values()))
@@ -85,8 +96,9 @@ async def verify_id_token(
             f"ID token algorithm {alg!r} is not accepted (accepted: {', '.join(algorithms)})"
         )
     key = await keys.key(header.get("kid"))
-    try:
-        claims = jwt.decode(
+
+    def decode(key: jwt.PyJWK) -> dict[str, Any]:
+        return jwt.decode(
             token,
             key=key.key,
             algorithms=[alg],
@@ -95,6 +107,14 @@ async def verify_id_token(
             leeway=leeway,
             options={"require": ["iss", "sub", "aud", "exp", "iat"]},
         )
+
+    try:
+        try:
+            claims = decode(key)
+        except jwt.InvalidSignatureError:
+            if not await keys.refetch():  # a new key under the old id, or a forgery
+                raise
+            claims = decode(await keys.key(header.get("kid")))
     except jwt.PyJWTError as e:
         raise IdTokenError(f"ID token rejected: {e}") from None
     audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]

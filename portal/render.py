@@ -66,6 +66,7 @@ def render_config(settings: PortalSettings) -> Config:
         "login_service": auth.login_label,
         "login_logo_url": auth.login_logo,
         "discovery_timeout": auth.discovery_timeout,
+        "request_timeout": auth.request_timeout,
         # oauthenticator's current name: its deprecated tls_verify defaults to False.
         "validate_server_cert": auth.tls_verify,
         "basic_auth": auth.token_endpoint_auth == "client_secret_basic",

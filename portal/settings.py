@@ -75,6 +75,9 @@ class AuthSettings(Section):
     login_label: str = "Umbrella"
     login_logo: str = Field("", description="Logo on the login button: a URL or data: URI.")
     discovery_timeout: float = Field(30.0, gt=0)
+    request_timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for the provider on each request."
+    )
     tls_verify: bool = True
     token_endpoint_auth: Literal["client_secret_basic", "client_secret_post"] = Field(
         "client_secret_basic", description="How the hub authenticates to the token endpoint."

@@ -23,6 +23,7 @@ from traitlets.config import Configurable
 from portal.catalogue import (
     Catalogue,
     CatalogueError,
+    CatalogueUnavailable,
     CatalogueUser,
     Dataset,
     DatasetNotFound,
@@ -216,6 +217,16 @@ class PortalSpawner(Configurable):
         is stopped, and the home page says why. 0 disables the check.""",
     )
 
+    claims_max_age = Float(
+        120.0,
+        min=1,
+        config=True,
+        help="""Seconds the user's claims (groups, proposals) may be old at a spawn. They are
+        read again from the identity provider just before each spawn; when it does not
+        answer, a spawn with claims older than this is refused with a page saying so, rather
+        than mounting data on rights the provider may have taken away.""",
+    )
+
     environment_name = ""  # the environment the running server was started in
     mounted_pids: tuple[str, ...] = ()  # what the running server mounts, for the audit
     member_of: frozenset[str] = frozenset()  # proposals whose processed area it mounts
@@ -340,6 +351,25 @@ class PortalSpawner(Configurable):
     async def user_for_catalogue(self) -> CatalogueUser:
         return user_from_auth_state(self.user.name, await self.user.get_auth_state())
 
+    async def fresh_user(self) -> CatalogueUser:
+        """The user for the catalogue, with claims the provider vouched for just now.
+
+        Only for authenticators that read claims again (Umbrella's ``current_model``); with
+        others there is nothing fresher to have.
+        """
+        state = await self.user.get_auth_state() or {}
+        if hasattr(self.authenticator, "current_model"):
+            age = time.time() - float(state.get("claims_at") or 0)
+            if age > self.claims_max_age:
+                raise SpawnRefused(
+                    "Your server was not started: the identity provider could not be asked"
+                    " for your current groups and proposals just now, and the portal does not"
+                    " mount data on rights it cannot confirm. Nothing was changed; please try"
+                    " again in a minute.",
+                    503,
+                )
+        return user_from_auth_state(self.user.name, state)
+
     async def prepare_spawn(self) -> SpawnPlan:
         """Check the options, ask the catalogue *now* for each dataset, and plan the mounts.
 
@@ -358,7 +388,7 @@ class PortalSpawner(Configurable):
                 f" server; it runs: {', '.join(self.supported_server_types)}",
                 400,
             )
-        user = await self.user_for_catalogue()
+        user = await self.fresh_user()
         catalogue = self.catalogue
         try:
             roots = [StorageRoot(k, v) for k, v in self.storage_roots.items()]
@@ -389,6 +419,13 @@ class PortalSpawner(Configurable):
             self.member_of = frozenset(
                 d.proposal for d in datasets if d.proposal and d.proposal in member_of
             )
+        except CatalogueUnavailable as e:  # an outage, not a "no": say so, and when to retry
+            self.log.warning("no spawn for %s, the catalogue is down: %s", self.user.name, e)
+            raise SpawnRefused(
+                f"Your server was not started: the catalogue cannot answer right now ({e})."
+                " Nothing was changed; please try again in a minute.",
+                503,
+            ) from e
         except (CatalogueError, MountError) as e:
             self.log.warning("refusing spawn for %s: %s", self.user.name, e)
             raise SpawnRefused(str(e)) from e

@@ -183,3 +183,25 @@ async def test_unknown_key_ids_cannot_hammer_the_issuer(keys: Keys, jwks_url: st
         with pytest.raises(IdTokenError, match="unknown key id 'rogue'"):
             await verify(keys.sign(claims(), kid="rogue"), jwks_url, keys=limited)
     assert keys.fetches == 1
+
+
+async def test_a_new_key_under_the_same_key_id_is_fetched(keys: Keys, jwks_url: str) -> None:
+    """A provider restarted with a new key may keep its key id (oidc-provider-mock does)."""
+    shared = cache(jwks_url)
+    await verify(keys.sign(claims()), jwks_url, keys=shared)
+    keys.add("k1")  # a new key pair, same id: the old public key no longer verifies
+    assert (await verify(keys.sign(claims()), jwks_url, keys=shared))["sub"] == "u-123"
+    assert keys.fetches == 2
+
+
+async def test_forged_signatures_cannot_hammer_the_issuer(keys: Keys, jwks_url: str) -> None:
+    limited = cache(jwks_url, min_refetch=60)
+    genuine = keys.sign(claims())
+    await verify(genuine, jwks_url, keys=limited)
+    forger = Keys()
+    forger.add("k1")  # the issuer's key id, someone else's key
+    for _ in range(5):
+        with pytest.raises(IdTokenError, match="Signature verification failed"):
+            await verify(forger.sign(claims()), jwks_url, keys=limited)
+    assert keys.fetches == 1
+    assert (await verify(genuine, jwks_url, keys=limited))["sub"] == "u-123"
