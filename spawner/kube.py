@@ -71,11 +71,10 @@ POD_AFFINITY_REFUSED = re.compile(r"didn't match pod affinity\b")
 
 #: Shown on the spawn page when a pod cannot join the node of the user's other servers.
 COLOCATION_CONFLICT = (
-    "This server cannot start now: your other server runs on a node this environment cannot"
-    " use (it needs nodes of another kind, e.g. with a GPU). With this site's ReadWriteOnce"
-    " homes all of a user's servers share one node, the one their home is attached to."
-    " Stop your other server(s) and start this one again, or ask the site to use"
-    " ReadWriteMany homes."
+    "This server cannot start now: with this site's ReadWriteOnce homes all of a user's"
+    " servers share one node, the one their home is attached to, and that node is full or"
+    " of another kind than this environment needs (e.g. without a GPU). Stop your other"
+    " server(s) and start this one again, or ask the site to use ReadWriteMany homes."
 )
 
 #: Why a ReadWriteOncePod home is refused: the setting's names in portal.yaml, the chart

@@ -15,6 +15,7 @@ tests fail rather than skip.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -374,7 +375,9 @@ def test_environments_pinned_to_nodes_are_pulled_only_there() -> None:
     site_taint = {"key": "dedicated", "value": "portal", "effect": "NoSchedule"}
     assert everywhere["tolerations"] == [site_taint]
     assert gpu["tolerations"] == [site_taint, {"key": "gpu", "operator": "Exists"}]
-    # Each DaemonSet selects only its own pods.
+    # The DaemonSet of every node keeps the selector it always had (selectors are immutable:
+    # a changed one would fail the upgrade); each DaemonSet selects only its own pods.
+    assert pullers[full("image-puller")]["selector"]["matchLabels"] == selector("image-puller")
     selectors = [p["selector"]["matchLabels"] for p in pullers.values()]
     assert selectors[0] != selectors[1]
     for spec in pullers.values():
@@ -500,9 +503,11 @@ def test_on_cilium_the_hub_may_reach_the_api_server() -> None:
     objects = render(CI / "production-values.yaml", "hub.networkPolicy.ciliumApiServer=true")
     policy = one(objects, "CiliumNetworkPolicy", full("hub-kube-apiserver"))
     assert policy["apiVersion"] == "cilium.io/v2"
+    ports = [{"port": "443", "protocol": "TCP"}, {"port": "6443", "protocol": "TCP"}]
     assert policy["spec"] == {
         "endpointSelector": {"matchLabels": selector("hub")},
-        "egress": [{"toEntities": ["kube-apiserver"]}],
+        # the API server's ports only: etcd and the kubelets on those nodes stay closed
+        "egress": [{"toEntities": ["kube-apiserver"], "toPorts": [{"ports": ports}]}],
     }
     # The plain NetworkPolicy is still there, with the site's own rules.
     hub = one(objects, "NetworkPolicy", full("hub"))["spec"]
@@ -559,6 +564,17 @@ def test_a_new_portal_release_leaves_the_proxy_running(tmp_path: Path) -> None:
     dockerfile = (ROOT / "images" / "proxy" / "Dockerfile").read_text()
     pinned = re.search(r"configurable-http-proxy@(\S+)", dockerfile)[1]
     assert load_images()["proxy"].image == f"panosc/proxy:{pinned}"
+
+
+def test_checksums_are_of_the_keys_the_secret_holds() -> None:
+    """The generated keys are made once per render: the Secret and the pods' checksums see the
+    same ones, so the first upgrade (when lookup finds them) restarts nothing."""
+    objects = render(CI / "minimal-values.yaml")
+    token = one(objects, "Secret", full("hub"))["data"]["proxy-token"]
+    proxy = one(objects, "Deployment", full("proxy"))["spec"]["template"]["metadata"]
+    assert (
+        proxy["annotations"]["checksum/proxy-token"] == hashlib.sha256(token.encode()).hexdigest()
+    )
 
 
 def test_changed_secrets_restart_the_pods_that_read_them() -> None:
@@ -619,6 +635,8 @@ def test_the_sqlite_database_is_upgraded_and_kept(tmp_path: Path) -> None:
     objects = render(CI / "minimal-values.yaml")
     claim = one(objects, "PersistentVolumeClaim", full("hub-db"))
     assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    keys = one(objects, "Secret", full("hub"))  # without them, the database's tokens are noise
+    assert keys["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     assert hub_config(objects, tmp_path)["JupyterHub"]["upgrade_db"] is True
     postgres = hub_config(render(CI / "production-values.yaml"), tmp_path)
     assert postgres["JupyterHub"]["upgrade_db"] is False  # the site upgrades PostgreSQL
@@ -700,7 +718,7 @@ def test_the_chart_readme_has_the_sites_checklist_before_install() -> None:
     items = re.findall(r"^- \[ \] \*\*([^*]+)\.\*\*", checklist, re.MULTILINE)
     for topic in ("Registry", "Ingress", "Network plugin", "Storage permissions", "GPUs"):
         assert [i for i in items if topic in i], f"no checklist item for {topic}: {items}"
-    for value in ("imageRegistry", NGINX_BODY, *NGINX_TIMEOUTS[:1], "ciliumApiServer",
+    for value in ("imageRegistry", NGINX_BODY, *NGINX_TIMEOUTS, "ciliumApiServer",
                   "portal.storage.processed", "ReadWriteMany", "hub.existingSecret"):  # fmt: skip
         assert value.split("nginx.ingress.kubernetes.io/")[-1] in checklist, value
     assert "https://<host><hub.baseUrl>hub/oauth_callback" in readme

@@ -406,7 +406,7 @@ async def test_a_pod_that_cannot_join_the_users_other_server_says_why(
         return
     assert messages[1] == explanations[0] and len(explanations) == 1  # once, beside the cause
     for words in (
-        "your other server runs on a node this environment cannot use",
+        "that node is full or of another kind than this environment needs",
         "all of a user's servers share one node",
         "Stop your other server(s) and start this one again",
         "ReadWriteMany homes",

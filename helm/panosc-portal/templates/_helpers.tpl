@@ -64,14 +64,15 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{/* The pre-puller's groups: environments whose pods may run on the same nodes, as a JSON
      list of {name, nodeSelector, tolerations, images}. An environment whose override in
      portal.environments.overrides sets node_selector or tolerations (a GPU environment) is
-     pulled only onto those nodes; the others onto prePuller.nodeSelector's nodes. */}}
+     pulled only onto the nodes its servers may use (its node_selector, as for its pods);
+     the others onto prePuller.nodeSelector's nodes. */}}
 {{- define "panosc-portal.pullGroups" -}}
 {{- $groups := dict -}}
 {{- $order := list -}}
 {{- $everywhere := toJson (list (merge (dict) .Values.prePuller.nodeSelector) (concat .Values.prePuller.tolerations list)) -}}
 {{- range include "panosc-portal.environmentImages" . | fromJsonArray -}}
 {{- $override := get $.Values.portal.environments.overrides .name | default dict -}}
-{{- $selector := merge (dict) ($override.node_selector | default dict) $.Values.prePuller.nodeSelector -}}
+{{- $selector := $override.node_selector | default $.Values.prePuller.nodeSelector | default dict -}}
 {{- $tolerations := concat $.Values.prePuller.tolerations ($override.tolerations | default list) -}}
 {{- $key := toJson (list $selector $tolerations) -}}
 {{- if not (hasKey $groups $key) -}}
@@ -112,13 +113,18 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
      there) generates new ones. 32 random bytes, hex: what JUPYTERHUB_CRYPT_KEY and
      JPY_COOKIE_SECRET expect. Returns the base64 data value. */}}
 {{- define "panosc-portal.keptSecret" -}}
+{{- /* One value per key and render: the Secret and the checksums of the pods that read it
+       must see the same one, or the first upgrade would restart them for nothing. */ -}}
+{{- if not (hasKey .root.Values "_keptSecrets") -}}
+{{- $_ := set .root.Values "_keptSecrets" dict -}}
+{{- end -}}
+{{- $cache := .root.Values._keptSecrets -}}
+{{- if not (hasKey $cache .key) -}}
 {{- $installed := lookup "v1" "Secret" .root.Release.Namespace (include "panosc-portal.hub" .root) -}}
 {{- $kept := dig "data" .key "" $installed -}}
-{{- if $kept -}}
-{{- $kept -}}
-{{- else -}}
-{{- sha256sum (randAlphaNum 64) | b64enc -}}
+{{- $_ := set $cache .key (default (sha256sum (randAlphaNum 64) | b64enc) $kept) -}}
 {{- end -}}
+{{- get $cache .key -}}
 {{- end -}}
 
 {{/* Security contexts: non-root, no privilege escalation, no capability, RuntimeDefault
