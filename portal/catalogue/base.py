@@ -7,7 +7,9 @@ without touching the portal. Nothing here imports JupyterHub.
 
 from __future__ import annotations
 
+import sys
 from abc import abstractmethod
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from importlib.metadata import entry_points
 
@@ -66,6 +68,22 @@ def newest_first(datasets: list[Dataset]) -> list[Dataset]:
     )
 
 
+@dataclass(frozen=True)
+class DatasetPage:
+    """One page of a search and the number of matching datasets in all: what a paged list
+    (the spawn form, ``/hub/datasets``) needs to show "51-100 of 100,000" and its links.
+
+    ``datasets`` holds at most ``limit`` datasets, the ones after the first ``offset`` of
+    all matches in :func:`newest_first` order; ``total`` counts only datasets the user may
+    read, as the page does.
+    """
+
+    datasets: tuple[Dataset, ...]
+    total: int
+    offset: int
+    limit: int
+
+
 class Catalogue(LoggingConfigurable):
     """What the hub and the spawner ask about datasets. Every answer is already access-checked."""
 
@@ -93,6 +111,38 @@ class Catalogue(LoggingConfigurable):
 
         ``technique`` is a PaNET id or name and also matches the techniques below it.
         """
+
+    def search_page(
+        self,
+        user: CatalogueUser,
+        *,
+        text: str = "",
+        technique: str = "",
+        proposal: str = "",
+        instrument: str = "",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> DatasetPage:
+        """:meth:`search`'s page with the total count of matches, for paging.
+
+        Raises as :meth:`search` does (``KeyError`` for an unknown technique,
+        :class:`CatalogueError` when the backend cannot answer), and ``ValueError`` for a
+        negative ``limit`` or ``offset``. This default asks
+        :meth:`search` for every match and counts them here, which is what the HTTP
+        backends do anyway (they fetch all matches, up to their ``max_records``, and slice);
+        a backend that can count on its side (the local index) overrides it.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        found = self.search(
+            user,
+            text=text,
+            technique=technique,
+            proposal=proposal,
+            instrument=instrument,
+            limit=sys.maxsize,
+        )
+        return DatasetPage(tuple(found[offset : offset + limit]), len(found), offset, limit)
 
     def member_proposals(self, user: CatalogueUser) -> frozenset[str]:
         """The proposals ``user`` is a member of: what entitles them to its processed area.

@@ -11,13 +11,16 @@ hub's own crypt key would be copied into the catalogue and shown on every page. 
   started without the indexer's environment, memory, descriptors or log, leaves the
   network, shuts itself in an empty folder (chroot), sets memory, CPU, file-size and
   open-file limits, becomes nobody (when started as root) and undumpable, then forks one
-  worker per proposal, which may not fork. A worker gets each file as a descriptor the
+  worker per proposal, which may not fork. A worker gets the files as descriptors the
   indexer opened below the data root without following any symlink or blocking on a
-  FIFO; a worker taken over by a malicious file sees no other proposal's files, no file
-  by path at all, and has nothing to send them to. What it answers is bounded in size
-  and time, and checked.
+  FIFO, up to :data:`BATCH` of them in one message (one round-trip, not one per file);
+  a worker taken over by a malicious file sees no other proposal's files, no file by
+  path at all, and has nothing to send them to. What it answers is bounded in size and
+  time, and checked. An indexer that wants several cores opens several readers, each
+  with its own worker processes, each as contained as one.
 - The indexer waits :attr:`MetadataReader.timeout` seconds per file; a worker that does
-  not answer is killed and replaced, and that file skipped.
+  not answer is killed and replaced, that file skipped, and the rest of its batch given
+  to the new worker.
 - What comes back is text for people: control characters removed, at most
   :data:`MAX_TEXT` characters per field.
 """
@@ -40,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +144,10 @@ def read_metadata(source: Any) -> dict[str, str]:
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
-MAX_REPLY = 1 << 16
+MAX_REPLY = 1 << 16  # one file's answer
+#: Files handed to a worker in one message. A worker may hold 32 descriptors (the limit
+#: :func:`_contain` sets): a batch, its socket and the standard streams stay well inside.
+BATCH = 16
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
@@ -217,17 +224,20 @@ def _contain(empty: str) -> str:
 
 
 def _serve(sock: socket.socket) -> None:
-    """A worker's loop: a file descriptor in, its metadata (or the reason) out."""
+    """A worker's loop: a batch of file descriptors in, one answer per file out, in order:
+    its metadata, or the reason it has none."""
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no child to outlive a kill
     while True:
-        message, fds, _, _ = socket.recv_fds(sock, 16, 1)
+        message, fds, _, _ = socket.recv_fds(sock, 16, BATCH)
         if not message or not fds:
             return
-        try:
-            with os.fdopen(fds[0], "rb") as handle:
-                _send(sock, {"meta": read_metadata(handle)})
-        except Exception as e:  # everything is the file's fault here: say what, go on
-            _send(sock, {"error": f"{type(e).__name__}: {clean_text(e)}"})
+        for fd in fds:
+            try:
+                with os.fdopen(fd, "rb") as handle:
+                    answer = {"meta": read_metadata(handle)}
+            except Exception as e:  # everything is the file's fault here: say what, go on
+                answer = {"error": f"{type(e).__name__}: {clean_text(e)}"}
+            _send(sock, answer)
 
 
 def _zygote(control: socket.socket) -> None:
@@ -386,26 +396,79 @@ class MetadataReader:
         """The metadata of the file at ``relative`` below the root; ``OSError`` when it is
         not a regular file reached without symlinks, or the worker refuses, fails or takes
         longer than ``timeout``."""
-        fd = open_below(self._root, relative)
+        (result,) = self.read_many([relative])
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    def read_many(self, relatives: Sequence[Path]) -> list[dict[str, str] | OSError]:
+        """The metadata of each file, or the ``OSError`` that says why not (as :meth:`read`
+        would raise it), in order: :data:`BATCH` files per round-trip to the worker, so a
+        worker is never idle waiting for the indexer between two small files.
+
+        Every file must be in the proposal of the last :meth:`use` (``ValueError``): a
+        worker sees one proposal's files, a whole batch at a time.
+        """
+        if any(r.parts[:1] != (self._proposal,) for r in relatives):
+            raise ValueError(f"a file outside proposal {self._proposal!r}: call use() first")
+        results: list[dict[str, str] | OSError] = []
+        for start in range(0, len(relatives), BATCH):
+            results += self._read_batch(relatives[start : start + BATCH])
+        return results
+
+    def _read_batch(self, relatives: Sequence[Path]) -> list[dict[str, str] | OSError]:
+        results: list[dict[str, str] | OSError | None] = [None] * len(relatives)
+        fds: dict[int, int] = {}
         try:
-            sock, _ = self._worker or self._new_worker()
+            for n, relative in enumerate(relatives):
+                try:
+                    fds[n] = open_below(self._root, relative)
+                except OSError as e:
+                    results[n] = e
+            waiting = list(fds)
+            while waiting:  # after a worker gave up, the rest of the batch goes to a new one
+                waiting = self._exchange(waiting, fds, relatives, results)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return results  # type: ignore[return-value]  # every slot is filled by now
+
+    def _exchange(
+        self,
+        waiting: list[int],
+        fds: dict[int, int],
+        relatives: Sequence[Path],
+        results: list[dict[str, str] | OSError | None],
+    ) -> list[int]:
+        """Send the ``waiting`` files to the worker and take its answers, each within
+        ``timeout``; returns those still waiting when the worker gave up on one."""
+        sock = None
+        for done, n in enumerate(waiting):
             try:
-                socket.send_fds(sock, [b"r"], [fd])
+                if sock is None:
+                    sock, _ = self._worker or self._new_worker()
+                    socket.send_fds(sock, [b"r"], [fds[m] for m in waiting])
                 answer = _receive(sock, time.monotonic() + self.timeout)
                 if "error" in answer:
-                    raise Refused(clean_text(answer["error"]))
-                meta = {str(k): clean_text(v) for k, v in dict(answer["meta"]).items()}
-            except Refused:
-                raise
+                    results[n] = Refused(clean_text(answer["error"]))
+                else:
+                    results[n] = {str(k): clean_text(v) for k, v in dict(answer["meta"]).items()}
             except Exception as e:  # timeout, crash (memory limit), nonsense
                 self._end_worker()
-                raise OSError(f"the metadata worker gave up on {relative.name}: {e}") from None
-        finally:
-            os.close(fd)
-        return meta
+                results[n] = OSError(f"the metadata worker gave up on {relatives[n].name}: {e}")
+                return waiting[done + 1 :]
+        return []
 
 
-__all__ = ["MAX_ELEMENTS", "MetadataReader", "Refused", "clean_text", "open_below", "read_metadata"]
+__all__ = [
+    "BATCH",
+    "MAX_ELEMENTS",
+    "MetadataReader",
+    "Refused",
+    "clean_text",
+    "open_below",
+    "read_metadata",
+]
 
 if __name__ == "__main__":
     main(sys.argv)
