@@ -1,149 +1,267 @@
-"""How fast the local catalogue indexes and answers, at the size of a busy facility year.
+"""How fast the local catalogue indexes and answers, up to a million datasets.
 
-Not a test: a script that prints figures. It writes N small NeXus datasets (a few KB each,
-one NXentry with title, definition, times, instrument and source) in P proposals, plus
-``proposals.yaml``, indexes them with :class:`~portal.catalogue.local.LocalCatalogue`, and
-prints files indexed per second (a full index, then a re-index with nothing changed) and the
-p50/p95 latency of ``datasets_for`` and ``search`` (text, technique) for a user who is a
-member of every proposal, against the same queries for a member of one proposal (the
-baseline). The goal: ``datasets_for`` (the query behind the spawn form) at p95 <= 100 ms.
+Not a test: a script that prints figures. It writes N small NeXus datasets (10 KB each, one
+NXentry with title, definition, times, instrument and source; 50 per proposal) and
+``proposals.yaml``, indexes them with :class:`~portal.catalogue.local.LocalCatalogue` on
+every core, and prints:
 
-    .venv/bin/python benchmarks/catalogue.py [--datasets 10000] [--proposals 200]
-                                             [--queries 50] [--workdir DIR] [--keep]
+- the full index in files/s and the number of metadata workers; a re-index with nothing
+  changed, and one with 100 datasets changed (only those are read again);
+- p50/p95 of ``datasets_for``, ``get``, ``search`` (text, technique) and ``search_page``
+  (a page and the total, as the datasets page asks) for a member of 1 proposal, a member
+  of 200 proposals (10,000 datasets) and a staff member whose group may read 2,000
+  proposals (100,000 datasets, or all of a smaller tree), each beside its goal.
+
+Goals at a million datasets: ``get`` p95 < 5 ms, ``search`` p95 < 50 ms, ``datasets_for``
+of 10,000 datasets p95 < 50 ms. A few proposals (``--open-proposals``) are open data,
+which every user reads as well.
+
+    .venv/bin/python benchmarks/catalogue.py [--datasets 10000] [--open-proposals 10]
+        [--queries 50] [--workers 0] [--workdir DIR] [--keep | --reuse DIR]
+
+A million datasets need about 15 GB in ``--workdir`` (10 GB of files, the rest folders and
+the 0.6 GB index) and, on 2 cores, about 5 minutes to write and 15 to index:
+
+    .venv/bin/python benchmarks/catalogue.py --datasets 1000000 --workdir /var/tmp --keep
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
+import os
+import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import h5py
+import numpy as np
 
-from portal.catalogue import CatalogueUser
+from portal.catalogue import CatalogueUser, Dataset
+from portal.catalogue.base import DatasetPage
 from portal.catalogue.local import LocalCatalogue
 
+PER_PROPOSAL = 50
 # (application definition, probe, instrument): four technique families, as at a synchrotron
-# and a neutron source.
+# and a neutron source. A proposal uses one instrument.
 KINDS = [
     ("NXsas", "x-ray", "ID02"),
     ("NXmonopd", "x-ray", "ID22"),
     ("NXfluo", "x-ray", "ID21"),
     ("NXtomo", "neutron", "ICON"),
 ]
-GOAL_MS = 100.0
+EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+# Placeholders of the fields that differ between files, as fixed-length (NUL-padded) strings.
+TITLE, START, END = b"\x01" * 48, b"\x02" * 32, b"\x03" * 32
+GOALS_MS = {"get": 5.0, "search": 50.0, "datasets_for": 50.0}
 
 
-def write_nexus(path: Path, title: str, kind: tuple[str, str, str], start: datetime) -> None:
-    """A minimal but valid NeXus file: what the indexer reads, nothing more."""
+def template(kind: tuple[str, str, str]) -> bytes:
+    """A minimal but valid NeXus file of this kind, with placeholders for title and times:
+    writing a dataset is then a copy with three substitutions, not an HDF5 library call."""
     definition, probe, instrument = kind
-    with h5py.File(path, "w") as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         f.attrs["default"] = "entry"
         entry = f.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
-        entry["title"] = title
+        entry["title"] = np.bytes_(TITLE)
         entry["definition"] = definition
-        entry["start_time"] = start.isoformat()
-        entry["end_time"] = (start + timedelta(minutes=20)).isoformat()
+        entry["start_time"] = np.bytes_(START)
+        entry["end_time"] = np.bytes_(END)
         inst = entry.create_group("instrument")
         inst.attrs["NX_class"] = "NXinstrument"
         inst["name"] = instrument
         source = inst.create_group("source")
         source.attrs["NX_class"] = "NXsource"
         source["probe"] = probe
+    data = buffer.getvalue()
+    assert all(data.count(p) == 1 for p in (TITLE, START, END))
+    return data
 
 
-def generate(root: Path, datasets: int, proposals: int) -> list[str]:
-    """Write the tree and ``proposals.yaml``; return the proposal ids."""
-    ids = [f"MX{1000 + p}" for p in range(proposals)]
-    epoch = datetime(2024, 1, 1, tzinfo=UTC)
-    for n in range(datasets):
-        proposal = ids[n % proposals]
-        kind = KINDS[n % len(KINDS)]
-        folder = root / proposal / kind[2] / f"sample_{n:05d}"
-        folder.mkdir(parents=True)
-        start = epoch + timedelta(minutes=37 * n)
-        write_nexus(folder / f"{folder.name}.nxs", f"Sample {n} {kind[0]}", kind, start)
+def proposal_ids(datasets: int) -> list[str]:
+    return [f"MX{10000 + p}" for p in range(max(1, datasets // PER_PROPOSAL))]
+
+
+def where(n: int, ids: list[str]) -> tuple[str, tuple[str, str, str], str]:
+    """Dataset ``n``'s proposal, kind and folder name: proposals take turns, so each holds
+    datasets from the whole time range."""
+    p = n % len(ids)
+    return ids[p], KINDS[p % len(KINDS)], f"sample_{n:07d}"
+
+
+def write_range(root: Path, ids: list[str], first: int, last: int) -> None:
+    """Write datasets ``first`` to ``last - 1`` (one process's share)."""
+    templates = {kind: template(kind) for kind in KINDS}
+    for n in range(first, last):
+        proposal, kind, name = where(n, ids)
+        folder = root / proposal / kind[2] / name
+        folder.mkdir(parents=True, exist_ok=True)
+        start = EPOCH + timedelta(minutes=3 * n)
+        fields = {
+            TITLE: f"Sample {n} {kind[0]}",
+            START: start.isoformat(),
+            END: (start + timedelta(minutes=2)).isoformat(),
+        }
+        data = templates[kind]
+        for placeholder, value in fields.items():
+            data = data.replace(placeholder, value.encode().ljust(len(placeholder), b"\0"))
+        (folder / f"{name}.nxs").write_bytes(data)
+
+
+def generate(root: Path, datasets: int, open_proposals: int, staff_proposals: int) -> list[str]:
+    """Write the tree (on every core) and ``proposals.yaml``; return the proposal ids.
+
+    Every ``len(ids) // open_proposals``-th proposal is open data; the group ``staff`` may
+    read the first ``staff_proposals`` proposals; ``pi<p>`` is the member of proposal p.
+    """
+    ids = proposal_ids(datasets)
+    cores = len(os.sched_getaffinity(0))
+    step = -(-datasets // (cores * 8))
+    with ProcessPoolExecutor(cores) as pool:
+        jobs = [
+            pool.submit(write_range, root, ids, first, min(first + step, datasets))
+            for first in range(0, datasets, step)
+        ]
+        for job in jobs:
+            job.result()
+    every = max(1, len(ids) // max(1, open_proposals))
     embargo_end = date.today() + timedelta(days=365)
     lines = ["proposals:"]
     for p, proposal in enumerate(ids):
-        public = date(2020, 1, 1) if p % 20 == 0 else embargo_end  # 1 in 20 is open data
-        lines.append(f"  {proposal}: {{members: [pi{p}], public_date: {public}}}")
+        public = date(2020, 1, 1) if open_proposals and p % every == every // 2 else embargo_end
+        groups = ", access_groups: [staff]" if p < staff_proposals else ""
+        lines.append(f"  {proposal}: {{members: [pi{p}], public_date: {public}{groups}}}")
     (root / "proposals.yaml").write_text("\n".join(lines) + "\n")
     return ids
 
 
-def latencies(query: Callable[[], list], runs: int) -> tuple[float, float, int]:
-    """p50 and p95 in milliseconds over ``runs`` calls (after a warm-up), and the answer size."""
-    answer = query()
+def latencies(query: Callable[[], object], runs: int) -> tuple[float, float]:
+    """p50 and p95 in milliseconds over ``runs`` calls, after one warm-up call."""
+    query()
     times = []
     for _ in range(runs):
         started = time.perf_counter()
         query()
         times.append((time.perf_counter() - started) * 1000)
     cuts = statistics.quantiles(times, n=20, method="inclusive")
-    return statistics.median(times), cuts[18], len(answer)
+    return statistics.median(times), cuts[18]
+
+
+def results(answer: object) -> int:
+    """How many datasets an answer names: a list's length, a page's total, or one."""
+    if isinstance(answer, DatasetPage):
+        return answer.total
+    return len(answer) if isinstance(answer, list) else 1
+
+
+def queries(
+    catalogue: LocalCatalogue, user: CatalogueUser, readable: list[Dataset]
+) -> dict[str, Callable[[], object]]:
+    """What the portal asks for this user: the spawn form's list, one dataset (at spawn and
+    /hub/open, a different readable one each time), searches, and the paged datasets page."""
+    sample = random.Random(2).sample(readable, min(200, len(readable)))
+    picks = itertools.cycle([d.pid for d in sample])
+    return {
+        "datasets_for": lambda: catalogue.datasets_for(user),
+        "get": lambda: catalogue.get(next(picks), user),
+        "search text 'sample 42'": lambda: catalogue.search(user, text="sample 42"),
+        "search text 'sample_0004242'": lambda: catalogue.search(user, text="sample_0004242"),
+        "search technique": lambda: catalogue.search(user, technique="x-ray scattering"),
+        "search_page 1 + total": lambda: catalogue.search_page(user),
+        "search_page 21 + total": lambda: catalogue.search_page(user, offset=1000),
+        "search_page text + total": lambda: catalogue.search_page(user, text="sample 42"),
+    }
+
+
+def timed_index(catalogue: LocalCatalogue, label: str) -> float:
+    """Run an index, print what it did and how long it took; return the seconds."""
+    started = time.perf_counter()
+    report = catalogue.index()
+    elapsed = time.perf_counter() - started
+    print(
+        f"{label:28s} {elapsed:8.2f} s   added {report.added}, updated {report.updated},"
+        f" unchanged {report.unchanged}, skipped {len(report.skipped_files)}"
+        f" ({report.workers} workers)"
+    )
+    return elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=int, default=10_000)
-    parser.add_argument("--proposals", type=int, default=200)
+    parser.add_argument("--open-proposals", type=int, default=10, help="proposals of open data")
+    parser.add_argument("--staff-proposals", type=int, default=2_000)
     parser.add_argument("--queries", type=int, default=50, help="runs of each query")
+    parser.add_argument("--workers", type=int, default=0, help="index workers (0: one per core)")
     parser.add_argument("--workdir", type=Path, help="where to write (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="leave the data in place")
+    parser.add_argument("--reuse", type=Path, help="a work dir kept by --keep: skip writing")
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="catalogue-bench-", dir=args.workdir))
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="catalogue-bench-", dir=args.workdir))
+    root = work / "data"
     try:
-        root = work / "data"
-        started = time.perf_counter()
-        ids = generate(root, args.datasets, args.proposals)
-        print(
-            f"generated {args.datasets} datasets in {len(ids)} proposals"
-            f" in {time.perf_counter() - started:.1f} s under {work}"
-        )
-
-        catalogue = LocalCatalogue(data_root=str(root), index_path=str(work / "index.sqlite"))
-        for label in ("full index", "re-index, nothing changed"):
+        if args.reuse:
+            ids = proposal_ids(args.datasets)
+            print(f"reusing {args.datasets} datasets in {len(ids)} proposals under {work}")
+        else:
             started = time.perf_counter()
-            report = catalogue.index()
-            elapsed = time.perf_counter() - started
+            ids = generate(root, args.datasets, args.open_proposals, args.staff_proposals)
             print(
-                f"{label:28s} {args.datasets / elapsed:8.0f} files/s  ({elapsed:.2f} s,"
-                f" added {report.added}, unchanged {report.unchanged})"
+                f"wrote {args.datasets} datasets in {len(ids)} proposals"
+                f" in {time.perf_counter() - started:.1f} s under {work}"
             )
+        index = work / "index.sqlite"
+        for stale in work.glob("index.sqlite*"):
+            stale.unlink()
+        catalogue = LocalCatalogue(
+            data_root=str(root), index_path=str(index), index_workers=args.workers
+        )
+        elapsed = timed_index(catalogue, "full index")
+        print(
+            f"{'':28s} {args.datasets / elapsed:8.0f} files/s, index file"
+            f" {index.stat().st_size / 1e6:.0f} MB"
+        )
+        timed_index(catalogue, "re-index, nothing changed")
+        changed = random.Random(1).sample(range(args.datasets), min(100, args.datasets))
+        for n in changed:  # rewritten in place: a new modification time, the same size
+            proposal, kind, name = where(n, ids)
+            os.utime(root / proposal / kind[2] / name / f"{name}.nxs")
+        timed_index(catalogue, f"re-index, {len(changed)} changed")
 
+        rules = catalogue.proposals()
+        closed = [p for p in ids if (rules[p].public_date or date.max) > date.today()]
         users = {
-            f"member of {len(ids)} proposals": CatalogueUser("many", proposals=frozenset(ids)),
-            "member of 1 proposal (baseline)": CatalogueUser("one", proposals=frozenset(ids[1:2])),
+            "member of 1 proposal": CatalogueUser("one", proposals=frozenset(closed[:1])),
+            "member of 200 proposals": CatalogueUser("many", proposals=frozenset(closed[:200])),
+            f"staff (group on {min(args.staff_proposals, len(ids))} proposals)": CatalogueUser(
+                "staff", groups=frozenset({"staff"})
+            ),
         }
-        print(f"\nlatency over {args.queries} runs, ms        p50      p95   results")
-        worst = 0.0
+        print(f"\nlatency over {args.queries} runs, ms{'p50':>26s}{'p95':>9s}  results  goal p95")
         for who, user in users.items():
-            queries = {
-                "datasets_for": lambda u=user: catalogue.datasets_for(u),
-                "search text": lambda u=user: catalogue.search(u, text="sample 42"),
-                "search technique": lambda u=user: catalogue.search(
-                    u, technique="x-ray scattering"
-                ),
-            }
-            print(who)
-            for name, query in queries.items():
-                p50, p95, size = latencies(query, args.queries)
-                print(f"  {name:34s} {p50:8.1f} {p95:8.1f} {size:9d}")
-                if name == "datasets_for":
-                    worst = max(worst, p95)
-        verdict = "meets" if worst <= GOAL_MS else "MISSES"
-        print(f"\ndatasets_for p95 {worst:.1f} ms: {verdict} the {GOAL_MS:.0f} ms goal")
+            readable = catalogue.datasets_for(user)
+            print(f"{who}: may read {len(readable)} datasets")
+            for name, query in queries(catalogue, user, readable).items():
+                size = results(query())
+                p50, p95 = latencies(query, args.queries)
+                goal = GOALS_MS.get(name.split()[0].split("_page")[0])
+                if name == "datasets_for" and len(readable) > 10_500:
+                    goal = None  # the goal is for 10,000 datasets; more is what paging is for
+                verdict = f"< {goal:.0f} ms {'ok' if p95 < goal else 'MISSED'}" if goal else ""
+                print(f"  {name:34s} {p50:8.2f} {p95:8.2f} {size:8d}  {verdict}")
     finally:
-        if args.keep:
+        if args.keep or args.reuse:
             print(f"kept {work}")
         else:
             shutil.rmtree(work)
