@@ -21,12 +21,16 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue
+from portal.catalogue.base import DatasetPage
 from portal.course import CourseError, load_course
 from spawner.common import spawn_query, trusted_navigation, user_from_auth_state
 from spawner.courses import SERVER_PREFIX, CourseLibrary, CourseUnavailable, server_name
 from spawner.environments import SERVER_TYPES, load_environments
 from spawner.form import human_size
 from spawner.options import pick_environment
+
+#: Datasets per page of /hub/datasets.
+PAGE_SIZE = 50
 
 
 def server_name_for(dataset: Dataset, server_type: str, taken: set[str]) -> str:
@@ -86,29 +90,49 @@ class DatasetsHandler(PortalPage):
         text = self.get_argument("q", "").strip()
         technique = self.get_argument("technique", "").strip()
         proposal = self.get_argument("proposal", "").strip()
+        try:
+            offset = max(0, int(self.get_argument("offset", "0")))
+        except ValueError:
+            offset = 0
         user = await self.catalogue_user()
         problem = ""
+        page = DatasetPage((), 0, offset, PAGE_SIZE)
         try:
-            found = await asyncio.to_thread(
-                self.catalogue.search,
+            page = await asyncio.to_thread(
+                self.catalogue.search_page,
                 user,
                 text=text,
                 technique=technique,
                 proposal=proposal,
-                limit=500,
+                limit=PAGE_SIZE,
+                offset=offset,
             )
         except KeyError as e:  # an unknown technique: say which and how to write it
-            found, problem = [], str(e.args[0])
+            problem = str(e.args[0])
         except CatalogueError as e:  # down, slow, nonsense, or refusing the user's token
-            found, problem = [], f"The catalogue cannot answer right now: {e}"
+            problem = f"The catalogue cannot answer right now: {e}"
+        filters = {
+            k: v for k, v in (("q", text), ("technique", technique), ("proposal", proposal)) if v
+        }
+
+        def at(start: int) -> str:
+            return (
+                "?" + urlencode({**filters, "offset": start}) if start else "?" + urlencode(filters)
+            )
+
         html = await self.render_template(
             "datasets.html",
-            datasets=[(d, ", ".join(d.technique_names), human_size(d.size)) for d in found],
+            datasets=[(d, ", ".join(d.technique_names), human_size(d.size)) for d in page.datasets],
             q=text,
             technique=technique,
             proposal=proposal,
             problem=problem,
             server_types=self.server_types,
+            first=offset + 1 if page.datasets else 0,
+            last=offset + len(page.datasets),
+            total=page.total,
+            previous=at(max(0, offset - PAGE_SIZE)) if offset else "",
+            next=at(offset + PAGE_SIZE) if offset + PAGE_SIZE < page.total else "",
         )
         self.finish(html)
 

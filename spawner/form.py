@@ -25,6 +25,9 @@ _TEMPLATES = Jinja(
 )
 
 SERVER_TYPE_LABELS = {"lab": "JupyterLab", "desktop": "Remote desktop (XFCE, silx view, PyMca)"}
+#: Datasets the form lists, newest first. An instrument scientist may read 100,000: the form
+#: lists these, says how many there are, and sends them to the datasets page to search.
+FORM_LIMIT = 200
 
 
 def human_size(size: int) -> str:
@@ -41,8 +44,14 @@ def form_context(
     supported_types: tuple[str, ...],
     presets: Mapping[str, Mapping[str, Any]],
     selected: frozenset[str] = frozenset(),
+    total: int | None = None,
+    datasets_url: str = "",
 ) -> dict[str, Any]:
-    """The template's values: plain data, so the form can be tested without a hub."""
+    """The template's values: plain data, so the form can be tested without a hub.
+
+    ``total``: how many datasets the user may read, when ``datasets`` lists only the newest
+    (the form then says so, with a link to ``datasets_url`` to search the others).
+    """
     groups: dict[str, list[dict[str, Any]]] = {}
     for d in sorted(datasets, key=lambda d: (d.proposal, d.title.lower())):
         groups.setdefault(d.proposal, []).append(
@@ -66,6 +75,9 @@ def form_context(
         "environments": list(environments.values()),
         "initial_environment": pick_environment(chosen, environments, "lab").name,
         "groups": groups,
+        "listed": len(datasets),
+        "total": len(datasets) if total is None else total,
+        "datasets_url": datasets_url,
         "presets": [
             {"name": ENVIRONMENT_DEFAULT, "label": "the environment's default"},
             *(
@@ -85,10 +97,16 @@ async def options_form(spawner: Any) -> str:
     user = await spawner.user_for_catalogue()
     problem = ""
     try:
-        datasets = await asyncio.to_thread(spawner.catalogue.datasets_for, user)
+        page = await asyncio.to_thread(spawner.catalogue.search_page, user, limit=FORM_LIMIT)
+        datasets, total = list(page.datasets), page.total
     except CatalogueError as e:  # the page still opens, and says why no dataset is listed
-        datasets, problem = [], f"Your datasets cannot be listed right now: {e}"
+        datasets, total, problem = [], 0, f"Your datasets cannot be listed right now: {e}"
     context = form_context(
-        datasets, spawner.environments, spawner.supported_server_types, spawner.resource_presets
+        datasets,
+        spawner.environments,
+        spawner.supported_server_types,
+        spawner.resource_presets,
+        total=total,
+        datasets_url=f"{spawner.hub.base_url}datasets",
     )
     return render_form({**context, "problem": problem})
