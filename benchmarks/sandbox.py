@@ -57,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sandbox-bench-") as tmp:
         base = Path(tmp)
         data = base / "data"
-        generate(data, datasets=5, proposals=1)
+        [proposal] = generate(data, datasets=5, open_proposals=0, staff_proposals=0)
         pids = sorted(f"{p.parent.parent.name}/{p.parent.name}/{p.name}"
                       for p in data.glob("*/*/*") if p.is_dir())  # fmt: skip
         provider = Provider(free_port(), base / "op.log")
         provider.start()
-        provider.set_user(SUB, preferred_username=USER, proposals=["MX1000"])
+        provider.set_user(SUB, preferred_username=USER, proposals=[proposal])
         (base / "plain").mkdir()
         (base / "portal").mkdir()
         hubs = {"plain": hub(base / "plain", provider, data, True)}
