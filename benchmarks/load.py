@@ -172,10 +172,11 @@ def one_student(
             if left <= 0:
                 raise TimeoutError(f"not ready within {timeout:.0f} s")
             model = client.api("GET", f"hub/api/users/{name}", timeout=left).json()
+            # None: the course link's spawn page has not registered the spawn yet.
             state = model["servers"].get(server)
-            if not state or (not state.get("pending") and not state.get("ready")):
-                raise AssertionError(f"the spawn failed: {model}")
-            if state.get("ready"):
+            if state is not None and not state.get("pending") and not state.get("ready"):
+                raise AssertionError(f"the spawn failed: {state}")
+            if state and state.get("ready"):
                 break
             time.sleep(POLL)
         status = f"user/{name}/{server + '/' if server else ''}api/status"
