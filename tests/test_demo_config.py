@@ -41,3 +41,25 @@ def test_a_sites_docker_hub_still_keeps_its_servers_across_a_restart(docker_demo
 def test_the_docker_demo_lists_every_shipped_course(docker_demo) -> None:
     shipped = sorted(p.parent.name for p in (ROOT / "notebooks").glob("*/course.yaml"))
     assert sorted(docker_demo["courses"]["sources"]) == shipped
+
+
+def test_the_hub_and_the_proxy_never_get_the_same_internal_port(monkeypatch) -> None:
+    """The kernel may offer a closed probe's port again: a second listener would collide."""
+    offered = iter([40001, 40001, 40002])
+
+    class Probe:
+        def __enter__(self) -> Probe:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(offered)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(run.socket, "socket", Probe)
+    monkeypatch.setattr(run, "_HANDED_OUT", set())
+    assert [run.ephemeral_port(), run.ephemeral_port()] == [40001, 40002]

@@ -63,11 +63,22 @@ def read_only(tree: Path) -> None:
         path.chmod(mode)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def ephemeral_port() -> int:
-    """A free port for an internal listener nobody types (hub API, proxy API)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for an internal listener nobody types (hub API, proxy API).
+
+    Never one handed out before: once the probe socket closes, the kernel may offer the same
+    port again, and the hub's API and the proxy's would then collide.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def spawner_settings(state: Path, backend: str) -> tuple[dict, dict]:
