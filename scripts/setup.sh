@@ -5,6 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 CHP_VERSION="5.3"
+# axe-core, the accessibility rules the browser tests inject into every page they check
+AXE_VERSION="4.11.0"
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -104,6 +106,11 @@ setup_portal() {
             "configurable-http-proxy@$CHP_VERSION" >/dev/null 2>&1 \
             || npm install --no-fund --no-audit --prefix "$VENV/chp" "configurable-http-proxy@$CHP_VERSION"
         ln -sf "$VENV/chp/node_modules/.bin/configurable-http-proxy" "$VENV/bin/configurable-http-proxy"
+    fi
+    if [ "$purpose" = test ] && [ ! -f "$VENV/axe/node_modules/axe-core/axe.min.js" ]; then
+        say "Installing axe-core $AXE_VERSION (npm) for the browser tests' accessibility checks"
+        npm install --silent --no-fund --no-audit --prefix "$VENV/axe" "axe-core@$AXE_VERSION" >/dev/null 2>&1 \
+            || npm install --no-fund --no-audit --prefix "$VENV/axe" "axe-core@$AXE_VERSION"
     fi
     export PATH="$VENV/bin:$PATH"
 }
