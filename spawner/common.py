@@ -7,6 +7,7 @@ The backends (local, Docker, Kubernetes) differ only in how they realise a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -53,6 +54,32 @@ def user_from_auth_state(username: str, auth_state: dict | None) -> CatalogueUse
 #: The single-user images' user and home, as jupyter docker-stacks have them.
 HOME = PurePosixPath("/home/jovyan")
 JOVYAN_UID, JOVYAN_GID = 1000, 100
+
+
+async def until_answering(url: str, timeout: float, every: float = 0.05) -> bool:
+    """Whether the server at ``url`` answered HTTP (any status) within ``timeout`` seconds,
+    asked every ``every`` seconds.
+
+    JupyterHub's own readiness check backs off exponentially with jitter (0.2, 0.4, 0.8,
+    1.6 s...), so a server up after 1.5 s may be seen only at 3 s or later; a spawner that
+    returns once this answers lets the hub's first check find the server up.
+    """
+    target = urlsplit(url)
+    request = f"GET {target.path or '/'} HTTP/1.0\r\nHost: {target.netloc}\r\n\r\n".encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, TimeoutError):
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(target.hostname, target.port or 80), 2
+            )
+            try:
+                writer.write(request)
+                if (await asyncio.wait_for(reader.readline(), 2)).startswith(b"HTTP/"):
+                    return True
+            finally:
+                writer.close()
+        await asyncio.sleep(every)
+    return False
 
 
 class ConfirmFirst(Exception):

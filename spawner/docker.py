@@ -25,7 +25,14 @@ from docker.types import Mount
 from dockerspawner import DockerSpawner
 from traitlets import Integer, Unicode, default
 
-from spawner.common import HOME, JOVYAN_GID, JOVYAN_UID, PortalSpawner, SpawnPlan
+from spawner.common import (
+    HOME,
+    JOVYAN_GID,
+    JOVYAN_UID,
+    PortalSpawner,
+    SpawnPlan,
+    until_answering,
+)
 from spawner.course_delivery import STAGING
 from spawner.courses import (
     CourseLibrary,
@@ -296,6 +303,8 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         except CourseUnavailable as e:
             raise SpawnRefused(str(e), 503) from e
         await self.exec_checked(["/usr/bin/touch", GATE], "open the gate")
+        ip, port = address
+        await until_answering(f"http://{ip}:{port}{self.server.base_url}api", self.http_timeout)
         return address
 
     async def get_command(self) -> list[str]:
