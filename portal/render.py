@@ -135,6 +135,9 @@ def render_config(settings: PortalSettings) -> Config:
         ROUTE_CHECK_INTERVAL, activity_interval(settings.cull.timeout)
     )
     config["JupyterHub"].update(culling(settings, culler_api_url(settings)))
+    config["JupyterHub"].setdefault("template_vars", {}).update(branding_vars(settings))
+    if settings.branding.logo_file:
+        config["JupyterHub"]["logo_file"] = str(settings.branding.logo_file)
     if not hub.admin_access:
         config["JupyterHub"].setdefault("load_roles", []).extend(admin_roles(settings))
         # Admins are made by the role alone; their groups still let them sign in.
@@ -159,6 +162,22 @@ def render_config(settings: PortalSettings) -> Config:
     for cls, traits in settings.extra_config.items():
         config.setdefault(cls, {}).update(traits)
     return config
+
+
+def branding_vars(settings: PortalSettings) -> dict[str, Any]:
+    """``portal_branding`` for the templates (page.html, login.html): who runs this portal
+    and what it is for. A logo file is served by JupyterHub itself at ``/hub/logo``
+    (``JupyterHub.logo_file``), so ``logo_url`` is set only for a remote logo."""
+    branding = settings.branding
+    return {
+        "portal_branding": {
+            "name": branding.name,
+            "facility": branding.facility,
+            "tagline": branding.tagline,
+            "logo_url": branding.logo_url,
+            "links": [link.model_dump() for link in branding.links],
+        }
+    }
 
 
 #: What a portal admin may do (``hub.admin_access: false``, the default): manage users and

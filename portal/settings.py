@@ -380,6 +380,90 @@ class CourseSettings(Section):
         return sources
 
 
+#: Image files JupyterHub's logo handler serves with the right type, as a browser shows them.
+LOGO_SUFFIXES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp")
+#: The portal's own logo, used when ``branding.logo`` is empty.
+DEFAULT_LOGO = Path(__file__).with_name("static") / "portal-logo.svg"
+
+
+def _link_url(url: str) -> str:
+    """An ``http(s)://`` URL or a path on the portal: anything else (``javascript:``,
+    ``data:``, ``//host``) could run script or leave the site unannounced from a trusted page."""
+    if "\\" in url or any(c.isspace() or not c.isprintable() for c in url):
+        # browsers read "/\\host" as "//host", and drop tabs and newlines inside a scheme
+        raise ValueError(f"link url {url!r} must not contain backslashes, spaces or controls")
+    if url.startswith("/") and not url.startswith("//"):
+        return url
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#":
+        raise ValueError(
+            f"link url {url!r} must start with https:// or http:// (or be a path on the portal,"
+            " such as /hub/datasets)"
+        )
+    return url
+
+
+class BrandingLink(Section):
+    """A link on the landing page and in every page's footer (help, data policy, catalogue)."""
+
+    title: str = Field(min_length=1, max_length=60, description="The link's text.")
+    url: str = Field(description="https://... or a path on the portal such as /hub/datasets.")
+
+    @field_validator("url")
+    @classmethod
+    def _safe_url(cls, url: str) -> str:
+        return _link_url(url)
+
+
+class BrandingSettings(Section):
+    """What the landing page and every page's navbar say: whose portal this is and for what."""
+
+    name: str = Field("PaNOSC Portal", min_length=1, max_length=60)
+    facility: str = Field("", max_length=80, description="The facility running the portal.")
+    logo: str = Field(
+        "",
+        description="An image file on the hub host (served by the hub at /hub/logo) or an"
+        " https:// URL; empty: the portal's own logo.",
+    )
+    tagline: str = Field(
+        "JupyterLab and remote desktops on your experiment data, in the environment made for"
+        " your technique.",
+        min_length=1,
+        max_length=300,
+    )
+    links: list[BrandingLink] = Field(default_factory=list, max_length=10)
+
+    @field_validator("logo")
+    @classmethod
+    def _logo(cls, logo: str) -> str:
+        lowered = logo.lower()
+        if lowered.startswith("https://"):
+            return _link_url(logo)
+        if ":" in logo.split("/")[0]:  # a scheme: http:, data:, javascript:, ...
+            why = " (http:// would be mixed content on an https portal)"
+            raise ValueError(
+                f"logo {logo!r}: give an https:// URL or an image file on the hub host"
+                + (why if lowered.startswith("http:") else "")
+            )
+        if logo and not lowered.endswith(LOGO_SUFFIXES):
+            raise ValueError(
+                f"logo {logo!r}: the file must be an image ({', '.join(LOGO_SUFFIXES)})"
+            )
+        return logo
+
+    @property
+    def logo_url(self) -> str | None:
+        """The logo's URL when it is remote; ``None`` when the hub serves a file."""
+        return self.logo if self.logo.lower().startswith("https://") else None
+
+    @property
+    def logo_file(self) -> Path | None:
+        """The logo file the hub serves at ``/hub/logo``; ``None`` for a remote logo."""
+        if self.logo_url:
+            return None
+        return Path(self.logo) if self.logo else DEFAULT_LOGO
+
+
 class PortalSettings(Section):
     hub: HubSettings = Field(default_factory=HubSettings)
     cull: CullSettings = Field(default_factory=CullSettings)
@@ -387,6 +471,7 @@ class PortalSettings(Section):
     catalogue: CatalogueSettings
     spawner: SpawnerSettings = Field(default_factory=SpawnerSettings)
     courses: CourseSettings = Field(default_factory=CourseSettings)
+    branding: BrandingSettings = Field(default_factory=BrandingSettings)
     extra_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)
 
@@ -510,15 +595,32 @@ def _absolute(settings: PortalSettings, base: Path, source: Path) -> PortalSetti
         for name, course in settings.courses.sources.items()
     }
     courses = settings.courses.model_copy(update={"sources": sources})
+    branding = _branding_file(settings.branding, base, source)
     return settings.model_copy(
         update={
             "hub": hub,
             "catalogue": catalogue,
             "spawner": spawner,
             "courses": courses,
+            "branding": branding,
             "source": source,
         }
     )
+
+
+def _branding_file(branding: BrandingSettings, base: Path, source: Path) -> BrandingSettings:
+    """The logo file taken from ``base``; a missing one is refused now, not shown broken."""
+    if not branding.logo or branding.logo_url:
+        return branding
+    logo = (base / branding.logo).resolve()
+    if not logo.is_file():
+        raise SettingsError(
+            [
+                f"{source}: branding.logo: {logo} is not a file on the hub host; give an image"
+                " file the hub can read, or an https:// URL"
+            ]
+        )
+    return branding.model_copy(update={"logo": str(logo)})
 
 
 def load(path: str | Path) -> PortalSettings:

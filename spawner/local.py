@@ -53,6 +53,10 @@ from spawner.sandbox import (
 PROGRAMS = PurePosixPath("/opt/panosc-portal")
 INIT = PROGRAMS / "sandbox_init.py"
 DELIVERY = PROGRAMS / "course_delivery.py"
+#: JupyterLab's settings overrides, as the images carry them: no news prompt, no update check.
+#: The server runs in the hub's own environment, so it gets them as its app settings folder.
+LAB_OVERRIDES = Path(__file__).with_name("lab_overrides.json").resolve()
+LAB_SETTINGS = PROGRAMS / "lab-settings"
 
 
 def _children(pid: int) -> list[int]:
@@ -220,7 +224,7 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         self._run = str(run)
         await self.bridges.start(run, self.port, self.hub_address(), account)
         listener = server_socket(run)
-        server = [*self.cmd, *self.get_args()]
+        server = [*self.cmd, *self.get_args(), f"--LabApp.app_settings_dir={LAB_SETTINGS}"]
         init = [sys.executable, "-I", "-S", str(INIT), "--run", str(RUN)]
         init += ["--server-fd", str(listener.fileno())]
         init += ["--hub-port", str(self.hub_address()[1]), "--server-port", str(self.port)]
@@ -236,7 +240,10 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
                     plan=spawn.mounts,
                     environment=environment_paths(),
                     run=Path(self._run),
-                    binds=[(Path(sandbox_init.__file__), INIT)],
+                    binds=[
+                        (Path(sandbox_init.__file__), INIT),
+                        (LAB_OVERRIDES, LAB_SETTINGS / "overrides.json"),
+                    ],
                 )
                 with box:
                     self.proc = Popen(

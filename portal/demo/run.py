@@ -124,6 +124,18 @@ def demo_courses(backend: str) -> dict[str, str]:
     return {p.name: str(p) for p in found}
 
 
+#: The demo's landing page: a made-up facility, and links a visitor can follow from anywhere.
+DEMO_BRANDING = {
+    "name": "PaNOSC Portal",
+    "facility": "Demo Light Source · sample data",
+    "links": [
+        {"title": "Help: the JupyterLab guide", "url": "https://jupyterlab.readthedocs.io/"},
+        {"title": "Data policy: PaNOSC", "url": "https://www.panosc.eu/"},
+        {"title": "Dataset catalogue", "url": "/hub/datasets"},
+    ],
+}
+
+
 def demo_settings(state: Path, port: int, oidc_port: int, backend: str = "local") -> dict:
     """The demo's ``portal.yaml``, written to the state folder so it can be read and reused.
 
@@ -151,6 +163,7 @@ def demo_settings(state: Path, port: int, oidc_port: int, backend: str = "local"
         },
         "spawner": spawner,
         "courses": {"sources": courses, "trainer_groups": ["trainers"]},
+        "branding": DEMO_BRANDING,
         "extra_config": {
             # Ctrl-C stops the users' servers too: a site's Docker hub leaves its containers
             # running across a restart (render.py), but the demo stops what it started.
