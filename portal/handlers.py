@@ -43,6 +43,16 @@ def server_name_for(dataset: Dataset, server_type: str, taken: set[str]) -> str:
     return f"{name[:23].rstrip('-')}-{digest}"
 
 
+def new_server_name(server_type: str, taken: set[str]) -> str:
+    """``lab-1``, ``desktop-2``: the first free name for a session started without a dataset,
+    in the same ``<type>-<what>`` shape as :func:`server_name_for` (the spawn form reads the
+    type back from it)."""
+    n = 1
+    while f"{server_type}-{n}" in taken:
+        n += 1
+    return f"{server_type}-{n}"
+
+
 class PortalPage(BaseHandler):
     """Common to our pages: the catalogue and the current user as the catalogue sees them."""
 
@@ -142,7 +152,18 @@ class OpenHandler(PortalPage):
 
     @web.authenticated
     async def get(self) -> None:
-        """Straight to the server from the portal's own pages; a Start button otherwise."""
+        """Straight to the server from the portal's own pages; a Start button otherwise.
+
+        Without ``dataset`` (the home page's "New JupyterLab" and "New desktop"): the spawn
+        form of a new named server of that type. Nothing starts before the form is posted.
+        """
+        if "dataset" not in self.request.arguments:
+            server_type = self.get_argument("type", "lab")
+            if server_type not in SERVER_TYPES or server_type not in self.server_types:
+                return await self.refuse(400, f"This portal cannot open a {server_type!r} server.")
+            user = self.current_user
+            name = new_server_name(server_type, {n for n, s in user.spawners.items() if s.active})
+            return self.redirect(url_path_join(self.hub.base_url, "spawn", user.escaped_name, name))
         dataset, server_type = await self.dataset()
         if dataset is None or trusted_navigation(self.request):
             return await self.open(dataset, server_type)

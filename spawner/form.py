@@ -109,4 +109,6 @@ async def options_form(spawner: Any) -> str:
         total=total,
         datasets_url=f"{spawner.hub.base_url}datasets",
     )
-    return render_form({**context, "problem": problem})
+    # "New desktop" on the home page opens the form of a server named desktop-<n>.
+    chosen = "desktop" if spawner.name.startswith("desktop-") else "lab"
+    return render_form({**context, "problem": problem, "chosen_type": chosen})
