@@ -390,7 +390,7 @@ def _link_url(url: str) -> str:
     """An ``http(s)://`` URL or a path on the portal: anything else (``javascript:``,
     ``data:``, ``//host``) could run script or leave the site unannounced from a trusted page."""
     if "\\" in url or any(c.isspace() or not c.isprintable() for c in url):
-        # browsers read "/\\host" as "//host", and drop tabs and newlines inside a scheme
+        # browsers read "/\host" as "//host", and drop tabs and newlines inside a scheme
         raise ValueError(f"link url {url!r} must not contain backslashes, spaces or controls")
     if url.startswith("/") and not url.startswith("//"):
         return url
