@@ -391,7 +391,10 @@ def _link_url(url: str) -> str:
     ``data:``, ``//host``) could run script or leave the site unannounced from a trusted page."""
     if "\\" in url or any(c.isspace() or not c.isprintable() for c in url):
         # browsers read "/\host" as "//host", and drop tabs and newlines inside a scheme
-        raise ValueError(f"link url {url!r} must not contain backslashes, spaces or controls")
+        raise ValueError(
+            f"link url {url!r} must not contain backslashes, spaces or control characters;"
+            " write it as https://... (spaces as %20) or a path on the portal"
+        )
     if url.startswith("/") and not url.startswith("//"):
         return url
     scheme, _, rest = url.partition("://")

@@ -193,6 +193,7 @@ seccompProfile:
 {{- end -}}
 {{- $cull := dict "enabled" $v.cull.enabled "timeout" (int $v.cull.timeout) "every" (int $v.cull.every) "max_age" (int $v.cull.maxAge) -}}
 {{- $config := dict "hub" $hub "cull" $cull "auth" $v.portal.auth "catalogue" $v.portal.catalogue "spawner" $spawner -}}
+{{- with $v.portal.branding -}}{{- $_ := set $config "branding" . -}}{{- end -}}
 {{- with $v.hub.extraConfig -}}{{- $_ := set $config "extra_config" . -}}{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
