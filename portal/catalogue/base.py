@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from traitlets import Unicode
 from traitlets.config import LoggingConfigurable, SingletonConfigurable
 
-from portal.catalogue.model import CatalogueUser, Dataset
+from portal.catalogue.model import CatalogueUser, Dataset, Thumbnail, TreeEntry
 
 ENTRY_POINT_GROUP = "panosc_portal.catalogues"
 
@@ -143,6 +143,19 @@ class Catalogue(LoggingConfigurable):
             limit=sys.maxsize,
         )
         return DatasetPage(tuple(found[offset : offset + limit]), len(found), offset, limit)
+
+    def thumbnail(self, dataset: Dataset, user: CatalogueUser) -> Thumbnail | None:
+        """The picture of ``dataset`` the catalogue keeps, if any; ``None`` by default.
+
+        Only ever asked about a dataset that :meth:`get` (or a search) returned to ``user``:
+        the access check is that call's, not this one's.
+        """
+        return None
+
+    def nexus_tree(self, dataset: Dataset, user: CatalogueUser) -> tuple[TreeEntry, ...]:
+        """A bounded summary of ``dataset``'s NeXus file, if the catalogue keeps one; asked
+        under the same condition as :meth:`thumbnail`. None by default."""
+        return ()
 
     def member_proposals(self, user: CatalogueUser) -> frozenset[str]:
         """The proposals ``user`` is a member of: what entitles them to its processed area.

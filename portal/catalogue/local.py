@@ -3,9 +3,10 @@
 The tree is ``<root>/<proposal>/<instrument>/<dataset>/`` and ``<root>/proposals.yaml`` says
 who is a member of which proposal and when its data becomes public. Dataset metadata is
 read from the NeXus files once, at index time, by unprivileged workers that refuse
-anything stored outside the file (:mod:`portal.catalogue.nexus`); membership and public
-dates are read from ``proposals.yaml`` at query time (reloaded when it changes), so revoking
-a member takes effect at the next spawn without re-indexing.
+anything stored outside the file (:mod:`portal.catalogue.nexus`), with a summary of each
+file's tree and a thumbnail of its default plot, kept beside the dataset's row; membership
+and public dates are read from ``proposals.yaml`` at query time (reloaded when it changes),
+so revoking a member takes effect at the next spawn without re-indexing.
 
 Built for a million datasets. Indexing reads metadata on every core (a thread per core,
 each with a metadata reader and worker processes of its own) and re-reads only the
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from traitlets import Int, Unicode, default
+from traitlets import Bool, Int, Unicode, default
 
 from portal.catalogue import techniques
 from portal.catalogue.base import (
@@ -42,14 +43,14 @@ from portal.catalogue.base import (
     DatasetPage,
     may_read,
 )
-from portal.catalogue.model import CatalogueUser, Dataset
-from portal.catalogue.nexus import MetadataReader
+from portal.catalogue.model import CatalogueUser, Dataset, Thumbnail, TreeEntry
+from portal.catalogue.nexus import FileMetadata, MetadataReader
 
 NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
 
 #: Bumped whenever the tables change: an index of another version is dropped and rebuilt
 #: by the next indexing run (it holds nothing that is not in the data tree).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = (
     """CREATE TABLE datasets (
@@ -76,8 +77,11 @@ SCHEMA = (
     # Every techniques value indexed, so a technique filter is an IN on an indexed column
     # (a value no dataset has any more matches nothing).
     "CREATE TABLE technique_sets (techniques TEXT PRIMARY KEY)",
+    # What a dataset page shows beyond the row, by the row's id: the default plot as PNG and
+    # the NeXus tree summary as JSON. Apart, so the queries' rows stay small.
+    "CREATE TABLE dataset_details (id INTEGER PRIMARY KEY, thumbnail BLOB, tree TEXT NOT NULL)",
 )
-_TABLES = ("datasets", "dataset_text", "technique_sets")
+_TABLES = ("datasets", "dataset_text", "technique_sets", "dataset_details")
 
 COLUMNS = (
     "d.pid, d.title, d.proposal, d.instrument, d.location, d.techniques, d.start_time,"
@@ -303,6 +307,7 @@ class _Scanned:
     proposal: str
     changed: list[_Folder] = field(default_factory=list)  # new and changed: to be read
     rows: list[tuple] = field(default_factory=list)  # their index rows, once read
+    details: list[tuple] = field(default_factory=list)  # (thumbnail, tree JSON, pid), if any
     stale: list[str] = field(default_factory=list)  # pids whose row goes: changed or gone
     added: int = 0
     updated: int = 0
@@ -370,6 +375,13 @@ class LocalCatalogue(Catalogue):
         config=True,
         help="Proposals indexed at once, each read by a metadata worker process of its own"
         " (as contained as one). 0: one per CPU core this process may use.",
+    )
+    thumbnails = Bool(
+        True,
+        config=True,
+        help="Draw a thumbnail of each NeXus file's default plot at index time (a strided"
+        " read of at most 128 x 128 values), shown on /hub/datasets and the dataset pages."
+        " False: none are drawn (the next full re-index drops those kept).",
     )
 
     @default("index_path")
@@ -458,7 +470,7 @@ class LocalCatalogue(Catalogue):
 
         def reader() -> MetadataReader:
             if not hasattr(mine, "reader"):
-                mine.reader = MetadataReader(root)
+                mine.reader = MetadataReader(root, thumbnails=self.thumbnails)
                 readers.append(mine.reader)
             return mine.reader
 
@@ -529,6 +541,9 @@ class LocalCatalogue(Catalogue):
         location = root.absolute() / proposal
         for folder, meta in zip(scanned.changed, metadata, strict=True):
             scanned.rows.append(self._row(proposal, folder, meta, location))
+            if meta.thumbnail or meta.tree:
+                tree = json.dumps([e.as_list() for e in meta.tree])
+                scanned.details.append((meta.thumbnail, tree, folder.pid))
             if folder.known:
                 scanned.updated += 1
             else:
@@ -542,9 +557,9 @@ class LocalCatalogue(Catalogue):
         root: Path,
         reader: MetadataReader,
         skipped: list[str],
-    ) -> list[dict[str, str]]:
+    ) -> list[FileMetadata]:
         """Each folder's metadata from its first readable NeXus file (one named like the
-        folder first, then the shallowest); a folder with none gets ``{}``."""
+        folder first, then the shallowest); a folder with none gets an empty one."""
         candidates = []
         for folder in folders:
             nexus = [
@@ -560,7 +575,7 @@ class LocalCatalogue(Catalogue):
             candidates.append(
                 [Path(proposal, folder.instrument, folder.name, rel) for rel in reversed(nexus)]
             )
-        found: list[dict[str, str]] = [{} for _ in folders]
+        found = [FileMetadata() for _ in folders]
         reader.use(proposal)
         waiting = [n for n, c in enumerate(candidates) if c]
         while waiting:  # first choices of every folder in one go, then the second ones ...
@@ -602,9 +617,10 @@ class LocalCatalogue(Catalogue):
     def _write(db: sqlite3.Connection, scanned: _Scanned) -> None:
         """One proposal's changes: rows out, rows in, text index and technique sets along."""
         stale = [(pid,) for pid in scanned.stale]
-        db.executemany(
-            "DELETE FROM dataset_text WHERE rowid = (SELECT id FROM datasets WHERE pid = ?)", stale
-        )
+        for table, key in (("dataset_text", "rowid"), ("dataset_details", "id")):
+            db.executemany(
+                f"DELETE FROM {table} WHERE {key} = (SELECT id FROM datasets WHERE pid = ?)", stale
+            )
         db.executemany("DELETE FROM datasets WHERE pid = ?", stale)
         db.executemany(
             "INSERT INTO datasets (pid, title, proposal, instrument, location, techniques,"
@@ -620,6 +636,11 @@ class LocalCatalogue(Catalogue):
         db.executemany(
             "INSERT OR IGNORE INTO technique_sets VALUES (?)", {row[5:6] for row in scanned.rows}
         )
+        db.executemany(
+            "INSERT INTO dataset_details (id, thumbnail, tree)"
+            " SELECT id, ?, ? FROM datasets WHERE pid = ?",
+            scanned.details,
+        )
 
     @staticmethod
     def _remove_proposals(db: sqlite3.Connection, present: set[str]) -> int:
@@ -627,11 +648,12 @@ class LocalCatalogue(Catalogue):
         removed = 0
         for (proposal,) in db.execute("SELECT DISTINCT proposal FROM datasets").fetchall():
             if proposal not in present:
-                db.execute(
-                    "DELETE FROM dataset_text WHERE rowid IN"
-                    " (SELECT id FROM datasets WHERE proposal = ?)",
-                    (proposal,),
-                )
+                for table, key in (("dataset_text", "rowid"), ("dataset_details", "id")):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE {key} IN"
+                        " (SELECT id FROM datasets WHERE proposal = ?)",
+                        (proposal,),
+                    )
                 removed += db.execute(
                     "DELETE FROM datasets WHERE proposal = ?", (proposal,)
                 ).rowcount
@@ -825,6 +847,28 @@ class LocalCatalogue(Catalogue):
         if not found:
             raise DatasetNotFound(pid)
         return found[0]
+
+    def _details(self, pid: str, column: str) -> Any:
+        """One column of a dataset's details row (``None`` when it has none)."""
+        with self._snapshot() as db:
+            found = db.execute(
+                f"SELECT x.{column} FROM datasets AS d JOIN dataset_details AS x ON x.id = d.id"
+                " WHERE d.pid = ?",
+                (pid,),
+            ).fetchone()
+        return found[0] if found else None
+
+    def thumbnail(self, dataset: Dataset, user: CatalogueUser) -> Thumbnail | None:
+        png = self._details(dataset.pid, "thumbnail")
+        return Thumbnail(bytes(png)) if png else None
+
+    def nexus_tree(self, dataset: Dataset, user: CatalogueUser) -> tuple[TreeEntry, ...]:
+        """The summary the indexer checked (:func:`portal.catalogue.tree.checked`)."""
+        stored = self._details(dataset.pid, "tree")
+        return tuple(
+            TreeEntry(p, k, c, tuple(s) if s is not None else None, t)
+            for p, k, c, s, t in json.loads(stored or "[]")
+        )
 
     def search(
         self,

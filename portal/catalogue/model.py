@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Dataset:
     file_count: int = 0
     access_groups: frozenset[str] = frozenset()
     shared_with: frozenset[str] = frozenset()  # e-mail addresses (SciCat's sharedWith)
+    doi: str = ""  # where the catalogue knows one (the PaNOSC Search API does)
 
     def is_public(self, today: date) -> bool:
         """Open data: its embargo (public date) has passed."""
@@ -49,6 +51,38 @@ class Dataset:
             except KeyError:
                 names.append(pid)
         return tuple(names)
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A small picture of a dataset (its default plot), as the catalogue keeps it."""
+
+    data: bytes
+    content_type: str = "image/png"
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One object of a dataset's NeXus file, for its page: ``/entry/data/data``, a dataset
+    of shape (1024, 1024) and type int32 (made by :mod:`portal.catalogue.tree`)."""
+
+    path: str
+    kind: str  # "group", "dataset", or "link" (soft or external: never followed)
+    nx_class: str = ""
+    shape: tuple[int, ...] | None = None
+    dtype: str = ""
+
+    @property
+    def depth(self) -> int:
+        return self.path.count("/") - 1
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def as_list(self) -> list[Any]:
+        """The form it travels in from the worker and is kept in the index (JSON)."""
+        return [self.path, self.kind, self.nx_class, self.shape, self.dtype]
 
 
 @dataclass(frozen=True)

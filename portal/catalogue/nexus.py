@@ -22,11 +22,14 @@ hub's own crypt key would be copied into the catalogue and shown on every page. 
   not answer is killed and replaced, that file skipped, and the rest of its batch given
   to the new worker.
 - What comes back is text for people: control characters removed, at most
-  :data:`MAX_TEXT` characters per field.
+  :data:`MAX_TEXT` characters per field; beside it a bounded summary of the file's tree
+  (:mod:`portal.catalogue.tree`) and, when asked, a PNG thumbnail of its default plot
+  (:mod:`portal.catalogue.thumbnails`), both checked again by the indexer.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import io
@@ -51,6 +54,9 @@ import h5py
 
 MAX_ELEMENTS = 4096  # a metadata field is a short string, not an array of millions
 MAX_TEXT = 500
+#: Bytes of a thumbnail PNG kept: a 128 x 128 image of noise is 49 KiB.
+MAX_THUMBNAIL = 64 << 10
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NOBODY = 65534
 MEMORY = 1 << 30  # address space of the worker, in bytes
 CPU_SECONDS = 600  # CPU time of one worker, across the files it reads
@@ -109,30 +115,78 @@ def nx_child(group: h5py.Group, nx_class: str) -> h5py.Group | None:
     return None
 
 
-def read_metadata(source: Any) -> dict[str, str]:
-    """Title, times, application definition, instrument, sample and probe of a NeXus file.
-
-    ``source`` is a path or an open binary file. Raises ``OSError`` (:class:`Refused`
-    among them) for a file that is not HDF5, cannot be read, or is refused.
-    """
+def metadata_of(f: h5py.File) -> dict[str, str]:
+    """Title, times, application definition, instrument, sample and probe of an open
+    NeXus file. Raises :class:`Refused` for a field the portal will not read."""
     meta: dict[str, str] = {}
-    with h5py.File(source, "r") as f:
-        entry = child(f, clean_text(f.attrs.get("default", "")))
-        if not isinstance(entry, h5py.Group):
-            entry = nx_child(f, "NXentry")
-        if entry is None:
-            return meta
-        for key in ("title", "start_time", "end_time", "definition"):
-            if (value := field(entry, key)) is not None:
-                meta[key] = value
-        instrument = nx_child(entry, "NXinstrument")
-        for group, key in ((instrument, "instrument"), (nx_child(entry, "NXsample"), "sample")):
-            if group is not None and (value := field(group, "name")) is not None:
-                meta[key] = value
-        source_group = nx_child(instrument, "NXsource") if instrument is not None else None
-        if source_group is not None and (value := field(source_group, "probe")) is not None:
-            meta["probe"] = value
+    entry = child(f, clean_text(f.attrs.get("default", "")))
+    if not isinstance(entry, h5py.Group):
+        entry = nx_child(f, "NXentry")
+    if entry is None:
+        return meta
+    for key in ("title", "start_time", "end_time", "definition"):
+        if (value := field(entry, key)) is not None:
+            meta[key] = value
+    instrument = nx_child(entry, "NXinstrument")
+    for group, key in ((instrument, "instrument"), (nx_child(entry, "NXsample"), "sample")):
+        if group is not None and (value := field(group, "name")) is not None:
+            meta[key] = value
+    source_group = nx_child(instrument, "NXsource") if instrument is not None else None
+    if source_group is not None and (value := field(source_group, "probe")) is not None:
+        meta["probe"] = value
     return meta
+
+
+def read_metadata(source: Any) -> dict[str, str]:
+    """:func:`metadata_of` the file at ``source``, a path or an open binary file. Raises
+    ``OSError`` (:class:`Refused` among them) for a file that is not HDF5, cannot be
+    read, or is refused."""
+    with h5py.File(source, "r") as f:
+        return metadata_of(f)
+
+
+def read_file(source: Any, thumbnail: bool) -> dict[str, Any]:
+    """A worker's answer for one file: its metadata, its tree summary and (``thumbnail``)
+    its default plot as a base64 PNG. Only the metadata can fail the file: a tree or a
+    thumbnail the portal will not make is simply left out."""
+    from portal.catalogue import thumbnails, tree  # they build on this module
+
+    with h5py.File(source, "r") as f:
+        answer: dict[str, Any] = {"meta": metadata_of(f)}
+        answer["tree"] = [e.as_list() for e in tree.tree_of(f)]
+        png = thumbnails.thumbnail(f) if thumbnail else None
+        if png is not None and len(png) <= MAX_THUMBNAIL:
+            answer["thumbnail"] = base64.b64encode(png).decode()
+    return answer
+
+
+class FileMetadata(dict[str, str]):
+    """A file's metadata fields (text for people, compared and used as a plain dict) and
+    what the index keeps beside them: the file's tree summary and thumbnail (PNG bytes),
+    both checked by :meth:`of` whatever the worker sent."""
+
+    thumbnail: bytes | None = None
+    tree: tuple[Any, ...] = ()
+
+    @classmethod
+    def of(cls, answer: dict[str, Any]) -> FileMetadata:
+        """From a worker's answer that may be a taken-over worker's: ``ValueError`` for
+        nonsense in the metadata; a malformed tree or thumbnail is dropped."""
+        from portal.catalogue.tree import MAX_ENTRIES, checked
+
+        found = cls({str(k): clean_text(v) for k, v in dict(answer["meta"]).items()})
+        try:
+            entries = answer.get("tree") or []
+            found.tree = tuple(checked(e) for e in entries[:MAX_ENTRIES])
+        except (TypeError, ValueError):
+            found.tree = ()
+        try:
+            png = base64.b64decode(answer.get("thumbnail") or "", validate=True)
+        except (TypeError, ValueError):
+            png = b""
+        if png.startswith(PNG_SIGNATURE) and len(png) <= MAX_THUMBNAIL:
+            found.thumbnail = png
+        return found
 
 
 # -- the workers ------------------------------------------------------------------------
@@ -144,7 +198,7 @@ def read_metadata(source: Any) -> dict[str, str]:
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
-MAX_REPLY = 1 << 16  # one file's answer
+MAX_REPLY = 1 << 18  # one file's answer: metadata, tree summary and thumbnail
 #: Files handed to a worker in one message. A worker may hold 32 descriptors (the limit
 #: :func:`_contain` sets): a batch, its socket and the standard streams stay well inside.
 BATCH = 16
@@ -186,12 +240,16 @@ def _exactly(sock: socket.socket, size: int, deadline: float | None = None) -> b
 def _warm_up() -> None:
     """Read one small file in memory, so every module a read needs is loaded before the
     zygote loses its view of the filesystem."""
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as f:
-        entry = f.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        entry["title"] = "warm-up"
-    read_metadata(io.BytesIO(buffer.getvalue()))
+    for plot, values in (("image", [[1.0, 2.0], [3.0, 4.0]]), ("curve", [1.0, 2.0])):
+        buffer = io.BytesIO()
+        with h5py.File(buffer, "w") as f:
+            entry = f.create_group("entry")
+            entry.attrs.update(NX_class="NXentry", default=plot)
+            entry["title"] = "warm-up"
+            data = entry.create_group(plot)
+            data.attrs.update(NX_class="NXdata", signal="y")
+            data["y"] = values
+        read_file(io.BytesIO(buffer.getvalue()), thumbnail=True)
     json.dumps({"x": [1]})
 
 
@@ -224,8 +282,9 @@ def _contain(empty: str) -> str:
 
 
 def _serve(sock: socket.socket) -> None:
-    """A worker's loop: a batch of file descriptors in, one answer per file out, in order:
-    its metadata, or the reason it has none."""
+    """A worker's loop: a batch of file descriptors in (``t``: with thumbnails, ``r``:
+    without), one answer per file out, in order: what :func:`read_file` reads of it, or
+    the reason it has none."""
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no child to outlive a kill
     while True:
         message, fds, _, _ = socket.recv_fds(sock, 16, BATCH)
@@ -234,7 +293,7 @@ def _serve(sock: socket.socket) -> None:
         for fd in fds:
             try:
                 with os.fdopen(fd, "rb") as handle:
-                    answer = {"meta": read_metadata(handle)}
+                    answer = read_file(handle, thumbnail=message == b"t")
             except Exception as e:  # everything is the file's fault here: say what, go on
                 answer = {"error": f"{type(e).__name__}: {clean_text(e)}"}
             _send(sock, answer)
@@ -293,14 +352,16 @@ def open_below(root: int, relative: Path) -> int:
 
 
 class MetadataReader:
-    """Reads NeXus metadata below ``root`` for one indexing run (a context manager).
+    """Reads NeXus metadata below ``root`` for one indexing run (a context manager), with
+    each file's tree summary and, if ``thumbnails``, its thumbnail.
 
     :meth:`use` starts a new worker for each proposal, so a file that took over its
     worker sees no other proposal's files.
     """
 
-    def __init__(self, root: Path, timeout: float = 20.0) -> None:
+    def __init__(self, root: Path, timeout: float = 20.0, thumbnails: bool = True) -> None:
         self.timeout = timeout
+        self.thumbnails = thumbnails
         self._root = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._zygote: subprocess.Popen | None = None
         self._control: socket.socket | None = None
@@ -392,7 +453,7 @@ class MetadataReader:
     def worker_pid(self) -> int:
         return self._worker[1] if self._worker else 0
 
-    def read(self, relative: Path) -> dict[str, str]:
+    def read(self, relative: Path) -> FileMetadata:
         """The metadata of the file at ``relative`` below the root; ``OSError`` when it is
         not a regular file reached without symlinks, or the worker refuses, fails or takes
         longer than ``timeout``."""
@@ -401,7 +462,7 @@ class MetadataReader:
             raise result
         return result
 
-    def read_many(self, relatives: Sequence[Path]) -> list[dict[str, str] | OSError]:
+    def read_many(self, relatives: Sequence[Path]) -> list[FileMetadata | OSError]:
         """The metadata of each file, or the ``OSError`` that says why not (as :meth:`read`
         would raise it), in order: :data:`BATCH` files per round-trip to the worker, so a
         worker is never idle waiting for the indexer between two small files.
@@ -411,13 +472,13 @@ class MetadataReader:
         """
         if any(r.parts[:1] != (self._proposal,) for r in relatives):
             raise ValueError(f"a file outside proposal {self._proposal!r}: call use() first")
-        results: list[dict[str, str] | OSError] = []
+        results: list[FileMetadata | OSError] = []
         for start in range(0, len(relatives), BATCH):
             results += self._read_batch(relatives[start : start + BATCH])
         return results
 
-    def _read_batch(self, relatives: Sequence[Path]) -> list[dict[str, str] | OSError]:
-        results: list[dict[str, str] | OSError | None] = [None] * len(relatives)
+    def _read_batch(self, relatives: Sequence[Path]) -> list[FileMetadata | OSError]:
+        results: list[FileMetadata | OSError | None] = [None] * len(relatives)
         fds: dict[int, int] = {}
         try:
             for n, relative in enumerate(relatives):
@@ -438,7 +499,7 @@ class MetadataReader:
         waiting: list[int],
         fds: dict[int, int],
         relatives: Sequence[Path],
-        results: list[dict[str, str] | OSError | None],
+        results: list[FileMetadata | OSError | None],
     ) -> list[int]:
         """Send the ``waiting`` files to the worker and take its answers, each within
         ``timeout``; returns those still waiting when the worker gave up on one."""
@@ -447,12 +508,13 @@ class MetadataReader:
             try:
                 if sock is None:
                     sock, _ = self._worker or self._new_worker()
-                    socket.send_fds(sock, [b"r"], [fds[m] for m in waiting])
+                    mode = b"t" if self.thumbnails else b"r"
+                    socket.send_fds(sock, [mode], [fds[m] for m in waiting])
                 answer = _receive(sock, time.monotonic() + self.timeout)
                 if "error" in answer:
                     results[n] = Refused(clean_text(answer["error"]))
                 else:
-                    results[n] = {str(k): clean_text(v) for k, v in dict(answer["meta"]).items()}
+                    results[n] = FileMetadata.of(answer)
             except Exception as e:  # timeout, crash (memory limit), nonsense
                 self._end_worker()
                 results[n] = OSError(f"the metadata worker gave up on {relatives[n].name}: {e}")
@@ -463,10 +525,12 @@ class MetadataReader:
 __all__ = [
     "BATCH",
     "MAX_ELEMENTS",
+    "FileMetadata",
     "MetadataReader",
     "Refused",
     "clean_text",
     "open_below",
+    "read_file",
     "read_metadata",
 ]
 

@@ -1,0 +1,238 @@
+"""A thumbnail of a NeXus file's default plot, made at index time in the metadata worker.
+
+What h5web and silx show first when a file is opened: the ``default`` attribute chain from
+the root to an NXentry to an NXdata group, and that group's ``signal`` (an image, the first
+frame of a stack, or a curve). The file is untrusted (see :mod:`portal.catalogue.nexus`,
+whose rules this follows: only hard links inside the file, no external or virtual
+storage), and a thumbnail must cost a small fraction of reading the metadata, so:
+
+- Every step of the chain and the signal itself must be a hard link: an external link,
+  a soft link, a virtual dataset (VDS) or external storage would draw another file (say,
+  another proposal's data) into this dataset's thumbnail, and is refused.
+- At most :data:`MAX_SIDE` x :data:`MAX_SIDE` elements of an image are read, by strided
+  slicing (the same step on both axes, so the aspect ratio holds), and the first frame of
+  higher-dimensional data; a curve is read whole up to :data:`MAX_CURVE` elements, else
+  strided, and drawn as a min/max envelope so narrow peaks survive. A chunked signal whose
+  touched chunks would decompress to more than :data:`MAX_CHUNK_BYTES` is refused: one
+  declared 4 GB chunk would otherwise be a memory bomb.
+- The colours come from silx's viridis lookup table (no matplotlib figure, no Qt), scaled
+  between robust percentiles of the finite values; NaN and inf are drawn in grey. The PNG
+  is encoded here with zlib: a few lines, no image library parsing anything.
+
+Anything else (no default plot, strings, compounds, complex numbers, an empty or a null
+dataspace, a chain that loops or is too long) is simply "no thumbnail": :func:`thumbnail`
+never raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+import zlib
+
+import h5py
+import numpy as np
+
+from portal.catalogue.nexus import Refused, child, clean_text, nx_child
+
+#: Largest side of an image thumbnail, in data elements (and so in pixels).
+MAX_SIDE = 128
+#: A curve up to this many elements is read whole; a longer one is read strided to this.
+MAX_CURVE = 1 << 16
+#: Width and height of a curve's thumbnail, in pixels.
+CURVE_SIZE = (192, 128)
+#: Decompressed bytes of the chunks a thumbnail's read may touch.
+MAX_CHUNK_BYTES = 32 << 20
+#: Hops of ``default`` attributes followed before giving up (a cycle ends here).
+MAX_HOPS = 8
+#: Percentiles of the finite values that map to the ends of the colour scale.
+SCALE = (1.0, 99.5)
+NAN_COLOUR = (160, 160, 160)
+BACKGROUND = (255, 255, 255)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class NoThumbnail(ValueError):
+    """The file has no default plot the portal will draw; the message says why."""
+
+
+@functools.cache
+def colour_table() -> np.ndarray:
+    """silx's viridis as 256 RGB rows (what silx's plots use by default)."""
+    from silx.math.colormap import get_colormap_lut
+
+    return np.ascontiguousarray(get_colormap_lut("viridis")[:, :3], dtype=np.uint8)
+
+
+def _group_at(start: h5py.Group, path: str) -> h5py.Group | h5py.Dataset | None:
+    """``path`` (a child's name, names joined by ``/``, or absolute) from ``start``, through
+    hard links only (:func:`~portal.catalogue.nexus.child` raises :class:`Refused` otherwise)."""
+    item: h5py.Group | h5py.Dataset | None = start.file if path.startswith("/") else start
+    for name in path.strip("/").split("/"):
+        if not isinstance(item, h5py.Group):
+            return None
+        item = child(item, name)
+    return item
+
+
+def default_signal(f: h5py.File) -> h5py.Dataset:
+    """The dataset h5web and silx plot first: ``default`` attributes from the root to an
+    NXdata group, then its ``signal``. Where a group has no ``default`` at all, its first
+    NXentry (at the root) or NXdata (below) is taken, as the metadata reader does; one
+    that names nothing readable means no plot. Raises :class:`NoThumbnail` or
+    :class:`Refused`."""
+    group: h5py.Group = f
+    for _ in range(MAX_HOPS):
+        if clean_text(group.attrs.get("NX_class", "")) == "NXdata":
+            break
+        name = clean_text(group.attrs.get("default", ""))
+        if name:
+            found = _group_at(group, name)
+        else:
+            found = nx_child(group, "NXentry" if group.name == "/" else "NXdata")
+        if not isinstance(found, h5py.Group):
+            raise NoThumbnail(f"{group.name} names no default plot")
+        group = found
+    else:
+        raise NoThumbnail(f"the default chain is longer than {MAX_HOPS} steps (a cycle?)")
+    name = clean_text(group.attrs.get("signal", ""))
+    signal = child(group, name) if name else None
+    if not isinstance(signal, h5py.Dataset):
+        raise NoThumbnail(f"{group.name} has no signal dataset")
+    return signal
+
+
+def _chunk_bytes(signal: h5py.Dataset, selection: tuple) -> int:
+    """Decompressed bytes of the chunks that reading ``selection`` touches (an upper
+    bound; 0 for contiguous storage, which is read element by element)."""
+    if signal.chunks is None:
+        return 0
+    touched = 1
+    for size, chunk, part in zip(signal.shape, signal.chunks, selection, strict=True):
+        if isinstance(part, int):
+            continue  # one index: one chunk along this axis
+        count = len(range(*part.indices(size)))
+        touched *= min(count, -(-size // chunk))
+    return touched * math.prod(signal.chunks) * signal.dtype.itemsize
+
+
+def sample(signal: h5py.Dataset) -> np.ndarray:
+    """At most :data:`MAX_SIDE` squared (an image) or :data:`MAX_CURVE` (a curve) values
+    of ``signal``, as float64; never the whole of a large array."""
+    if signal.is_virtual or signal.external:
+        raise Refused(f"{signal.name} is stored outside the file; refusing to read it")
+    if signal.dtype.kind not in "biuf" or signal.dtype.itemsize > 8:
+        raise NoThumbnail(f"{signal.name} is of type {signal.dtype}, not numbers to plot")
+    shape = signal.shape
+    if not shape or any(n <= 0 for n in shape):
+        raise NoThumbnail(f"{signal.name} has no values to plot (shape {shape})")
+    # The first frame of a stack, and axes of length 1 dropped, as h5web slices it.
+    axes = [n for n, size in enumerate(shape) if size > 1][-2:]
+    selection: list = [0] * len(shape)
+    if len(axes) == 2:
+        step = -(-max(shape[a] for a in axes) // MAX_SIDE)
+        for a in axes:
+            selection[a] = slice(0, shape[a], step)
+    elif axes:
+        (a,) = axes
+        step = 1 if shape[a] <= MAX_CURVE else -(-shape[a] // MAX_CURVE)
+        selection[a] = slice(0, shape[a], step)
+    if _chunk_bytes(signal, tuple(selection)) > MAX_CHUNK_BYTES:
+        raise NoThumbnail(f"{signal.name}: its chunks are too large to read for a thumbnail")
+    return np.atleast_1d(np.asarray(signal[tuple(selection)], dtype=np.float64))
+
+
+def _scaled(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values mapped to 0..1 between robust percentiles, and the mask of finite ones."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise NoThumbnail("no finite value to plot")
+    low, high = np.percentile(values[finite], SCALE)
+    span = high - low if high > low else 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = np.clip((np.where(finite, values, low) - low) / span, 0.0, 1.0)
+    return scaled, finite
+
+
+def image_pixels(values: np.ndarray) -> np.ndarray:
+    """An image's RGB pixels, first row at the bottom as h5web and silx draw it."""
+    scaled, finite = _scaled(values)
+    pixels = colour_table()[(scaled * 255).astype(np.uint8)]
+    pixels[~finite] = NAN_COLOUR
+    return pixels[::-1]
+
+
+def curve_pixels(values: np.ndarray) -> np.ndarray:
+    """A curve as a line on a white canvas. A short curve is interpolated to one value per
+    pixel column; a long one is drawn as the span of its values in each column, so narrow
+    peaks survive. Each column's span is joined to the next one's: a continuous line."""
+    width, height = CURVE_SIZE
+    scaled, finite = _scaled(values)
+    x, y = np.flatnonzero(finite), scaled[finite]
+    if len(values) < width:
+        position = np.arange(width) * (len(values) - 1) / (width - 1)
+        low = high = np.round((1.0 - np.interp(position, x, y)) * (height - 1)).astype(np.int64)
+    else:
+        column = x * width // len(values)
+        row = np.round((1.0 - y) * (height - 1)).astype(np.int64)
+        low = np.full(width, height, dtype=np.int64)  # no value in a column: nothing drawn
+        high = np.full(width, -1, dtype=np.int64)
+        np.minimum.at(low, column, row)
+        np.maximum.at(high, column, row)
+    low = np.minimum(low, np.append(low[1:], height))
+    high = np.maximum(high, np.append(high[1:], -1))
+    rows = np.arange(height)[:, None]
+    line = (rows >= low[None, :]) & (rows <= high[None, :])
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    pixels[:] = BACKGROUND
+    pixels[line] = colour_table()[40]  # a dark viridis blue
+    return pixels
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """``pixels`` (height x width x 3, uint8) as a PNG file: 8-bit RGB, no filter."""
+    height, width, _ = pixels.shape
+    rows = np.zeros((height, 1 + width * 3), dtype=np.uint8)  # filter byte 0: none
+    rows[:, 1:] = pixels.reshape(height, width * 3)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack("!I", len(data)) + kind + data + struct.pack("!I", crc)
+
+    header = struct.pack("!IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        PNG_SIGNATURE
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+def render(f: h5py.File) -> bytes:
+    """The PNG thumbnail of an open file's default plot; raises why there is none."""
+    values = sample(default_signal(f))
+    pixels = curve_pixels(values) if values.ndim == 1 else image_pixels(values)
+    return png(pixels)
+
+
+def thumbnail(f: h5py.File) -> bytes | None:
+    """:func:`render`, or ``None`` whatever the file does: a thumbnail is never worth
+    losing a dataset's metadata over."""
+    try:
+        return render(f)
+    except Exception:  # everything here is the file's fault (see render for what it refuses)
+        return None
+
+
+__all__ = [
+    "MAX_CHUNK_BYTES",
+    "MAX_CURVE",
+    "MAX_SIDE",
+    "NoThumbnail",
+    "default_signal",
+    "png",
+    "render",
+    "sample",
+    "thumbnail",
+]
