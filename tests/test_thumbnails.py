@@ -1,0 +1,399 @@
+"""Thumbnails of NeXus default plots and tree summaries, made at index time from untrusted files.
+
+Each attack test first shows that plain h5py *would* read the other file (the attack is
+real), then that the thumbnail does not. The last tests index a real tree with the real
+local catalogue and its sandboxed workers.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from portal.catalogue import CatalogueUser
+from portal.catalogue.local import LocalCatalogue
+from portal.catalogue.nexus import MAX_THUMBNAIL, FileMetadata, Refused
+from portal.catalogue.thumbnails import (
+    CURVE_SIZE,
+    MAX_SIDE,
+    NoThumbnail,
+    colour_table,
+    render,
+    thumbnail,
+)
+from portal.catalogue.tree import MAX_ENTRIES, summarise
+
+#: Another proposal's data: what a crafted file tries to draw into its own thumbnail.
+SECRET_IMAGE = np.arange(64 * 64, dtype=np.float64).reshape(64, 64)
+
+
+def nexus(path: Path, build: Callable[[h5py.Group], None], entry_default: str = "data") -> Path:
+    """A NeXus file: root -> entry -> ``entry_default``, with ``build(entry)`` filling it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["default"] = "entry"
+        entry = f.create_group("entry")
+        entry.attrs.update(NX_class="NXentry", default=entry_default)
+        entry["title"] = f"{path.stem} title"
+        build(entry)
+    return path
+
+
+def nxdata(entry: h5py.Group, values: object = None, name: str = "data") -> h5py.Group:
+    group = entry.create_group(name)
+    group.attrs.update(NX_class="NXdata", signal="signal")
+    if values is not None:
+        group["signal"] = values
+    return group
+
+
+def pixels(png: bytes) -> np.ndarray:
+    """The PNG decoded by Pillow (an independent decoder), as an RGB array."""
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    return np.asarray(image.convert("RGB"))
+
+
+def drawn(path: Path) -> bytes | None:
+    with h5py.File(path, "r") as f:
+        return thumbnail(f)
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """IH2002's embargoed image, in a file of its own."""
+    return nexus(tmp_path / "IH2002/secret.nxs", lambda e: nxdata(e, SECRET_IMAGE))
+
+
+# -- what a thumbnail shows -------------------------------------------------------------
+
+
+def test_an_image_is_coloured_by_viridis_with_its_first_row_at_the_bottom(tmp_path: Path) -> None:
+    image = np.tile(np.arange(40, dtype=np.float64)[:, None], (1, 30))  # rows 0..39
+    png = drawn(nexus(tmp_path / "f.nxs", lambda e: nxdata(e, image)))
+    rgb = pixels(png)
+    assert rgb.shape == (40, 30, 3)
+    lut = colour_table()
+    assert tuple(rgb[-1, 0]) == tuple(lut[0])  # row 0, the lowest value, at the bottom
+    assert tuple(rgb[0, 0]) == tuple(lut[255])  # the highest at the top
+
+
+def test_a_large_image_is_read_strided_to_at_most_128_a_side_keeping_its_shape(
+    tmp_path: Path,
+) -> None:
+    wide = np.random.default_rng(1).random((300, 1200))
+    rgb = pixels(drawn(nexus(tmp_path / "f.nxs", lambda e: nxdata(e, wide))))
+    assert rgb.shape[:2] == (30, 120)  # step ceil(1200 / 128) = 10 on both axes
+
+
+def test_a_stack_shows_its_first_frame(tmp_path: Path) -> None:
+    stack = np.zeros((5, 20, 20))
+    stack[0, :10] = 1.0  # first frame: lower half bright; the others are flat
+    rgb = pixels(drawn(nexus(tmp_path / "f.nxs", lambda e: nxdata(e, stack))))
+    lut = colour_table()
+    assert tuple(rgb[-1, 0]) == tuple(lut[255]) and tuple(rgb[0, 0]) == tuple(lut[0])
+
+
+def test_a_curve_is_a_line_and_a_one_point_peak_survives_in_60000(tmp_path: Path) -> None:
+    curve = np.zeros(60_000)
+    curve[31_337] = 100.0
+    rgb = pixels(drawn(nexus(tmp_path / "f.nxs", lambda e: nxdata(e, curve))))
+    assert rgb.shape == (CURVE_SIZE[1], CURVE_SIZE[0], 3)
+    ink = (rgb != 255).any(axis=2)
+    assert ink[0].any(), "the peak reaches the top row"
+    assert ink[-1].sum() > CURVE_SIZE[0] * 0.9, "the baseline runs along the bottom"
+
+
+def test_nan_and_inf_are_grey_and_do_not_break_the_scale(tmp_path: Path) -> None:
+    image = np.ones((10, 10))
+    image[0, 0], image[1, 1], image[2, 2] = np.nan, np.inf, -np.inf
+    image[5:] = 2.0
+    rgb = pixels(drawn(nexus(tmp_path / "f.nxs", lambda e: nxdata(e, image))))
+    assert tuple(rgb[-1, 0]) == (160, 160, 160)  # row 0, column 0: NaN
+    assert len({tuple(p) for p in rgb.reshape(-1, 3)}) == 3  # grey, low and high
+
+
+def test_no_default_attributes_falls_back_to_the_first_entry_and_nxdata(tmp_path: Path) -> None:
+    path = tmp_path / "f.nxs"
+    with h5py.File(path, "w") as f:
+        entry = f.create_group("scan")
+        entry.attrs["NX_class"] = "NXentry"
+        nxdata(entry, np.arange(10.0), name="plot")
+    assert drawn(path) is not None
+
+
+# -- attacks: never another file, never a crash, a hang or a big read -----------------
+
+
+def test_an_external_link_as_signal_is_refused(tmp_path: Path, victim: Path) -> None:
+    def build(entry: h5py.Group) -> None:
+        nxdata(entry)["signal"] = h5py.ExternalLink(str(victim), "/entry/data/signal")
+
+    crafted = nexus(tmp_path / "MA1234/f.nxs", build)
+    with h5py.File(crafted, "r") as f:
+        assert np.array_equal(f["entry/data/signal"][()], SECRET_IMAGE)  # h5py would follow
+        with pytest.raises(Refused, match="ExternalLink"):
+            render(f)
+    assert drawn(crafted) is None
+
+
+def test_an_external_link_on_the_default_chain_is_refused(tmp_path: Path, victim: Path) -> None:
+    def build(entry: h5py.Group) -> None:
+        entry["data"] = h5py.ExternalLink(str(victim), "/entry/data")
+
+    crafted = nexus(tmp_path / "MA1234/f.nxs", build)
+    with h5py.File(crafted, "r") as f:
+        assert f["entry/data"].attrs["NX_class"] == "NXdata"  # h5py would follow
+        with pytest.raises(Refused):
+            render(f)
+
+
+def test_a_virtual_dataset_over_another_file_is_refused(tmp_path: Path, victim: Path) -> None:
+    def build(entry: h5py.Group) -> None:
+        layout = h5py.VirtualLayout(shape=SECRET_IMAGE.shape, dtype="f8")
+        layout[:] = h5py.VirtualSource(str(victim), "/entry/data/signal", SECRET_IMAGE.shape)
+        nxdata(entry).create_virtual_dataset("signal", layout)
+
+    crafted = nexus(tmp_path / "MA1234/f.nxs", build)
+    with h5py.File(crafted, "r") as f:
+        assert np.array_equal(f["entry/data/signal"][()], SECRET_IMAGE)  # h5py would read it
+        with pytest.raises(Refused, match="outside the file"):
+            render(f)
+
+
+def test_external_raw_storage_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "IH2002/raw.bin"
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes(SECRET_IMAGE.tobytes())
+
+    def build(entry: h5py.Group) -> None:
+        nxdata(entry).create_dataset(
+            "signal", shape=SECRET_IMAGE.shape, dtype="f8", external=[(raw, 0, raw.stat().st_size)]
+        )
+
+    crafted = nexus(tmp_path / "MA1234/f.nxs", build)
+    with h5py.File(crafted, "r") as f:
+        assert np.array_equal(f["entry/data/signal"][()], SECRET_IMAGE)
+        with pytest.raises(Refused, match="outside the file"):
+            render(f)
+
+
+def test_soft_links_on_the_chain_are_refused_too(tmp_path: Path) -> None:
+    """Kept simple: a soft link could name anything, so none is followed, inside or out."""
+
+    def build(entry: h5py.Group) -> None:
+        nxdata(entry, np.arange(10.0), name="real")
+        entry["data"] = h5py.SoftLink("/entry/real")
+
+    path = nexus(tmp_path / "f.nxs", build)
+    with h5py.File(path, "r") as f, pytest.raises(Refused, match="SoftLink"):
+        render(f)
+
+
+def test_huge_declared_shapes_and_chunks_are_refused_without_reading(tmp_path: Path) -> None:
+    def build(entry: h5py.Group) -> None:
+        data = nxdata(entry)
+        data.create_dataset("signal", shape=(1 << 20, 1 << 20), dtype="f8", chunks=(4096, 4096))
+        curve = nxdata(entry, name="curve")
+        curve.create_dataset("signal", shape=(1 << 40,), dtype="f4", chunks=(1 << 24,))
+
+    path = nexus(tmp_path / "f.nxs", build)
+    started = time.monotonic()
+    for default in ("data", "curve"):
+        with h5py.File(path, "r+") as f:
+            f["entry"].attrs["default"] = default
+        with h5py.File(path, "r") as f, pytest.raises(NoThumbnail, match="chunks are too large"):
+            render(f)
+    assert time.monotonic() - started < 5
+
+
+def test_a_huge_contiguous_image_is_read_strided(tmp_path: Path) -> None:
+    def build(entry: h5py.Group) -> None:
+        nxdata(entry).create_dataset("signal", shape=(100_000, 100_000), dtype="f8")
+
+    path = nexus(tmp_path / "f.nxs", build)
+    assert path.stat().st_size < 100_000  # 80 GB declared, nothing stored: reads the fill value
+    started = time.monotonic()
+    assert pixels(drawn(path)).shape == (MAX_SIDE, MAX_SIDE, 3)
+    assert time.monotonic() - started < 5
+
+
+NOT_PLOTTABLE = {
+    "strings": np.array([b"a", b"b"]),
+    "compound": np.zeros(4, dtype=[("x", "f4"), ("y", "i4")]),
+    "complex": np.ones(4, dtype=np.complex128),
+    "scalar": 3.0,
+    "zero-size": np.zeros((0, 5)),
+    "all NaN": np.full((4, 4), np.nan),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_PLOTTABLE)
+def test_what_is_not_numbers_to_plot_is_no_thumbnail(tmp_path: Path, kind: str) -> None:
+    path = nexus(tmp_path / "f.nxs", lambda e: nxdata(e, NOT_PLOTTABLE[kind]))
+    with h5py.File(path, "r") as f, pytest.raises(NoThumbnail):
+        render(f)
+    assert drawn(path) is None
+
+
+def test_a_null_dataspace_is_no_thumbnail(tmp_path: Path) -> None:
+    path = nexus(tmp_path / "f.nxs", lambda e: nxdata(e, h5py.Empty("f8")))
+    assert drawn(path) is None
+
+
+@pytest.mark.parametrize(
+    "chain",
+    ["missing", "cycle", "dot-dot", "signal missing", "signal names a group"],
+)
+def test_a_broken_default_chain_is_no_thumbnail_and_ends(tmp_path: Path, chain: str) -> None:
+    def build(entry: h5py.Group) -> None:
+        data = nxdata(entry, np.arange(4.0), name="real")
+        if chain == "missing":
+            entry.attrs["default"] = "nowhere"
+        elif chain == "cycle":  # entry/loop is entry itself, hard-linked; NX_class unset
+            entry["loop"] = entry
+            entry.attrs["default"] = "loop"
+        elif chain == "dot-dot":
+            entry.attrs["default"] = ".."
+        elif chain == "signal missing":
+            entry.attrs["default"] = "real"
+            data.attrs["signal"] = "nothing"
+        else:
+            entry.attrs["default"] = "real"
+            data.create_group("grp")
+            data.attrs["signal"] = "grp"
+
+    path = nexus(tmp_path / "f.nxs", build)
+    started = time.monotonic()
+    with h5py.File(path, "r") as f, pytest.raises(NoThumbnail):
+        render(f)
+    assert time.monotonic() - started < 2
+
+
+# -- the tree summary ---------------------------------------------------------------------
+
+
+def test_the_tree_lists_links_without_following_them_and_stops(
+    tmp_path: Path, victim: Path
+) -> None:
+    path = tmp_path / "f.nxs"
+    with h5py.File(path, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        entry["loop"] = entry  # a group hard-linked into itself
+        entry["stolen"] = h5py.ExternalLink(str(victim), "/entry")
+        entry["bad\x1b[31mname"] = np.zeros((3, 4), dtype="i2")
+        many = f.create_group("many")
+        for n in range(MAX_ENTRIES + 50):
+            many.create_group(f"g{n:04d}")
+    with h5py.File(path, "r") as f:
+        started = time.monotonic()
+        entries = summarise(f)
+        assert time.monotonic() - started < 5
+    by_path = {e.path: e for e in entries}
+    assert len(entries) == MAX_ENTRIES
+    assert by_path["/entry"].nx_class == "NXentry" and by_path["/entry"].depth == 0
+    assert by_path["/entry/bad [31mname"].shape == (3, 4)
+    assert by_path["/entry/bad [31mname"].dtype == "int16"
+    assert by_path["/entry/stolen"].kind == "link"
+    assert not any(p.startswith("/entry/stolen/") for p in by_path)  # never followed
+    assert not any(p.startswith("/entry/loop/") for p in by_path)  # walked once only
+
+
+def test_a_taken_over_worker_cannot_slip_anything_past_the_indexer() -> None:
+    png = render_png()
+    good = FileMetadata.of(
+        {
+            "meta": {"title": "t"},
+            "tree": [["/entry", "group", "NXentry", None, ""]],
+            "thumbnail": base64.b64encode(png).decode(),
+        }
+    )
+    assert good.thumbnail == png and good.tree[0].path == "/entry"
+    for thumbnail_value in (
+        base64.b64encode(b"<script>alert(1)</script>").decode(),  # not a PNG
+        base64.b64encode(png + b"x" * MAX_THUMBNAIL).decode(),  # too large
+        "not base64!",
+    ):
+        bad = FileMetadata.of(
+            {
+                "meta": {"title": "t"},
+                "tree": [["/x", "exec", "", None, ""]],
+                "thumbnail": thumbnail_value,
+            }
+        )
+        assert bad == {"title": "t"} and bad.thumbnail is None and bad.tree == ()
+
+
+def render_png() -> bytes:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        nxdata(entry, np.eye(8))
+    with h5py.File(io.BytesIO(buffer.getvalue()), "r") as f:
+        return render(f)
+
+
+# -- through the indexer's sandboxed workers ----------------------------------------------
+
+
+def test_the_index_keeps_thumbnails_and_trees_and_refuses_another_files_plot(
+    tmp_path: Path, victim: Path
+) -> None:
+    root = tmp_path
+    nexus(root / "MA1234/ID21/map_0001/map_0001.nxs", lambda e: nxdata(e, np.eye(32)))
+
+    def stealing(entry: h5py.Group) -> None:
+        nxdata(entry)["signal"] = h5py.ExternalLink(str(victim), "/entry/data/signal")
+
+    nexus(root / "MA1234/ID21/steal_0001/steal_0001.nxs", stealing)
+    nexus(root / "MA1234/ID21/plain_0001/plain_0001.nxs", lambda e: None)
+    alice = CatalogueUser("alice", proposals=frozenset({"MA1234"}))
+
+    catalogue = LocalCatalogue(data_root=str(root), index_path=str(tmp_path / "i.sqlite"))
+    report = catalogue.index()
+    assert report.skipped_files == ()  # a refused thumbnail never costs a dataset
+    found = {d.pid.rsplit("/", 1)[1]: d for d in catalogue.datasets_for(alice)}
+    assert found["steal_0001"].title == "steal_0001 title"  # metadata read as before
+    assert catalogue.thumbnail(found["steal_0001"], alice) is None
+    assert catalogue.thumbnail(found["plain_0001"], alice) is None
+    kept = catalogue.thumbnail(found["map_0001"], alice)
+    assert kept is not None and pixels(kept.data).shape == (32, 32, 3)
+    tree = catalogue.nexus_tree(found["map_0001"], alice)
+    assert [e.path for e in tree][:3] == ["/entry", "/entry/data", "/entry/data/signal"]
+    assert tree[2].shape == (32, 32) and tree[2].dtype == "float64"
+    stolen = [e for e in catalogue.nexus_tree(found["steal_0001"], alice) if "signal" in e.path]
+    assert [e.kind for e in stolen] == ["link"]
+
+    off = LocalCatalogue(
+        data_root=str(root), index_path=str(tmp_path / "off.sqlite"), thumbnails=False
+    )
+    off.index()
+    mine = off.get(found["map_0001"].pid, alice)
+    assert off.thumbnail(mine, alice) is None and off.nexus_tree(mine, alice)
+
+
+def test_reindexing_a_changed_file_replaces_its_thumbnail(tmp_path: Path) -> None:
+    path = nexus(tmp_path / "MA1234/ID21/map_0001/map_0001.nxs", lambda e: nxdata(e, np.eye(16)))
+    alice = CatalogueUser("alice", proposals=frozenset({"MA1234"}))
+    catalogue = LocalCatalogue(data_root=str(tmp_path), index_path=str(tmp_path / "i.sqlite"))
+    catalogue.index()
+    (dataset,) = catalogue.datasets_for(alice)
+    before = catalogue.thumbnail(dataset, alice)
+    nexus(path, lambda e: nxdata(e, np.ones((8, 24))))
+    later = time.time() + 10
+    os.utime(path, (later, later))
+    assert catalogue.index().updated == 1
+    after = catalogue.thumbnail(dataset, alice)
+    assert before is not None and after is not None
+    assert pixels(after.data).shape == (8, 24, 3) != pixels(before.data).shape
