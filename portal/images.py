@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -31,7 +32,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from portal import __version__
-from spawner.environments import EnvironmentsError, Image, load_images
+from spawner.environments import Environment, EnvironmentsError, Image, load_images
+from spawner.software import LABEL as SOFTWARE_LABEL
+from spawner.software import label_value
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES_DIR = ROOT / "images"
@@ -47,6 +50,17 @@ ENVIRONMENT_LABEL = "org.panosc.portal.environment"
 PORTAL_SOURCES = ("pyproject.toml", "README.md", "portal", "spawner")
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+#: Run with the built image's own Python: the versions of the distributions named after it.
+_VERSIONS_SCRIPT = """
+import importlib.metadata, json, sys
+found = {}
+for name in sys.argv[1:]:
+    try:
+        found[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+print(json.dumps(found))
+"""
 
 
 class BuildError(Exception):
@@ -389,6 +403,47 @@ def tag_image(image_id: str, tag: str, labels: dict[str, str]) -> None:
         raise BuildError(f"labelling {tag} failed: {' '.join(cmd)} -\n{out.stderr.strip()}")
 
 
+def installed_versions(image: Environment, image_id: str) -> dict[str, str]:
+    """The versions of ``image.software`` in the built image, asked of its own Python.
+
+    Read from the image rather than from the requirements files: a version inherited from
+    a parent's constraints, or one pip resolved, is then exactly what the server runs. A
+    name the image lacks fails the build, so that no card ever lists software it lacks.
+    """
+    cmd = ["docker", "run", "--rm", "--network=none", "--entrypoint=python", image_id]
+    try:
+        out = subprocess.run(
+            [*cmd, "-c", _VERSIONS_SCRIPT, *image.software],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise BuildError(f"[{image.name}] reading its software versions timed out") from e
+    if out.returncode != 0:
+        raise BuildError(
+            f"[{image.name}] reading its software versions failed: {' '.join(cmd)} python -c"
+            f" ...\n{out.stderr.strip()}"
+        )
+    found = json.loads(out.stdout)
+    missing = [name for name in image.software if name not in found]
+    if missing:
+        raise BuildError(
+            f"[{image.name}] images/environments.yaml lists {', '.join(missing)} as its"
+            " software, but the image has no such Python distribution: install it in"
+            f" images/{image.name}/ or take it off the list"
+        )
+    return {name: found[name] for name in image.software}
+
+
+def image_labels(image: Image, image_id: str, common: dict[str, str]) -> dict[str, str]:
+    """Every label of one image: ``common`` (version, revision), its name and its software."""
+    labels = {**common, ENVIRONMENT_LABEL: image.name}
+    if isinstance(image, Environment) and image.software:
+        labels[SOFTWARE_LABEL] = label_value(installed_versions(image, image_id))
+    return labels
+
+
 def image_size(tag: str) -> int:
     """The image's size in bytes, all layers counted, as ``docker images`` shows it."""
     out = subprocess.run(
@@ -435,7 +490,7 @@ def build(names: Sequence[str], options: BuildOptions) -> list[Built]:
             context = prepare_context(image, Path(tmp), certs)
             args = first_args if image.parent is None else {"PARENT_IMAGE": ids[image.parent]}
             ids[image.name], seconds = docker_build(image, context, args, log_dir, options.no_cache)
-            tag_image(ids[image.name], image.image, {**labels, ENVIRONMENT_LABEL: image.name})
+            tag_image(ids[image.name], image.image, image_labels(image, ids[image.name], labels))
             built.append(Built(image.name, image.image, seconds, image_size(image.image)))
             _say(
                 f"[{image.name}] built {image.image} in {seconds:.0f} s,"

@@ -31,8 +31,12 @@ _NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 _IMAGE = re.compile(r"[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_.{}-]+")
 _MEMORY = re.compile(r"[1-9][0-9]*[MG]")
 _ENV_KEYS = frozenset(
-    {"name", "image", "from", "description", "techniques", "server_types", "resources"}
+    {"name", "image", "from", "description", "techniques", "server_types", "resources", "software"}
 )
+#: Keys an environment may leave out.
+_OPTIONAL_ENV_KEYS = frozenset({"from", "software"})
+#: A Python distribution's name as PyPI spells it (PEP 508).
+_DISTRIBUTION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,60}[A-Za-z0-9])?")
 #: The portal's own images, each a top-level key of the table: the Helm chart runs them, users
 #: are never offered them.
 SERVICES = ("hub", "proxy")
@@ -62,6 +66,9 @@ class Environment(Image):
 
     ``techniques`` are PaNET ids; empty means the environment suits any technique.
     ``cpu`` (cores) and ``memory`` (like ``4G``) are a hint for the spawner's limits.
+    ``software`` names the Python distributions a researcher picks it for; their versions
+    are not in the table but read from the image (:mod:`spawner.software`), so the spawn
+    form never shows a version the image does not have.
     """
 
     description: str
@@ -69,6 +76,7 @@ class Environment(Image):
     server_types: tuple[str, ...]
     cpu: float
     memory: str
+    software: tuple[str, ...] = ()
 
     def serves(self, technique: str) -> bool:
         """Whether this environment is made for a dataset tagged ``technique`` (a PaNET id).
@@ -139,7 +147,7 @@ def _check_keys(entry: Any, allowed: frozenset[str], required: set[str], where: 
 
 
 def _environment(entry: Any, where: str, earlier: dict[str, Image]) -> Environment:
-    _check_keys(entry, _ENV_KEYS, set(_ENV_KEYS - {"from"}), where)
+    _check_keys(entry, _ENV_KEYS, set(_ENV_KEYS - _OPTIONAL_ENV_KEYS), where)
     name = entry["name"]
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in SERVICES:
         raise EnvironmentsError(
@@ -170,7 +178,18 @@ def _environment(entry: Any, where: str, earlier: dict[str, Image]) -> Environme
         server_types=server_types,
         cpu=cpu,
         memory=memory,
+        software=_software(entry.get("software", []), f"{where}: software"),
     )
+
+
+def _software(value: Any, where: str) -> tuple[str, ...]:
+    names = _str_list(value, where)
+    for name in names:
+        if not _DISTRIBUTION.fullmatch(name):
+            raise EnvironmentsError(f"{where}: {name!r} is not a Python distribution name")
+    if len({re.sub(r"[-_.]+", "-", n).lower() for n in names}) != len(names):  # PEP 503
+        raise EnvironmentsError(f"{where}: a name is listed twice in {list(names)!r}")
+    return names
 
 
 def _str_list(value: Any, where: str) -> tuple[str, ...]:

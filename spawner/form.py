@@ -15,9 +15,10 @@ from typing import Any
 from jinja2 import Environment as Jinja
 from jinja2 import FileSystemLoader, select_autoescape
 
-from portal.catalogue import CatalogueError, Dataset
+from portal.catalogue import CatalogueError, Dataset, techniques
 from spawner.environments import Environment
 from spawner.options import ENVIRONMENT_DEFAULT, pick_environment
+from spawner.software import Software, software_for
 
 _TEMPLATES = Jinja(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -38,6 +39,44 @@ def human_size(size: int) -> str:
     return ""
 
 
+def technique_name(pid: str) -> str:
+    """A PaNET id as researchers read it; an id the portal does not know stays an id."""
+    try:
+        return techniques.get(pid).name
+    except KeyError:
+        return pid
+
+
+def served_by(dataset: Dataset, environments: Mapping[str, Environment]) -> dict[str, str]:
+    """Technique-specific environment -> the dataset's technique(s) it serves, by name.
+
+    What makes an environment a dataset's default (:func:`pick_environment` counts exactly
+    these), and the words of the card's "chosen because" line.
+    """
+    found = {}
+    for env in environments.values():
+        names = [technique_name(t) for t in dataset.techniques if env.techniques and env.serves(t)]
+        if names:
+            found[env.name] = " and ".join(names)
+    return found
+
+
+def environment_cards(
+    environments: Mapping[str, Environment], software: Mapping[str, tuple[Software, ...]]
+) -> list[dict[str, Any]]:
+    """One card per environment: what it is for and what it runs (versions where known)."""
+    return [
+        {
+            "name": env.name,
+            "description": env.description,
+            "techniques": [technique_name(t) for t in env.techniques],
+            "types": " ".join(env.server_types),
+            "software": [str(s) for s in software.get(env.name, ())],
+        }
+        for env in environments.values()
+    ]
+
+
 def form_context(
     datasets: list[Dataset],
     environments: Mapping[str, Environment],
@@ -46,11 +85,14 @@ def form_context(
     selected: frozenset[str] = frozenset(),
     total: int | None = None,
     datasets_url: str = "",
+    software: Mapping[str, tuple[Software, ...]] | None = None,
 ) -> dict[str, Any]:
     """The template's values: plain data, so the form can be tested without a hub.
 
     ``total``: how many datasets the user may read, when ``datasets`` lists only the newest
     (the form then says so, with a link to ``datasets_url`` to search the others).
+    ``software``: each environment's main software with versions (:mod:`spawner.software`);
+    without it the cards list none.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for d in sorted(datasets, key=lambda d: (d.proposal, d.title.lower())):
@@ -61,7 +103,7 @@ def form_context(
                 "instrument": d.instrument,
                 "techniques": ", ".join(d.technique_names) or "technique not recorded",
                 "size": human_size(d.size),
-                "env": pick_environment([d], environments, "lab").name,
+                "serves": served_by(d, environments),
                 "search": " ".join((d.pid, d.title, d.proposal, d.instrument, *d.technique_names)),
                 "checked": d.pid in selected,
             }
@@ -72,7 +114,7 @@ def form_context(
             {"name": t, "label": SERVER_TYPE_LABELS[t], "available": t in supported_types}
             for t in SERVER_TYPE_LABELS
         ],
-        "environments": list(environments.values()),
+        "environments": environment_cards(environments, software or {}),
         "initial_environment": pick_environment(chosen, environments, "lab").name,
         "groups": groups,
         "listed": len(datasets),
@@ -108,6 +150,7 @@ async def options_form(spawner: Any) -> str:
         spawner.resource_presets,
         total=total,
         datasets_url=f"{spawner.hub.base_url}datasets",
+        software=await software_for(spawner),
     )
     # "New desktop" on the home page opens the form of a server named desktop-<n>.
     chosen = "desktop" if spawner.name.startswith("desktop-") else "lab"

@@ -34,7 +34,7 @@ def test_login_lab_and_h5web(browser: Browser, demo, artifacts: Path) -> None:
     rows = page.locator(".panosc-dataset:visible")
     expect(rows).to_have_count(1)
     rows.first.locator("input").check()
-    expect(page.locator("#panosc-environment")).to_have_value("diffraction")
+    expect(page.locator("#panosc-environment input:checked")).to_have_value("diffraction")
     page.screenshot(path=artifacts / "03-spawn-form.png", full_page=True)
     page.get_by_role("button", name="Start").click()
 

@@ -73,4 +73,4 @@ def test_form_escapes_catalogue_strings_and_groups_by_proposal() -> None:
     assert html.count('class="panosc-proposal"') == 21
     assert html.count('name="datasets"') == 301
     assert 'value="desktop"' in html and "disabled" in html  # not on the local backend
-    assert re.search(r'<option value="xrf"[^>]*selected>', html)  # the chosen dataset is XRF
+    assert re.search(r'name="environment"[^>]*value="xrf"[^>]*checked>', html)  # it is XRF
