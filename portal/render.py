@@ -43,6 +43,8 @@ def render_config(settings: PortalSettings) -> Config:
             "template_paths": [str(TEMPLATES)],
             "extra_handlers": [
                 ("/datasets", "portal.handlers.DatasetsHandler"),
+                (r"/datasets/(.+)/thumbnail\.png", "portal.handlers.DatasetThumbnailHandler"),
+                (r"/datasets/(.+)", "portal.handlers.DatasetHandler"),
                 ("/open", "portal.handlers.OpenHandler"),
                 (r"/course/([a-z0-9-]+)", "portal.handlers.CourseHandler"),
                 (r"/course/([a-z0-9-]+)/students", "portal.handlers.CourseStudentsHandler"),
