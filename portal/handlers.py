@@ -1,4 +1,6 @@
-"""Extra hub pages: the user's datasets (``/hub/datasets``) and the deep link ``/hub/open``.
+"""Extra hub pages: the user's datasets (``/hub/datasets``), one dataset's page
+(``/hub/datasets/<pid>``, its thumbnail at ``/hub/datasets/<pid>/thumbnail.png``) and the
+deep link ``/hub/open``.
 
 ``/hub/open?dataset=PID[&type=desktop]`` is what a catalogue's "open in portal" button
 points at: it checks access with the catalogue, picks the environment by technique, and
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -22,6 +25,7 @@ from tornado import web
 
 from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue
 from portal.catalogue.base import DatasetPage
+from portal.catalogue.model import Thumbnail
 from portal.course import CourseError, load_course
 from spawner.common import spawn_query, trusted_navigation, user_from_auth_state
 from spawner.courses import SERVER_PREFIX, CourseLibrary, CourseUnavailable, server_name
@@ -31,6 +35,11 @@ from spawner.options import pick_environment
 
 #: Datasets per page of /hub/datasets.
 PAGE_SIZE = 50
+#: The pictures a catalogue's thumbnail may be served as; anything else is not served.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+#: One answer for an unknown pid, a pid this user may not read, and a dataset without a
+#: thumbnail: nothing tells them apart.
+NOT_FOUND = "There is no dataset at this address, or you do not have access to it."
 
 
 def server_name_for(dataset: Dataset, server_type: str, taken: set[str]) -> str:
@@ -145,6 +154,78 @@ class DatasetsHandler(PortalPage):
             next=at(offset + PAGE_SIZE) if offset + PAGE_SIZE < page.total else "",
         )
         self.finish(html)
+
+
+def availability(dataset: Dataset) -> str:
+    """Public or embargoed, in words: what a researcher asks before sharing a link."""
+    today = datetime.now(UTC).date()
+    if dataset.is_public(today):
+        since = dataset.public_date
+        return f"Public since {since.isoformat()}" if since and since.year > 1 else "Public"
+    if dataset.public_date:
+        return f"Embargoed until {dataset.public_date.isoformat()}"
+    return "Not public: readable by its proposal's members and those granted access"
+
+
+class DatasetHandler(PortalPage):
+    """``/hub/datasets/<pid>``: what a dataset is, before anyone opens it."""
+
+    @web.authenticated
+    async def get(self, pid: str) -> None:
+        user = await self.catalogue_user()
+        try:
+            dataset = await asyncio.to_thread(self.catalogue.get, pid, user)
+            picture, tree = await asyncio.gather(
+                asyncio.to_thread(self.catalogue.thumbnail, dataset, user),
+                asyncio.to_thread(self.catalogue.nexus_tree, dataset, user),
+            )
+        except DatasetNotFound:
+            return await self.refuse(404, NOT_FOUND)
+        except CatalogueError as e:
+            return await self.refuse(503, f"The catalogue cannot answer right now: {e}")
+        html = await self.render_template(
+            "dataset.html",
+            dataset=dataset,
+            techniques=", ".join(dataset.technique_names),
+            size=human_size(dataset.size),
+            availability=availability(dataset),
+            has_thumbnail=picture is not None,
+            tree=tree,
+            server_types=self.server_types,
+        )
+        self.finish(html)
+
+
+class DatasetThumbnailHandler(PortalPage):
+    """``/hub/datasets/<pid>/thumbnail.png``: the dataset's picture, for those who may read
+    it; the same plain 404 for everyone and everything else."""
+
+    @web.authenticated
+    async def get(self, pid: str) -> None:
+        user = await self.catalogue_user()
+        picture: Thumbnail | None = None
+        try:
+            dataset = await asyncio.to_thread(self.catalogue.get, pid, user)
+            picture = await asyncio.to_thread(self.catalogue.thumbnail, dataset, user)
+        except DatasetNotFound:
+            pass
+        except CatalogueError as e:
+            return self.plain(503, f"The catalogue cannot answer right now: {e}")
+        if picture is None or picture.content_type not in IMAGE_TYPES:
+            return self.plain(404, NOT_FOUND)
+        self.set_header("Content-Type", picture.content_type)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "private, max-age=300")
+        self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+        self.finish(picture.data)
+
+    def plain(self, status: int, message: str) -> None:
+        """A short text answer: an image request needs no page."""
+        self.set_status(status)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(message)
 
 
 class OpenHandler(PortalPage):
