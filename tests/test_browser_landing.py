@@ -43,17 +43,23 @@ def test_landing_page_says_what_the_portal_is(browser: Browser, demo, artifacts:
     # The logo, served by the hub from the portal's own file, is drawn (not a broken image).
     for logo in (page.locator(".portal-landing-logo"), page.locator("#jupyterhub-logo img")):
         assert logo.evaluate("img => img.complete && img.naturalWidth > 0"), "logo not shown"
-    assert requests.get(f"{demo.url}/hub/logo", timeout=10).headers["Content-Type"].startswith(
-        "image/svg+xml"
+    assert (
+        requests.get(f"{demo.url}/hub/logo", timeout=10)
+        .headers["Content-Type"]
+        .startswith("image/svg+xml")
     )
     expect(page.locator("#jupyterhub-logo")).to_contain_text(DEMO_BRANDING["name"])
     page.screenshot(path=artifacts / "landing-page.png", full_page=True)
     assert_accessible(page)
+    # JupyterHub's dark theme, one click away in the navbar, must stay readable too.
+    page.get_by_role("button", name="Toggle dark mode").click()
+    expect(page.locator("html")).to_have_attribute("data-bs-theme", "dark")
+    page.mouse.move(640, 700)  # off the toggle: the screenshot shows it as it rests
+    page.screenshot(path=artifacts / "landing-page-dark.png", full_page=True)
+    assert_accessible(page)
 
 
-def test_keyboard_sign_in_and_lab_without_pop_ups(
-    browser: Browser, demo, artifacts: Path
-) -> None:
+def test_keyboard_sign_in_and_lab_without_pop_ups(browser: Browser, demo, artifacts: Path) -> None:
     page = new_page(browser)
     page.goto(f"{demo.url}/hub/login")
     # Tab from the top of the page reaches the sign-in button within a few steps; Enter follows.
@@ -73,6 +79,7 @@ def test_keyboard_sign_in_and_lab_without_pop_ups(
     expect(page.get_by_role("navigation", name="About this portal")).to_contain_text(
         DEMO_BRANDING["links"][0]["title"]
     )
+    page.screenshot(path=artifacts / "spawn-page-branded-navbar.png")
     page.get_by_role("button", name="Start").click()
     page.wait_for_url("**/user/carol/lab**", timeout=120_000)
     expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
