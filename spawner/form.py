@@ -18,7 +18,7 @@ from jinja2 import FileSystemLoader, select_autoescape
 from portal.catalogue import CatalogueError, Dataset, techniques
 from spawner.environments import Environment
 from spawner.options import ENVIRONMENT_DEFAULT, pick_environment
-from spawner.software import Software, software_for
+from spawner.software import Software, software_for, software_note
 
 _TEMPLATES = Jinja(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -154,4 +154,11 @@ async def options_form(spawner: Any) -> str:
     )
     # "New desktop" on the home page opens the form of a server named desktop-<n>.
     chosen = "desktop" if spawner.name.startswith("desktop-") else "lab"
-    return render_form({**context, "problem": problem, "chosen_type": chosen})
+    return render_form(
+        {
+            **context,
+            "problem": problem,
+            "chosen_type": chosen,
+            "software_note": software_note(spawner),
+        }
+    )

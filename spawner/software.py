@@ -141,6 +141,20 @@ async def docker_software(
     }
 
 
+def software_note(spawner: Any) -> str:
+    """What the cards' software lists mean on ``spawner``'s backend, when it needs saying.
+
+    On the local backend every environment is the hub's own Python, so a card lists only
+    what of its software is installed there: the form says why pyFAI may be missing.
+    """
+    if isinstance(spawner, LocalProcessSpawner):
+        return (
+            "On this portal every environment runs the portal's own Python: each card lists"
+            " the software of it installed here."
+        )
+    return ""
+
+
 async def software_for(spawner: Any) -> dict[str, tuple[Software, ...]]:
     """The cards' software for ``spawner``'s backend (see the module docstring)."""
     environments: Mapping[str, Environment] = spawner.environments
