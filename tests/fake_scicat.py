@@ -24,6 +24,12 @@ follows (paths under ``src/``):
   refused (403); the filter's keys must be dataset fields or allowed MongoDB operators,
   else a 400 (``FilterValidationPipe``, ``datasets/types/dataset-lookup.ts``); ``limits``
   default to ``{limit: 10, skip: 0, sort: {createdAt: "desc"}}``, merged with the caller's.
+- ``GET /api/v3/datasets/{pid}/thumbnail`` (``datasets/datasets.controller.ts``
+  ``thumbnail``, ``checkPermissionsForDatasetExtended``): the pid percent-decoded (Express
+  decodes route parameters), 404 ``dataset: {pid} not found`` for an unknown pid, 403
+  ``Unauthorized access`` for one the caller may not read, else the ``thumbnail`` of the
+  first attachment whose ``datasetId`` is the pid (``attachments/attachments.service.ts``
+  ``findOne``, projected to ``{thumbnail}``), or ``{}`` when there is none.
 - Access (``casl/abilities/datasets.ability.ts`` and the list's access filter): anonymous
   reads published data only; a user reads ``ownerGroup`` or ``accessGroups`` in their
   groups, ``sharedWith`` holding their e-mail, and published data; ``ADMIN_GROUPS`` read all.
@@ -48,6 +54,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from portal.catalogue import techniques
 from portal.catalogue.techniques import IRI_PREFIX
@@ -221,6 +228,9 @@ class SciCatServer(JsonServer):
     """SciCat's current backend, for the requests the portal makes."""
 
     datasets: list[dict[str, Any]] = field(default_factory=list)
+    #: Attachments as stored (``attachments/schemas/attachment.schema.ts``): ``datasetId``
+    #: (the v3 name of the relationship's target) and ``thumbnail``, a data URI.
+    attachments: list[dict[str, Any]] = field(default_factory=list)
     users: dict[str, SciCatUser] = field(default_factory=dict)
     id_tokens: dict[str, str] = field(default_factory=dict)  # OIDC ID token -> username
     admin_groups: frozenset[str] = frozenset({"admin"})
@@ -312,6 +322,9 @@ class SciCatServer(JsonServer):
             return self.v3_find_all(who, params, headers)
         if method == "GET" and route == "/api/v4/datasets":
             return self.v4_find_all(who, params)
+        thumbnail = re.fullmatch(r"/api/v3/datasets/([^/]+)/thumbnail", path.rstrip("/"), re.I)
+        if method == "GET" and thumbnail:
+            return self.thumbnail(who, unquote(thumbnail[1]))
         return Answer(
             404, {"message": f"Cannot {method} {path}", "error": "Not Found", "statusCode": 404}
         )
@@ -333,6 +346,24 @@ class SciCatServer(JsonServer):
                 {"isPublished": True},
             ]
         }
+
+    def thumbnail(self, who: SciCatUser | None, pid: str) -> Answer:
+        """``thumbnail``: the dataset's permission check, then its first attachment's."""
+        dataset = next((d for d in self.datasets if d["pid"] == pid), None)
+        if dataset is None:
+            return Answer(
+                404,
+                {"message": f"dataset: {pid} not found", "error": "Not Found", "statusCode": 404},
+            )
+        access = self.access(who)
+        if access is not None and not mongo_matches(dataset, access):
+            return Answer(
+                403, {"message": "Unauthorized access", "error": "Forbidden", "statusCode": 403}
+            )
+        attachment = next((a for a in self.attachments if a.get("datasetId") == pid), None)
+        if attachment is None or not attachment.get("thumbnail"):
+            return Answer(200, {})
+        return Answer(200, {"thumbnail": attachment["thumbnail"]})
 
     def _filter(
         self, params: dict[str, str], headers: dict[str, str], anonymous: bool

@@ -12,7 +12,9 @@ import io
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import h5py
 import numpy as np
@@ -397,3 +399,43 @@ def test_reindexing_a_changed_file_replaces_its_thumbnail(tmp_path: Path) -> Non
     after = catalogue.thumbnail(dataset, alice)
     assert before is not None and after is not None
     assert pixels(after.data).shape == (8, 24, 3) != pixels(before.data).shape
+
+
+# -- remote catalogues: SciCat's own thumbnails -------------------------------------------
+
+
+def data_uri(kind: str, data: bytes) -> str:
+    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def test_scicat_datasets_show_their_attachments_thumbnail_and_nothing_else() -> None:
+    from portal.catalogue.scicat import SciCatCatalogue
+    from tests.test_catalogue_http import ALICE, MATRIX, TRUST, scicat_server
+
+    png = render_png()
+    mine, shared, group, other = (
+        MATRIX[k].pid for k in ("member", "shared", "group", "non-member")
+    )
+    server = scicat_server()
+    server.attachments = [
+        {"datasetId": mine, "thumbnail": data_uri("image/png", png), "caption": "map"},
+        {"datasetId": shared, "thumbnail": data_uri("image/png", b"<script>1</script>")},
+        {"datasetId": group, "thumbnail": data_uri("image/svg+xml", b"<svg onload=x>")},
+        {"datasetId": other, "thumbnail": data_uri("image/png", png)},
+    ]
+    with server.running() as url:
+        catalogue = SciCatCatalogue(url=url, trusted_writers=TRUST)
+        readable = {d.pid: d for d in catalogue.datasets_for(ALICE)}
+        assert "/" in mine and {mine, shared, group} <= set(readable)
+        picture = catalogue.thumbnail(readable[mine], ALICE)
+        assert picture is not None and picture.data == png
+        assert picture.content_type == "image/png"
+        assert catalogue.thumbnail(readable[shared], ALICE) is None  # says PNG, is not
+        assert catalogue.thumbnail(readable[group], ALICE) is None  # SVG may hold script
+        no_attachment = next(p for p in readable if p not in (mine, shared, group))
+        assert catalogue.thumbnail(readable[no_attachment], ALICE) is None
+        # SciCat's own check stands too: a record alice may not read answers 403, not a picture
+        stranger = replace(readable[mine], pid=other)
+        assert catalogue.thumbnail(stranger, ALICE) is None
+    asked = [s.path for s in server.seen if s.path.endswith("/thumbnail")]
+    assert f"/api/v3/datasets/{quote(mine, safe='')}/thumbnail" in asked

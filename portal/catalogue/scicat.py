@@ -35,6 +35,13 @@ that says so, never a silently short list.
 ``sourceFolder``; only datasets written (``createdBy``, ``updatedBy``) by the accounts in
 ``trusted_writers`` (the facility's ingestors) are given a location the portal mounts.
 
+**Thumbnails**: a dataset's picture is its first attachment's ``thumbnail``, a data URI,
+as SciCat's own frontend shows it: ``GET /api/v3/datasets/{pid}/thumbnail``
+(``datasets/datasets.controller.ts`` ``thumbnail``) answers ``{thumbnail}`` or ``{}``, 404
+for an unknown pid and 403 for one the token may not read. It is asked only for a dataset
+:meth:`~SciCatCatalogue.get` returned, and only a PNG, JPEG, GIF or WebP whose bytes say so
+is kept.
+
 **Access**: SciCat's own rule (``src/casl/abilities/datasets.ability.ts`` and the list's
 access filter): ``ownerGroup`` or ``accessGroups`` among the user's groups, ``sharedWith``
 holding their e-mail, ``isPublished``, and everything for its ``ADMIN_GROUPS``
@@ -44,6 +51,8 @@ only as a group (service mode); nothing else grants access. Imports nothing from
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
@@ -52,6 +61,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from traitlets import Enum, List, Unicode, default
 
@@ -60,18 +70,44 @@ from portal.catalogue.http import (
     PUBLISHED,
     CatalogueCredentialsRejected,
     HttpCatalogue,
+    NotFound,
     json_of,
     parse_time,
     technique_filter,
     technique_id,
 )
-from portal.catalogue.model import CatalogueUser, Dataset
+from portal.catalogue.model import CatalogueUser, Dataset, Thumbnail
 
 WHOAMI = "/api/v3/auth/whoami"
 LOGIN = "/api/v3/auth/login"
 EXCHANGE = "/api/v3/auth/oidc/token"
 #: Newest first, as the interface promises; the pid makes pages stable between equal times.
 SORT = {"creationTime": "desc", "pid": "asc"}
+THUMBNAIL = "/api/v3/datasets/{pid}/thumbnail"
+#: The pictures a data URI may hold, by the bytes each format starts with.
+IMAGE_MAGIC = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+MAX_THUMBNAIL = 1 << 20  # bytes of a decoded thumbnail: SciCat calls them "small"
+_DATA_URI = re.compile(r"data:(image/[a-z]+);base64,([A-Za-z0-9+/=\s]+)")
+
+
+def data_uri_image(value: object) -> Thumbnail | None:
+    """The picture in a ``data:image/...;base64,...`` URI, if it is one the portal serves
+    and its bytes are of the type it claims; else ``None``."""
+    found = _DATA_URI.fullmatch(value.strip()) if isinstance(value, str) else None
+    if found is None or found[1] not in IMAGE_MAGIC or len(found[2]) > MAX_THUMBNAIL * 4 // 3 + 8:
+        return None
+    try:
+        data = base64.b64decode("".join(found[2].split()), validate=True)
+    except binascii.Error:
+        return None
+    if not data.startswith(IMAGE_MAGIC[found[1]]) or len(data) > MAX_THUMBNAIL:
+        return None
+    return Thumbnail(data, found[1])
 
 
 @dataclass(frozen=True)
@@ -396,6 +432,16 @@ class SciCatCatalogue(HttpCatalogue):
         if not found:
             raise DatasetNotFound(pid)
         return found[0]
+
+    def thumbnail(self, dataset: Dataset, user: CatalogueUser) -> Thumbnail | None:
+        """The dataset's first attachment's thumbnail, asked with the same token as
+        :meth:`get`; none when SciCat has none, or no longer lets this token read it."""
+        path = THUMBNAIL.format(pid=quote(dataset.pid, safe=""))
+        try:
+            answer = self.get_json(user, path)
+        except (NotFound, CatalogueCredentialsRejected):
+            return None
+        return data_uri_image(answer.get("thumbnail") if isinstance(answer, dict) else None)
 
     def search(
         self,

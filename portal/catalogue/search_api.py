@@ -181,6 +181,7 @@ class SearchApiCatalogue(HttpCatalogue):
             else None,
             size=int(record.get("size") or 0),
             file_count=len(files) if isinstance(files, list) else 0,
+            doi=str(record.get("doi") or ""),
         )
 
     def _listing(self, user: CatalogueUser, where: dict[str, Any]) -> list[Dataset]:
