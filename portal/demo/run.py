@@ -130,7 +130,7 @@ DEMO_BRANDING = {
     "facility": "Demo Light Source · sample data",
     "links": [
         {"title": "Help: the JupyterLab guide", "url": "https://jupyterlab.readthedocs.io/"},
-        {"title": "Data policy: PaNOSC", "url": "https://www.panosc.eu/"},
+        {"title": "About PaNOSC", "url": "https://www.panosc.eu/"},
         {"title": "Dataset catalogue", "url": "/hub/datasets"},
     ],
 }
