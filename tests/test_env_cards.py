@@ -20,13 +20,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import docker
+import kubernetes_asyncio.config.kube_config as kube_config
 import pytest
 import yaml
+from traitlets.config import Config
 
 from portal import images
 from portal.catalogue import Dataset
+from spawner.docker import PortalDockerSpawner
 from spawner.environments import DATA_FILE, EnvironmentsError, load_environments
 from spawner.form import form_context, render_form
+from spawner.local import PortalLocalSpawner
 from spawner.software import (
     LABEL,
     LabelCache,
@@ -35,8 +39,11 @@ from spawner.software import (
     from_label,
     installed,
     label_value,
+    software_for,
+    software_note,
 )
 from tests.conftest import ROOT
+from tests.test_kube_spawner import KUBECONFIG, Hubs
 
 ENVS = load_environments()
 POWDER_XRD = "PaNET01101"  # x-ray powder diffraction
@@ -215,16 +222,40 @@ def test_versions_are_read_from_the_built_image(built_images: dict[str, str]) ->
 
 
 @pytest.mark.docker
-def test_the_build_labels_each_image_and_the_hub_reads_it(built_images: dict[str, str]) -> None:
+def test_the_build_labels_each_image_and_the_hub_reads_it(
+    built_images: dict[str, str], tmp_path: Path
+) -> None:
     tag = built_images["base"]
-    client = docker.APIClient()
-    label = client.inspect_image(tag)["Config"]["Labels"][LABEL]
+    label = docker.APIClient().inspect_image(tag)["Config"]["Labels"][LABEL]
     expected = {name: pins("base")[name] for name in ENVS["base"].software}
     assert label == label_value(expected)
-    envs = {
-        "base": ENVS["base"],
-        "ghost": replace(ENVS["base"], name="ghost", image="panosc/ghost:0"),
-    }
-    shown = asyncio.run(docker_software(client.inspect_image, envs, cache=LabelCache()))
+
+    # The Docker spawner's form, with an environment whose image this engine does not have.
+    doc = yaml.safe_load(DATA_FILE.read_text())
+    ghost = {**doc["environments"][0], "name": "ghost", "image": "panosc/ghost:0"}
+    table = tmp_path / "environments.yaml"
+    table.write_text(yaml.safe_dump({"environments": [doc["environments"][0], ghost]}))
+    spawner = PortalDockerSpawner(environments_file=str(table))
+    shown = asyncio.run(software_for(spawner))
     assert shown["base"] == tuple(Software(n, v) for n, v in expected.items())
     assert shown["ghost"] == tuple(Software(n) for n in ENVS["base"].software)  # no such image
+    assert software_note(spawner) == ""
+
+
+async def test_kubernetes_cards_name_the_software_without_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub has no engine to ask there, and the nodes' images are not its to see."""
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)  # a cluster that is not there
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    spawner = Hubs(Config()).spawner("alice", "lab", {})
+    shown = await software_for(spawner)
+    assert shown == {e.name: tuple(Software(n) for n in e.software) for e in ENVS.values()}
+    assert software_note(spawner) == ""
+
+
+def test_local_cards_say_they_list_the_hubs_own_python() -> None:
+    spawner = PortalLocalSpawner()
+    shown = asyncio.run(software_for(spawner))
+    assert shown["diffraction"] == installed(ENVS["diffraction"].software)
+    assert "portal's own Python" in software_note(spawner)
