@@ -1,5 +1,9 @@
 """The spawn form: server type, environment, the user's datasets by proposal, resources.
 
+Environments are cards (a radio group): name, description, techniques, main software with
+versions, and which chosen datasets make one the default, the same rule as
+:func:`~spawner.options.pick_environment`, followed live in the page.
+
 Rendered with Jinja2 autoescaping, so titles and other catalogue strings are always
 escaped. The datasets listed are the catalogue's answer for this user; what is finally
 mounted is decided again at spawn time, whatever the form sent.
