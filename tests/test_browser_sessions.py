@@ -165,7 +165,9 @@ def test_spawn_page_lists_each_progress_step(
     )
     expect(page.locator("#progress-bar")).to_have_attribute("aria-valuenow", "100")
     expect(page.locator(".portal-current")).to_have_count(0)  # nothing under way any more
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()  # nothing to cancel
     assert len(loads) == 2, loads  # the page, then its reload to the ready server
+    page.wait_for_timeout(1000)  # the bar's width is animated: let it reach the end
     page.screenshot(path=artifacts / "spawn-pending-steps.png", full_page=True)
     assert_accessible(page)
     assert api(page, "DELETE", f"users/{USER}/servers/steps") in (202, 204)
