@@ -9,10 +9,15 @@ storage), and a thumbnail must cost a small fraction of reading the metadata, so
 - Every step of the chain and the signal itself must be a hard link: an external link,
   a soft link, a virtual dataset (VDS) or external storage would draw another file (say,
   another proposal's data) into this dataset's thumbnail, and is refused.
-- At most :data:`MAX_SIDE` x :data:`MAX_SIDE` elements of an image are read, by strided
-  slicing (the same step on both axes, so the aspect ratio holds), and the first frame of
-  higher-dimensional data; a curve is read whole up to :data:`MAX_CURVE` elements, else
-  strided, and drawn as a min/max envelope so narrow peaks survive. A chunked signal whose
+- An image (or the middle frame of higher-dimensional data: the first of a tomography
+  scan is often a dark field) is read by strided slicing to
+  at most :data:`MAX_READ` x :data:`MAX_READ` elements (the same step on both axes, so the
+  aspect ratio holds), then averaged in blocks down to at most :data:`MAX_SIDE` a side:
+  thin powder rings stay rings instead of dots, as plain decimation left them. A curve is
+  read whole up to :data:`MAX_CURVE` elements, else strided, and drawn as a min/max
+  envelope so narrow peaks survive. Where the strided read would decompress every chunk
+  of the frame anyway, the frame is read whole (HDF5's strided selection costs more than
+  the same bytes read in one piece) and strided in memory. A chunked signal whose
   touched chunks would decompress to more than :data:`MAX_CHUNK_BYTES` is refused: one
   declared 4 GB chunk would otherwise be a memory bomb.
 - The colours come from silx's viridis lookup table (no matplotlib figure, no Qt), scaled
@@ -36,8 +41,10 @@ import numpy as np
 
 from portal.catalogue.nexus import Refused, child, clean_text, nx_child
 
-#: Largest side of an image thumbnail, in data elements (and so in pixels).
+#: Largest side of an image thumbnail, in pixels.
 MAX_SIDE = 128
+#: Largest side of the part of an image read for it (averaged down to MAX_SIDE).
+MAX_READ = 4 * MAX_SIDE
 #: A curve up to this many elements is read whole; a longer one is read strided to this.
 MAX_CURVE = 1 << 16
 #: Width and height of a curve's thumbnail, in pixels.
@@ -118,7 +125,7 @@ def _chunk_bytes(signal: h5py.Dataset, selection: tuple) -> int:
 
 
 def sample(signal: h5py.Dataset) -> np.ndarray:
-    """At most :data:`MAX_SIDE` squared (an image) or :data:`MAX_CURVE` (a curve) values
+    """At most :data:`MAX_READ` squared (an image) or :data:`MAX_CURVE` (a curve) values
     of ``signal``, as float64; never the whole of a large array."""
     if signal.is_virtual or signal.external:
         raise Refused(f"{signal.name} is stored outside the file; refusing to read it")
@@ -127,20 +134,23 @@ def sample(signal: h5py.Dataset) -> np.ndarray:
     shape = signal.shape
     if not shape or any(n <= 0 for n in shape):
         raise NoThumbnail(f"{signal.name} has no values to plot (shape {shape})")
-    # The first frame of a stack, and axes of length 1 dropped, as h5web slices it.
+    # The last one or two axes longer than 1 are plotted; of the others, the middle index.
     axes = [n for n, size in enumerate(shape) if size > 1][-2:]
-    selection: list = [0] * len(shape)
-    if len(axes) == 2:
-        step = -(-max(shape[a] for a in axes) // MAX_SIDE)
-        for a in axes:
-            selection[a] = slice(0, shape[a], step)
-    elif axes:
-        (a,) = axes
-        step = 1 if shape[a] <= MAX_CURVE else -(-shape[a] // MAX_CURVE)
+    selection: list = [size // 2 for size in shape]
+    limit = MAX_READ if len(axes) == 2 else MAX_CURVE
+    step = -(-max((shape[a] for a in axes), default=1) // limit)
+    for a in axes:
         selection[a] = slice(0, shape[a], step)
-    if _chunk_bytes(signal, tuple(selection)) > MAX_CHUNK_BYTES:
+    touched = _chunk_bytes(signal, tuple(selection))
+    if touched > MAX_CHUNK_BYTES:
         raise NoThumbnail(f"{signal.name}: its chunks are too large to read for a thumbnail")
-    return np.atleast_1d(np.asarray(signal[tuple(selection)], dtype=np.float64))
+    frame = [s if isinstance(s, int) else slice(None) for s in selection]
+    chunked = signal.chunks is not None
+    if chunked and step > 1 and touched >= _chunk_bytes(signal, tuple(frame)):  # all anyway
+        values = signal[tuple(frame)][(slice(None, None, step),) * len(axes)]
+    else:
+        values = signal[tuple(selection)]
+    return np.atleast_1d(np.asarray(values, dtype=np.float64))
 
 
 def _scaled(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,9 +165,27 @@ def _scaled(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scaled, finite
 
 
+def reduced(values: np.ndarray) -> np.ndarray:
+    """An image averaged in square blocks to at most :data:`MAX_SIDE` a side; a block with
+    no finite value stays NaN (drawn grey)."""
+    block = -(-max(values.shape) // MAX_SIDE)
+    if block == 1:
+        return values
+    rows, cols = (n // block * block or n for n in values.shape)
+    values = values[:rows, :cols]
+    if values.shape[0] < block or values.shape[1] < block:  # a sliver: decimate instead
+        return values[::block, ::block]
+    finite = np.isfinite(values)
+    grid = (rows // block, block, cols // block, block)
+    total = np.where(finite, values, 0.0).reshape(grid).sum(axis=(1, 3))
+    count = finite.reshape(grid).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
 def image_pixels(values: np.ndarray) -> np.ndarray:
     """An image's RGB pixels, first row at the bottom as h5web and silx draw it."""
-    scaled, finite = _scaled(values)
+    scaled, finite = _scaled(reduced(values))
     pixels = colour_table()[(scaled * 255).astype(np.uint8)]
     pixels[~finite] = NAN_COLOUR
     return pixels[::-1]
@@ -180,8 +208,8 @@ def curve_pixels(values: np.ndarray) -> np.ndarray:
         high = np.full(width, -1, dtype=np.int64)
         np.minimum.at(low, column, row)
         np.maximum.at(high, column, row)
-    low = np.minimum(low, np.append(low[1:], height))
-    high = np.maximum(high, np.append(high[1:], -1))
+    low = np.minimum(low, np.append(low[1:], height)) - 1  # and two pixels thick
+    high = np.maximum(high, np.append(high[1:], -1)) + 1
     rows = np.arange(height)[:, None]
     line = (rows >= low[None, :]) & (rows <= high[None, :])
     pixels = np.empty((height, width, 3), dtype=np.uint8)
@@ -228,6 +256,7 @@ def thumbnail(f: h5py.File) -> bytes | None:
 __all__ = [
     "MAX_CHUNK_BYTES",
     "MAX_CURVE",
+    "MAX_READ",
     "MAX_SIDE",
     "NoThumbnail",
     "default_signal",
