@@ -149,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         try:
             times = interleaved(hubs, configs, args.rounds)
+        except Exception:
+            for name, h in hubs.items():  # the hub's side of the failure, before it is deleted
+                log = h.log.read_text(errors="replace") if h.log.exists() else ""
+                tail = log.splitlines()[-40:]
+                print(f"--- last lines of the {name} hub's log ---", *tail, sep="\n")
+            raise
         finally:
             for h in hubs.values():
                 h.stop()
