@@ -247,8 +247,10 @@ def test_open_link_lands_in_the_dataset_folder(browser, hub: Hub, artifacts: Pat
     page.wait_for_url("**/user/alice/lab-xrf-map-0001/lab/tree/datasets/MA1234/xrf_map_0001**")
     listing = page.locator(".jp-DirListing-item", has_text="xrf_map_0001.nxs")
     listing.wait_for(timeout=120_000)
-    page.wait_for_timeout(1500)
+    page.wait_for_timeout(5000)  # JupyterLab would ask about news a few seconds in
     page.screenshot(path=artifacts / "06-open-link-docker.png")
+    expect(page.locator(".Toastify__toast")).to_have_count(0)  # the image's overrides.json
+    expect(page.locator(".jp-Dialog")).to_have_count(0)
     box = container_of("alice", "lab-xrf-map-0001")
     assert box.labels["org.panosc.portal.environment"] == "xrf"  # chosen by technique
     page.close()
