@@ -75,6 +75,15 @@ def colour_table() -> np.ndarray:
     return np.ascontiguousarray(get_colormap_lut("viridis")[:, :3], dtype=np.uint8)
 
 
+def _attr(item: h5py.Group, name: str) -> str:
+    """An attribute as text, ``""`` when there is none: one HDF5 call where ``attrs.get``
+    makes two (the chain reads a few per file, at tens of microseconds each)."""
+    try:
+        return clean_text(item.attrs[name])
+    except KeyError:
+        return ""
+
+
 def _group_at(start: h5py.Group, path: str) -> h5py.Group | h5py.Dataset | None:
     """``path`` (a child's name, names joined by ``/``, or absolute) from ``start``, through
     hard links only (:func:`~portal.catalogue.nexus.child` raises :class:`Refused` otherwise)."""
@@ -93,20 +102,17 @@ def default_signal(f: h5py.File) -> h5py.Dataset:
     that names nothing readable means no plot. Raises :class:`NoThumbnail` or
     :class:`Refused`."""
     group: h5py.Group = f
-    for _ in range(MAX_HOPS):
-        if clean_text(group.attrs.get("NX_class", "")) == "NXdata":
+    for hop in range(MAX_HOPS):
+        if hop and _attr(group, "NX_class") == "NXdata":  # the root is NXroot
             break
-        name = clean_text(group.attrs.get("default", ""))
-        if name:
-            found = _group_at(group, name)
-        else:
-            found = nx_child(group, "NXentry" if group.name == "/" else "NXdata")
+        name, fallback = _attr(group, "default"), "NXdata" if hop else "NXentry"
+        found = _group_at(group, name) if name else nx_child(group, fallback)
         if not isinstance(found, h5py.Group):
             raise NoThumbnail(f"{group.name} names no default plot")
         group = found
     else:
         raise NoThumbnail(f"the default chain is longer than {MAX_HOPS} steps (a cycle?)")
-    name = clean_text(group.attrs.get("signal", ""))
+    name = _attr(group, "signal")
     signal = child(group, name) if name else None
     if not isinstance(signal, h5py.Dataset):
         raise NoThumbnail(f"{group.name} has no signal dataset")
@@ -160,13 +166,16 @@ def _scaled(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Values mapped to 0..1 between robust percentiles (of at most :data:`SCALE_SAMPLE`
     of them, evenly spread), and the mask of finite ones."""
     finite = np.isfinite(values)
-    kept = values[finite]
+    everywhere = bool(finite.all())
+    kept = values.ravel() if everywhere else values[finite]
     if not kept.size:
         raise NoThumbnail("no finite value to plot")
     low, high = np.percentile(kept[:: -(-kept.size // SCALE_SAMPLE)], SCALE)
     span = high - low if high > low else 1.0
     with np.errstate(invalid="ignore", over="ignore"):
-        scaled = np.clip((np.where(finite, values, low) - low) / span, 0.0, 1.0)
+        scaled = (values if everywhere else np.where(finite, values, low)) - low
+        scaled *= 1.0 / span
+        np.clip(scaled, 0.0, 1.0, out=scaled)
     return scaled, finite
 
 
@@ -180,12 +189,15 @@ def reduced(values: np.ndarray) -> np.ndarray:
     values = values[:rows, :cols]
     if values.shape[0] < block or values.shape[1] < block:  # a sliver: decimate instead
         return values[::block, ::block]
+    # Blocks of at most 4 x 4 (the read is at most 4 times MAX_SIDE a side): summing the
+    # block's strided views is ten times faster than a mean over a reshaped array.
+    offsets = [(i, j) for i in range(block) for j in range(block)]
     finite = np.isfinite(values)
-    grid = (rows // block, block, cols // block, block)
-    if finite.all():  # the usual case, at a quarter of the cost
-        return values.reshape(grid).mean(axis=(1, 3))
-    total = np.where(finite, values, 0.0).reshape(grid).sum(axis=(1, 3))
-    count = finite.reshape(grid).sum(axis=(1, 3))
+    if finite.all():  # the usual case
+        return sum(values[i::block, j::block] for i, j in offsets) / len(offsets)
+    zeroed = np.where(finite, values, 0.0)
+    total = sum(zeroed[i::block, j::block] for i, j in offsets)
+    count = sum(finite[i::block, j::block].astype(np.int64) for i, j in offsets)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / count, np.nan)
 
@@ -205,7 +217,9 @@ LINE_INDEX = FIRST + 40  # a dark viridis blue
 def image_pixels(values: np.ndarray) -> np.ndarray:
     """An image's palette indices, first row at the bottom as h5web and silx draw it."""
     scaled, finite = _scaled(reduced(values))
-    indices = (scaled * (255 - FIRST)).astype(np.uint8) + FIRST
+    scaled *= 255 - FIRST
+    indices = scaled.astype(np.uint8)
+    indices += FIRST
     indices[~finite] = NAN_INDEX
     return indices[::-1]
 
@@ -237,7 +251,8 @@ def curve_pixels(values: np.ndarray) -> np.ndarray:
 
 def png(indices: np.ndarray) -> bytes:
     """``indices`` (height x width, uint8) into :func:`palette` as a PNG file: 8-bit
-    indexed colour, no filter, zlib's fastest level (a thumbnail is small either way)."""
+    indexed colour, no filter, compressed with zlib's run-length strategy (made for PNG
+    images: faster than its default, and as small here)."""
     height, width = indices.shape
     rows = np.zeros((height, 1 + width), dtype=np.uint8)  # filter byte 0: none
     rows[:, 1:] = indices
@@ -247,11 +262,12 @@ def png(indices: np.ndarray) -> bytes:
         return struct.pack("!I", len(data)) + kind + data + struct.pack("!I", crc)
 
     header = struct.pack("!IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
     return (
         PNG_SIGNATURE
         + chunk(b"IHDR", header)
         + chunk(b"PLTE", palette().tobytes())
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + chunk(b"IDAT", deflate.compress(rows.tobytes()) + deflate.flush())
         + chunk(b"IEND", b"")
     )
 
