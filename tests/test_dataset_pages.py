@@ -11,13 +11,16 @@ import io
 import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import Browser
 
 from portal.demo.sampledata import DEMO_USERS, generate
+from tests.accessibility import assert_accessible
 from tests.portal_client import PortalClient
 from tests.umbrella import Hub, demo_provider, local_hub
 
@@ -154,3 +157,27 @@ def test_the_pages_need_a_signed_in_user(hub: Hub) -> None:
     for path in (f"/hub/datasets/{OPEN}", f"/hub/datasets/{OPEN}/thumbnail.png"):
         answer = anonymous.http.get(hub.url + path, allow_redirects=False, timeout=30)
         assert answer.status_code == 302 and "/hub/login" in answer.headers["Location"]
+
+
+@pytest.mark.browser
+def test_in_the_browser_a_dataset_without_a_picture_gets_a_neutral_box(
+    hub: Hub, browser: Browser, artifacts: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(f"{hub.url}/hub/oauth_login?next=/hub/datasets?q=MA1234")
+    page.locator(f"button[value='{DEMO_USERS['alice']['sub']}']").click()
+    page.wait_for_url("**/hub/datasets?q=MA1234")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('img.panosc-thumb')].every(i => i.complete)"
+    )
+    missing = page.locator(f"tr[data-pid='{INJECTED}'] img.panosc-thumb")
+    drawn = page.locator("tr[data-pid='MA1234/ID21/xrf_map_0001'] img.panosc-thumb")
+    assert missing.evaluate("img => img.naturalWidth") == 0
+    assert drawn.evaluate("img => img.naturalWidth") > 0
+    cover = "img => getComputedStyle(img, '::after').backgroundColor"
+    box = missing.evaluate("img => getComputedStyle(img).backgroundColor")
+    assert missing.evaluate(cover) == box  # the broken-image icon is covered
+    page.screenshot(path=artifacts / "23-datasets-without-a-picture.png")
+    assert_accessible(page)
+    page.close()
