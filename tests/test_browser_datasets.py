@@ -77,7 +77,8 @@ def test_find_a_dataset_by_its_thumbnail_read_its_page_and_open_it(
     tree = page.locator("#panosc-tree")
     expect(tree.get_by_role("row").filter(has_text="NXdetector")).to_have_count(1)
     expect(tree).to_contain_text("1024 \u00d7 1024")
-    page.screenshot(path=artifacts / "21-dataset-page.png", full_page=True)
+    page.screenshot(path=artifacts / "21-dataset-page.png")  # what a researcher sees first
+    page.screenshot(path=artifacts / "21-dataset-page-full.png", full_page=True)
     assert_accessible(page)
 
     # Open in JupyterLab: the server starts and JupyterLab opens in the dataset's folder.
