@@ -380,8 +380,9 @@ class LocalCatalogue(Catalogue):
         True,
         config=True,
         help="Draw a thumbnail of each NeXus file's default plot at index time (a strided"
-        " read of at most 128 x 128 values), shown on /hub/datasets and the dataset pages."
-        " False: none are drawn (the next full re-index drops those kept).",
+        " read of at most 512 x 512 values, averaged to 128 x 128), shown on /hub/datasets"
+        " and the dataset pages. False: none are drawn; those already kept stay until their"
+        " dataset is read again (its files change, or the index is made anew).",
     )
 
     @default("index_path")
