@@ -170,7 +170,10 @@ def _scaled(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     kept = values.ravel() if everywhere else values[finite]
     if not kept.size:
         raise NoThumbnail("no finite value to plot")
-    low, high = np.percentile(kept[:: -(-kept.size // SCALE_SAMPLE)], SCALE)
+    spread = kept[:: -(-kept.size // SCALE_SAMPLE)]
+    # Nearest-rank percentiles by one partial sort: a tenth of np.percentile's cost.
+    ranks = [round(q / 100 * (spread.size - 1)) for q in SCALE]
+    low, high = np.partition(spread, ranks)[ranks]
     span = high - low if high > low else 1.0
     with np.errstate(invalid="ignore", over="ignore"):
         scaled = (values if everywhere else np.where(finite, values, low)) - low
@@ -220,7 +223,8 @@ def image_pixels(values: np.ndarray) -> np.ndarray:
     scaled *= 255 - FIRST
     indices = scaled.astype(np.uint8)
     indices += FIRST
-    indices[~finite] = NAN_INDEX
+    if not finite.all():
+        indices[~finite] = NAN_INDEX
     return indices[::-1]
 
 
@@ -236,12 +240,13 @@ def curve_pixels(values: np.ndarray) -> np.ndarray:
         position = np.arange(width) * (len(values) - 1) / (width - 1)
         low = high = np.round((1.0 - np.interp(position, x, y)) * (height - 1)).astype(np.int64)
     else:
-        column = x * width // len(values)
+        column = x * width // len(values)  # in order: each column's values are a run
         row = np.round((1.0 - y) * (height - 1)).astype(np.int64)
+        starts = np.flatnonzero(np.diff(column, prepend=-1))
         low = np.full(width, height, dtype=np.int64)  # no value in a column: nothing drawn
         high = np.full(width, -1, dtype=np.int64)
-        np.minimum.at(low, column, row)
-        np.maximum.at(high, column, row)
+        low[column[starts]] = np.minimum.reduceat(row, starts)
+        high[column[starts]] = np.maximum.reduceat(row, starts)
     low = np.minimum(low, np.append(low[1:], height)) - 1  # and two pixels thick
     high = np.maximum(high, np.append(high[1:], -1)) + 1
     rows = np.arange(height)[:, None]
