@@ -215,7 +215,7 @@ class DatasetThumbnailHandler(PortalPage):
             return self.plain(404, NOT_FOUND)
         self.set_header("Content-Type", picture.content_type)
         self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Cache-Control", "private, max-age=300")
+        self.set_header("Cache-Control", "private, no-cache")  # asked again after a logout
         self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
         self.finish(picture.data)
 

@@ -457,3 +457,90 @@ def test_scicat_datasets_show_their_attachments_thumbnail_and_nothing_else() -> 
         assert catalogue.thumbnail(stranger, ALICE) is None
     asked = [s.path for s in server.seen if s.path.endswith("/thumbnail")]
     assert f"/api/v3/datasets/{quote(mine, safe='')}/thumbnail" in asked
+
+
+class _EndlessThumbnail(io.RawIOBase):
+    """A hostile catalogue's answer: a JSON thumbnail that goes on for ``size`` bytes, made
+    as it is read, so that only what the reader keeps counts in its memory."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.head = b'{"thumbnail": "data:image/png;base64,iVBORw0KGgo'
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        chunk = (self.head + b"A" * n)[:n]
+        self.head = self.head[len(chunk) :]
+        buffer[:n] = chunk
+        self.left -= n
+        return n
+
+
+def test_a_huge_scicat_thumbnail_is_refused_while_it_is_read(monkeypatch) -> None:
+    """What a catalogue's users upload must not fill the hub: a 200 MB "thumbnail" is cut
+    off after the largest picture the portal keeps, and a RIFF file that is not WebP (it
+    could be anything) is no picture either."""
+    import tracemalloc
+
+    import requests
+    from urllib3 import HTTPResponse
+
+    from portal.catalogue.http import HttpCatalogue
+    from portal.catalogue.scicat import SciCatCatalogue
+    from tests.test_catalogue_http import ALICE, MATRIX, TRUST, scicat_server
+
+    mine = MATRIX["member"].pid
+    server = scicat_server()
+    sent = HttpCatalogue.send
+
+    def hostile(self, url: str, *args, **kwargs) -> requests.Response:
+        if not url.endswith("/thumbnail"):
+            return sent(self, url, *args, **kwargs)
+        response = requests.Response()
+        response.status_code, response.url = 200, url
+        response.raw = HTTPResponse(
+            body=_EndlessThumbnail(200 << 20), preload_content=False, status=200
+        )
+        return response
+
+    riff = b"RIFF\x10\x00\x00\x00WAVE<html><script>alert(1)</script>"
+    server.attachments = [{"datasetId": mine, "thumbnail": data_uri("image/webp", riff)}]
+    with server.running() as url:
+        catalogue = SciCatCatalogue(url=url, trusted_writers=TRUST)
+        dataset = catalogue.get(mine, ALICE)
+        assert catalogue.thumbnail(dataset, ALICE) is None  # RIFF, but not WebP
+        monkeypatch.setattr(HttpCatalogue, "send", hostile)
+        tracemalloc.start()
+        try:
+            assert catalogue.thumbnail(dataset, ALICE) is None
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 << 20, f"the hub held {peak >> 20} MB for one thumbnail"
+
+
+def test_a_tree_too_big_to_send_costs_the_tree_not_the_dataset(tmp_path: Path) -> None:
+    """Long non-ASCII names make a tree summary bigger than a worker's reply may be: the
+    file keeps its metadata and thumbnail, and loses only its tree."""
+
+    def big_tree(entry: h5py.Group) -> None:
+        nxdata(entry, np.eye(16))
+        group = entry
+        for depth in range(3):
+            group = group.create_group(chr(0x4E00 + depth) * 64)
+            group.attrs["NX_class"] = "\u00e9" * 64
+        for n in range(200):
+            group.create_group(f"{n:03d}" + "\u00e9" * 61).attrs["NX_class"] = "\u00e9" * 64
+
+    nexus(tmp_path / "MA1234/ID21/big_0001/big_0001.nxs", big_tree)
+    alice = CatalogueUser("alice", proposals=frozenset({"MA1234"}))
+    catalogue = LocalCatalogue(data_root=str(tmp_path), index_path=str(tmp_path / "i.sqlite"))
+    report = catalogue.index()
+    assert report.skipped_files == ()
+    [dataset] = catalogue.datasets_for(alice)
+    assert dataset.title == "big_0001 title"
+    assert catalogue.thumbnail(dataset, alice) is not None
+    assert not catalogue.nexus_tree(dataset, alice)

@@ -119,15 +119,25 @@ def technique_id(*candidates: object) -> str:
     return given[0] if given else ""
 
 
-def json_of(response: requests.Response, url: str) -> Any:
-    """The JSON body of a successful answer, or a :class:`CatalogueUnavailable` that says why."""
+def json_of(response: requests.Response, url: str, max_bytes: int | None = None) -> Any:
+    """The JSON body of a successful answer, or a :class:`CatalogueUnavailable` that says why.
+
+    With ``max_bytes`` (a response sent with ``stream=True``), at most that many bytes are
+    read: a larger body is refused before it is held in memory.
+    """
     if response.status_code >= 300:
         raise CatalogueUnavailable(
             f"catalogue {url} refused the request (HTTP {response.status_code}):"
             f" {response.text[:200]}"
         )
     try:
-        return response.json()
+        if max_bytes is None:
+            return response.json()
+        with response:
+            body = response.raw.read(max_bytes + 1, decode_content=True)
+        if len(body) > max_bytes:
+            raise CatalogueUnavailable(f"catalogue {url} answered more than {max_bytes} bytes")
+        return json.loads(body)
     except ValueError:
         raise CatalogueUnavailable(f"catalogue {url} did not answer JSON") from None
 
@@ -228,9 +238,10 @@ class HttpCatalogue(Catalogue):
         headers: dict[str, str],
         params: dict[str, str] | None = None,
         json_body: Any = None,
+        stream: bool = False,
     ) -> requests.Response:
         """GET (or POST ``json_body``) with retries on connection errors, timeouts, HTTP 429
-        and 5xx, bounded in count and time."""
+        and 5xx, bounded in count and time; ``stream``: the body is left to the caller."""
         started = time.monotonic()
         attempt = 0
         method = "GET" if json_body is None else "POST"
@@ -244,6 +255,7 @@ class HttpCatalogue(Catalogue):
                     json=json_body,
                     headers=headers,
                     timeout=self.timeout,
+                    stream=stream,
                 )
                 if response.status_code < 500 and response.status_code != 429:
                     return response
@@ -273,23 +285,35 @@ class HttpCatalogue(Catalogue):
             f"catalogue {url} refused the request made for {user.username} (HTTP {status})"
         )
 
-    def get_json(self, user: CatalogueUser, path: str, params: dict[str, str] | None = None) -> Any:
-        """The JSON answer to ``GET url + path`` asked for ``user``, cached for ``cache_ttl``."""
+    def get_json(
+        self,
+        user: CatalogueUser,
+        path: str,
+        params: dict[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> Any:
+        """The JSON answer to ``GET url + path`` asked for ``user``, cached for ``cache_ttl``.
+
+        With ``max_bytes``, a larger answer is refused while it is read, and nothing is
+        cached: what a catalogue's users may upload (attachments) must not fill the hub.
+        """
         url = self.endpoint(path)
         params = params or {}
         headers = self.auth_headers(user)
         key = self._cache_key(headers, user, url, params)
-        cached = self._cache.get(key) if self.cache_ttl > 0 else None
+        cache = self.cache_ttl > 0 and max_bytes is None
+        cached = self._cache.get(key) if cache else None
         if cached is not None:
             return cached
-        response = self.send(url, {"Accept": "application/json", **headers}, params)
+        stream = max_bytes is not None
+        response = self.send(url, {"Accept": "application/json", **headers}, params, stream=stream)
         status = response.status_code
         if status in (401, 403):
             raise self.rejected(url, status, user)
         if status == 404:
             raise NotFound(f"catalogue {url}: not found")
-        data = json_of(response, url)
-        if self.cache_ttl > 0:
+        data = json_of(response, url, max_bytes)
+        if cache:
             self._cache.put(key, data, self.cache_ttl)
         return data
 

@@ -207,7 +207,14 @@ PR_SET_NO_NEW_PRIVS = 38
 
 
 def _send(sock: socket.socket, payload: dict) -> None:
+    """One answer; one over :data:`MAX_REPLY` first loses its tree summary, then its
+    thumbnail, so that a file's extras never cost it its metadata."""
     data = json.dumps(payload).encode()
+    for extra in ("tree", "thumbnail"):
+        if len(data) <= MAX_REPLY:
+            break
+        payload.pop(extra, None)
+        data = json.dumps(payload).encode()
     sock.sendall(struct.pack("!I", len(data)) + data)
 
 

@@ -70,7 +70,6 @@ from portal.catalogue.http import (
     PUBLISHED,
     CatalogueCredentialsRejected,
     HttpCatalogue,
-    NotFound,
     json_of,
     parse_time,
     technique_filter,
@@ -89,7 +88,7 @@ IMAGE_MAGIC = {
     "image/png": (b"\x89PNG\r\n\x1a\n",),
     "image/jpeg": (b"\xff\xd8\xff",),
     "image/gif": (b"GIF87a", b"GIF89a"),
-    "image/webp": (b"RIFF",),
+    "image/webp": (b"RIFF",),  # and "WEBP" at byte 8: see data_uri_image
 }
 MAX_THUMBNAIL = 1 << 20  # bytes of a decoded thumbnail: SciCat calls them "small"
 _DATA_URI = re.compile(r"data:(image/[a-z]+);base64,([A-Za-z0-9+/=\s]+)")
@@ -106,6 +105,8 @@ def data_uri_image(value: object) -> Thumbnail | None:
     except binascii.Error:
         return None
     if not data.startswith(IMAGE_MAGIC[found[1]]) or len(data) > MAX_THUMBNAIL:
+        return None
+    if found[1] == "image/webp" and data[8:12] != b"WEBP":  # RIFF holds audio and video too
         return None
     return Thumbnail(data, found[1])
 
@@ -437,9 +438,10 @@ class SciCatCatalogue(HttpCatalogue):
         """The dataset's first attachment's thumbnail, asked with the same token as
         :meth:`get`; none when SciCat has none, or no longer lets this token read it."""
         path = THUMBNAIL.format(pid=quote(dataset.pid, safe=""))
-        try:
-            answer = self.get_json(user, path)
-        except (NotFound, CatalogueCredentialsRejected):
+        try:  # read no more than the largest picture kept, and never cached raw
+            answer = self.get_json(user, path, max_bytes=MAX_THUMBNAIL * 4 // 3 + 4096)
+        except CatalogueError as e:  # a picture is never worth an error page
+            self.log.info("catalogue: no thumbnail for %s: %s", dataset.pid, e)
             return None
         return data_uri_image(answer.get("thumbnail") if isinstance(answer, dict) else None)
 
