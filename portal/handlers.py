@@ -24,8 +24,8 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue
-from portal.catalogue.base import DatasetPage
-from portal.catalogue.model import Thumbnail
+from portal.catalogue.base import Catalogue, DatasetPage
+from portal.catalogue.model import CatalogueUser, Thumbnail
 from portal.course import CourseError, load_course
 from spawner.common import spawn_query, trusted_navigation, user_from_auth_state
 from spawner.courses import SERVER_PREFIX, CourseLibrary, CourseUnavailable, server_name
@@ -196,6 +196,20 @@ class DatasetHandler(PortalPage):
         self.finish(html)
 
 
+#: Thumbnails asked of the catalogue at once, hub-wide: a list page asks for 50, each in a
+#: worker thread shared with spawns, and a slow catalogue must not hold every thread.
+THUMBNAIL_FETCHES = 4
+_thumbnail_slots = asyncio.Semaphore(THUMBNAIL_FETCHES)
+
+
+async def fetch_thumbnail(catalogue: Catalogue, pid: str, user: CatalogueUser) -> Thumbnail | None:
+    """The picture of ``pid`` if ``user`` may read it (asked with :meth:`Catalogue.get`
+    first), at most :data:`THUMBNAIL_FETCHES` at a time; raises as ``get`` does."""
+    async with _thumbnail_slots:
+        dataset = await asyncio.to_thread(catalogue.get, pid, user)
+        return await asyncio.to_thread(catalogue.thumbnail, dataset, user)
+
+
 class DatasetThumbnailHandler(PortalPage):
     """``/hub/datasets/<pid>/thumbnail.png``: the dataset's picture, for those who may read
     it; the same plain 404 for everyone and everything else."""
@@ -205,8 +219,7 @@ class DatasetThumbnailHandler(PortalPage):
         user = await self.catalogue_user()
         picture: Thumbnail | None = None
         try:
-            dataset = await asyncio.to_thread(self.catalogue.get, pid, user)
-            picture = await asyncio.to_thread(self.catalogue.thumbnail, dataset, user)
+            picture = await fetch_thumbnail(self.catalogue, pid, user)
         except DatasetNotFound:
             pass
         except CatalogueError as e:
