@@ -7,11 +7,9 @@ the open OD2019; bob also reads IH2002, which is embargoed and not alice's.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,34 +181,3 @@ def test_in_the_browser_a_dataset_without_a_picture_gets_a_neutral_box(
     page.screenshot(path=artifacts / "23-datasets-without-a-picture.png")
     assert_accessible(page)
     page.close()
-
-
-async def test_a_slow_catalogue_gets_at_most_a_few_thumbnail_requests_at_once() -> None:
-    """A list page asks for 50 thumbnails; against a slow catalogue they must not take every
-    worker thread the hub shares with spawns."""
-    from portal.catalogue import CatalogueUser
-    from portal.catalogue.model import Thumbnail
-    from portal.handlers import THUMBNAIL_FETCHES, fetch_thumbnail
-
-    busy, most = 0, 0
-
-    class SlowCatalogue:  # the two calls the handler makes, each taking 50 ms
-        def get(self, pid: str, user: CatalogueUser) -> str:
-            nonlocal busy, most
-            busy += 1
-            most = max(most, busy)
-            time.sleep(0.05)
-            return pid
-
-        def thumbnail(self, dataset: str, user: CatalogueUser) -> Thumbnail:
-            nonlocal busy
-            time.sleep(0.05)
-            busy -= 1
-            return Thumbnail(b"\x89PNG", "image/png")
-
-    user = CatalogueUser("alice")
-    pictures = await asyncio.gather(
-        *(fetch_thumbnail(SlowCatalogue(), f"P/{n}", user) for n in range(50))
-    )
-    assert len(pictures) == 50 and all(p.content_type == "image/png" for p in pictures)
-    assert most == THUMBNAIL_FETCHES < 6  # asyncio's default pool has 6 threads on 2 cores

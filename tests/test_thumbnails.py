@@ -7,6 +7,7 @@ local catalogue and its sandboxed workers.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -544,3 +545,34 @@ def test_a_tree_too_big_to_send_costs_the_tree_not_the_dataset(tmp_path: Path) -
     assert dataset.title == "big_0001 title"
     assert catalogue.thumbnail(dataset, alice) is not None
     assert not catalogue.nexus_tree(dataset, alice)
+
+
+async def test_a_slow_catalogue_gets_at_most_a_few_thumbnail_requests_at_once() -> None:
+    """A list page asks for 50 thumbnails; against a slow catalogue they must not take every
+    worker thread the hub shares with spawns."""
+    from portal.catalogue import CatalogueUser
+    from portal.catalogue.model import Thumbnail
+    from portal.handlers import THUMBNAIL_FETCHES, fetch_thumbnail
+
+    busy, most = 0, 0
+
+    class SlowCatalogue:  # the two calls the handler makes, each taking 50 ms
+        def get(self, pid: str, user: CatalogueUser) -> str:
+            nonlocal busy, most
+            busy += 1
+            most = max(most, busy)
+            time.sleep(0.05)
+            return pid
+
+        def thumbnail(self, dataset: str, user: CatalogueUser) -> Thumbnail:
+            nonlocal busy
+            time.sleep(0.05)
+            busy -= 1
+            return Thumbnail(b"\x89PNG", "image/png")
+
+    user = CatalogueUser("alice")
+    pictures = await asyncio.gather(
+        *(fetch_thumbnail(SlowCatalogue(), f"P/{n}", user) for n in range(50))
+    )
+    assert len(pictures) == 50 and all(p.content_type == "image/png" for p in pictures)
+    assert most == THUMBNAIL_FETCHES < 6  # asyncio's default pool has 6 threads on 2 cores
