@@ -39,6 +39,7 @@ import zlib
 
 import h5py
 import numpy as np
+from h5py import h5a, h5s, h5t
 
 from portal.catalogue.nexus import Refused, child, clean_text, nx_child
 
@@ -61,6 +62,9 @@ SCALE_SAMPLE = 4096
 NAN_COLOUR = (160, 160, 160)
 BACKGROUND = (255, 255, 255)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: A variable-length string, as numpy holds it and as HDF5 is asked to convert it.
+TEXT = h5py.string_dtype()
+TEXT_TYPE = h5t.py_create(TEXT)
 
 
 class NoThumbnail(ValueError):
@@ -76,12 +80,24 @@ def colour_table() -> np.ndarray:
 
 
 def _attr(item: h5py.Group, name: str) -> str:
-    """An attribute as text, ``""`` when there is none: one HDF5 call where ``attrs.get``
-    makes two (the chain reads a few per file, at tens of microseconds each)."""
+    """An attribute as text, ``""`` when there is none. The chain reads a few per file and
+    they are nearly always one variable-length string: that case is read with the low-level
+    API (a third cheaper than ``attrs[name]``); any other type, shape or a null dataspace
+    goes through ``attrs[name]`` as before."""
     try:
-        return clean_text(item.attrs[name])
+        attr = h5a.open(item.id, name.encode())
     except KeyError:
         return ""
+    kind = attr.get_type()
+    if (
+        isinstance(kind, h5t.TypeStringID)
+        and kind.is_variable_str()
+        and attr.get_space().get_simple_extent_type() == h5s.SCALAR  # one string, no more
+    ):
+        value = np.empty((), dtype=TEXT)
+        attr.read(value, mtype=TEXT_TYPE)
+        return clean_text(value[()].decode("utf-8", "surrogateescape"))
+    return clean_text(item.attrs[name])
 
 
 def _group_at(start: h5py.Group, path: str) -> h5py.Group | h5py.Dataset | None:
@@ -135,7 +151,8 @@ def _chunk_bytes(signal: h5py.Dataset, selection: tuple) -> int:
 
 def sample(signal: h5py.Dataset) -> np.ndarray:
     """At most :data:`MAX_READ` squared (an image) or :data:`MAX_CURVE` (a curve) values
-    of ``signal``, as float64; never the whole of a large array."""
+    of ``signal``, in its own type (an image is averaged down to float64 without a
+    full-size float64 copy first); never the whole of a large array."""
     if signal.is_virtual or signal.external:
         raise Refused(f"{signal.name} is stored outside the file; refusing to read it")
     if signal.dtype.kind not in "biuf" or signal.dtype.itemsize > 8:
@@ -159,7 +176,7 @@ def sample(signal: h5py.Dataset) -> np.ndarray:
         values = signal[tuple(frame)][(slice(None, None, step),) * len(axes)]
     else:
         values = signal[tuple(selection)]
-    return np.atleast_1d(np.asarray(values, dtype=np.float64))
+    return np.atleast_1d(values)
 
 
 def _scaled(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,21 +200,28 @@ def _scaled(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reduced(values: np.ndarray) -> np.ndarray:
-    """An image averaged in square blocks to at most :data:`MAX_SIDE` a side; a block with
-    no finite value stays NaN (drawn grey)."""
+    """An image averaged in square blocks to at most :data:`MAX_SIDE` a side, as float64;
+    a block with no finite value stays NaN (drawn grey)."""
     block = -(-max(values.shape) // MAX_SIDE)
     if block == 1:
-        return values
+        return values.astype(np.float64)
     rows, cols = (n // block * block or n for n in values.shape)
     values = values[:rows, :cols]
     if values.shape[0] < block or values.shape[1] < block:  # a sliver: decimate instead
-        return values[::block, ::block]
+        return values[::block, ::block].astype(np.float64)
     # Blocks of at most 4 x 4 (the read is at most 4 times MAX_SIDE a side): summing the
-    # block's strided views is ten times faster than a mean over a reshaped array.
+    # block's strided views is ten times faster than a mean over a reshaped array, and
+    # summing them into one float64 block-sized array (integers are always finite) spares
+    # converting the whole read to float64 first.
     offsets = [(i, j) for i in range(block) for j in range(block)]
+    if values.dtype.kind != "f" or np.isfinite(values).all():  # the usual case
+        total = values[::block, ::block].astype(np.float64)
+        for i, j in offsets[1:]:
+            np.add(total, values[i::block, j::block], out=total)
+        total /= len(offsets)
+        return total
+    values = values.astype(np.float64)
     finite = np.isfinite(values)
-    if finite.all():  # the usual case
-        return sum(values[i::block, j::block] for i, j in offsets) / len(offsets)
     zeroed = np.where(finite, values, 0.0)
     total = sum(zeroed[i::block, j::block] for i, j in offsets)
     count = sum(finite[i::block, j::block].astype(np.int64) for i, j in offsets)
@@ -234,7 +258,7 @@ def curve_pixels(values: np.ndarray) -> np.ndarray:
     values in each column, so narrow peaks survive. Each column's span is joined to the
     next one's: a continuous line."""
     width, height = CURVE_SIZE
-    scaled, finite = _scaled(values)
+    scaled, finite = _scaled(values.astype(np.float64))
     x, y = np.flatnonzero(finite), scaled[finite]
     if len(values) < width:
         position = np.arange(width) * (len(values) - 1) / (width - 1)
