@@ -18,8 +18,11 @@ storage), and a thumbnail must cost a small fraction of reading the metadata, so
   envelope so narrow peaks survive. Where the strided read would decompress every chunk
   of the frame anyway, the frame is read whole (HDF5's strided selection costs more than
   the same bytes read in one piece) and strided in memory. A chunked signal whose
-  touched chunks would decompress to more than :data:`MAX_CHUNK_BYTES` is refused: one
-  declared 4 GB chunk would otherwise be a memory bomb.
+  touched chunks are *declared* larger than :data:`MAX_CHUNK_BYTES` is refused. That
+  bounds honest files only: HDF5's deflate filter grows its output past a chunk's
+  declared size, so a crafted chunk can still inflate to gigabytes. What contains such a
+  bomb is the metadata worker's own limits (address space, CPU time, its sandbox): never
+  call :func:`thumbnail` on an untrusted file outside a worker.
 - The colours come from silx's viridis lookup table (no matplotlib figure, no Qt), scaled
   between robust percentiles of the finite values; NaN and inf are drawn in grey. The PNG
   (indexed colour: one byte a pixel) is encoded here with zlib: a few lines, no image
