@@ -28,14 +28,15 @@ SAXS = "OD2019/ID02/agbh_saxs_0001"
 
 @pytest.fixture
 def form(browser: Browser, demo) -> Page:
-    """bob's spawn form, signed in through the provider's page."""
+    """bob's spawn form for a new named server, signed in through the provider's page (his
+    default server may be running: another browser test starts it)."""
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     context.set_default_timeout(60_000)
     page = context.new_page()
-    page.goto(f"{demo.url}/hub/oauth_login?next=/hub/spawn")
+    page.goto(f"{demo.url}/hub/oauth_login?next=/hub/spawn/{USER}/cards")
     page.wait_for_url(f"{demo.issuer}/**")
     page.locator(f"button[value='{DEMO_USERS[USER]['sub']}']").click()
-    page.wait_for_url("**/hub/spawn")
+    page.wait_for_url(f"**/hub/spawn/{USER}/cards")
     yield page
     context.close()
 
