@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, Page, expect
 from portal.demo.run import DEMO_BRANDING
 from portal.demo.sampledata import DEMO_USERS
 from tests.accessibility import assert_accessible
+from tests.portal_client import PortalClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -89,3 +90,7 @@ def test_keyboard_sign_in_and_lab_without_pop_ups(browser: Browser, demo, artifa
     expect(page.get_by_text("Would you like to get notified")).to_have_count(0)
     expect(page.locator(".Toastify__toast")).to_have_count(0)
     expect(page.locator(".jp-Dialog")).to_have_count(0)
+    page.close()
+    carol = PortalClient(demo.url)  # other tests count carol's servers: leave none running
+    carol.login(DEMO_USERS["carol"]["sub"])
+    carol.stop()
