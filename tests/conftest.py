@@ -11,12 +11,25 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+
+
+def sign_in(page: Page, hub_url: str, issuer: str, sub: str, next_path: str) -> None:
+    """In the browser: follow the hub's sign-in to the provider's page, pick ``sub`` there
+    as a person clicks it, and wait to land on ``next_path`` (a path on the hub)."""
+    page.goto(f"{hub_url}/hub/oauth_login?next={next_path}")
+    page.wait_for_url(f"{issuer}/**")
+    page.locator(f"button[value='{sub}']").click()
+    page.wait_for_url(f"**{next_path}")
 
 
 def free_port() -> int:

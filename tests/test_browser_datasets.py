@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from portal.demo.sampledata import DEMO_USERS
 from tests.accessibility import assert_accessible
+from tests.conftest import sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -40,10 +41,7 @@ def test_find_a_dataset_by_its_thumbnail_read_its_page_and_open_it(
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.set_default_timeout(60_000)
     page = context.new_page()
-    page.goto(f"{demo.url}/hub/oauth_login?next=/hub/datasets")
-    page.wait_for_url(f"{demo.issuer}/**")
-    page.locator(f"button[value='{DEMO_USERS[USER]['sub']}']").click()
-    page.wait_for_url("**/hub/datasets")
+    sign_in(page, demo.url, demo.issuer, DEMO_USERS[USER]["sub"], "/hub/datasets")
 
     # The list: every row's picture has loaded, and the CeO2 pattern is found by its title.
     row = page.locator(f"tr[data-pid='{CEO2}']")

@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 from portal.demo.sampledata import DEMO_USERS
 from spawner.environments import load_environments
 from tests.accessibility import assert_accessible
+from tests.conftest import sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -33,10 +34,7 @@ def form(browser: Browser, demo) -> Page:
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     context.set_default_timeout(60_000)
     page = context.new_page()
-    page.goto(f"{demo.url}/hub/oauth_login?next=/hub/spawn/{USER}/cards")
-    page.wait_for_url(f"{demo.issuer}/**")
-    page.locator(f"button[value='{DEMO_USERS[USER]['sub']}']").click()
-    page.wait_for_url(f"**/hub/spawn/{USER}/cards")
+    sign_in(page, demo.url, demo.issuer, DEMO_USERS[USER]["sub"], f"/hub/spawn/{USER}/cards")
     yield page
     context.close()
 

@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from portal.demo.sampledata import DEMO_USERS
 from tests.accessibility import assert_accessible
+from tests.conftest import sign_in
 from tests.portal_client import PortalClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -34,10 +35,7 @@ def tab_to(page: Page, selector: str, limit: int = 60) -> None:
 def test_choose_a_dataset_and_start_by_keyboard(browser: Browser, demo, artifacts: Path) -> None:
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     page.set_default_timeout(60_000)
-    page.goto(f"{demo.url}/hub/oauth_login?next=/hub/spawn/bob/{SERVER}")
-    page.wait_for_url(f"{demo.issuer}/**")
-    page.locator(f"button[value='{DEMO_USERS['bob']['sub']}']").click()
-    page.wait_for_url(f"**/hub/spawn/bob/{SERVER}")
+    sign_in(page, demo.url, demo.issuer, DEMO_USERS["bob"]["sub"], f"/hub/spawn/bob/{SERVER}")
     assert_accessible(page)
 
     tab_to(page, "#panosc-filter")

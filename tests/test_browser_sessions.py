@@ -19,6 +19,7 @@ from portal.handlers import new_server_name
 from spawner.environments import load_environments
 from spawner.form import form_context, render_form
 from tests.accessibility import assert_accessible
+from tests.conftest import sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -33,10 +34,7 @@ def context(browser: Browser, demo) -> BrowserContext:
     ctx = browser.new_context(viewport={"width": 1300, "height": 800})
     ctx.set_default_timeout(60_000)
     page = ctx.new_page()
-    page.goto(f"{demo.url}/hub/oauth_login?next=/hub/home")
-    page.wait_for_url(f"{demo.issuer}/**")
-    page.locator(f"button[value='{DEMO_USERS[USER]['sub']}']").click()
-    page.wait_for_url("**/hub/home")
+    sign_in(page, demo.url, demo.issuer, DEMO_USERS[USER]["sub"], "/hub/home")
     page.close()
     yield ctx
     ctx.close()
