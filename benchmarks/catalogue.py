@@ -28,9 +28,9 @@ which every user reads as well.
         [--keep | --reuse DIR]
 
 A million datasets need about 80 GB in ``--workdir`` (68 GB of files, the rest folders and
-the index, 9 GB of it thumbnails); at the rates measured for 10,000 on 2 cores (550 files/s
-without thumbnails, 380 with), indexing them both ways takes about 75 minutes
-(``--thumbnails on`` alone, 45):
+the index, 9 GB of it thumbnails); at the rates measured for 4,000 on 2 cores (600 files/s
+without thumbnails, 450 with), indexing them both ways takes about 65 minutes
+(``--thumbnails on`` alone, 40):
 
     .venv/bin/python benchmarks/catalogue.py --datasets 1000000 --workdir /var/tmp --keep
 """

@@ -11,7 +11,11 @@ import asyncio
 import base64
 import io
 import os
+import subprocess
+import sys
+import textwrap
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +34,9 @@ from portal.catalogue.thumbnails import (
     MAX_SIDE,
     NoThumbnail,
     colour_table,
+    default_signal,
     render,
+    sample,
     thumbnail,
 )
 from portal.catalogue.tree import MAX_ENTRIES, summarise
@@ -235,6 +241,138 @@ def test_huge_declared_shapes_and_chunks_are_refused_without_reading(tmp_path: P
         with h5py.File(path, "r") as f, pytest.raises(NoThumbnail, match="chunks are too large"):
             render(f)
     assert time.monotonic() - started < 5
+
+
+def test_a_deflate_bomb_chunk_is_refused_without_inflating_it(tmp_path: Path) -> None:
+    """A chunk declared as 256 KiB whose deflate stream inflates to 256 MiB: HDF5's own
+    filter grows its buffer until the stream ends, so plain h5py allocates all of it. The
+    thumbnail must stop at the declared size. Measured in a child process, by the growth
+    of its peak memory."""
+    declared = (256, 256)
+
+    def build(entry: h5py.Group) -> None:
+        signal = nxdata(entry).create_dataset(
+            "signal", shape=declared, dtype="i4", chunks=declared, compression="gzip"
+        )
+        deflate = zlib.compressobj(9)
+        zeros = bytes(1 << 20)
+        bomb = b"".join(deflate.compress(zeros) for _ in range(256)) + deflate.flush()
+        signal.id.write_direct_chunk((0, 0), bomb)
+
+    path = nexus(tmp_path / "bomb.nxs", build)
+    assert path.stat().st_size < 1 << 20
+    probe = textwrap.dedent(
+        f"""
+        import resource, sys, h5py
+        from portal.catalogue.thumbnails import thumbnail
+        with h5py.File({str(path)!r}, "r") as f:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            if sys.argv[1] == "h5py":
+                try:
+                    f["entry/data/signal"][()]
+                except Exception:
+                    pass
+            else:
+                assert thumbnail(f) is None
+            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(grown // 1024)
+        """
+    )
+
+    def grown_mib(how: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", probe, how], capture_output=True, text=True, check=True
+        )
+        return int(run.stdout)
+
+    assert grown_mib("h5py") >= 128  # the attack is real: plain h5py inflates it (256 MiB)
+    assert grown_mib("thumbnail") < 16
+
+
+def test_a_chunk_stored_larger_than_declared_is_refused(tmp_path: Path) -> None:
+    """A 16 KiB chunk stored as 4 MiB: a valid deflate stream, then padding."""
+    values = np.ones((64, 64), dtype="i4")
+
+    def build(entry: h5py.Group) -> None:
+        signal = nxdata(entry).create_dataset(
+            "signal", shape=(64, 64), dtype="i4", chunks=(64, 64), compression="gzip"
+        )
+        signal.id.write_direct_chunk((0, 0), zlib.compress(values.tobytes()) + bytes(4 << 20))
+
+    path = nexus(tmp_path / "padded.nxs", build)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["entry/data/signal"][()], values)  # HDF5 reads it
+        with pytest.raises(Refused, match="stored larger than its declared size"):
+            render(f)
+
+
+LAYOUTS = {
+    "gzip and shuffle": dict(shape=(200, 300), chunks=(64, 128), compression="gzip", shuffle=True),
+    "gzip only, big-endian": dict(
+        shape=(130, 70), chunks=(50, 70), compression="gzip", dtype=">f8"
+    ),
+    "shuffle only": dict(shape=(90, 90), chunks=(32, 32), shuffle=True, dtype="u2"),
+    "stack, chunks of 3 frames": dict(
+        shape=(7, 40, 50), chunks=(3, 16, 50), compression="gzip", shuffle=True
+    ),
+    "one byte a value": dict(shape=(33, 65), chunks=(8, 8), compression="gzip", dtype="u1"),
+    "fletcher32: read by HDF5": dict(shape=(60, 60), chunks=(20, 20), fletcher32=True),
+    "1,024 tiny chunks: read by HDF5": dict(shape=(64, 64), chunks=(2, 2), compression="gzip"),
+    "a curve": dict(shape=(5000,), chunks=(1024,), compression="gzip", shuffle=True, dtype="f4"),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chunks_read_directly_give_what_hdf5_reads(tmp_path: Path, layout: str) -> None:
+    options = dict(LAYOUTS[layout])
+    shape, dtype = options.pop("shape"), options.pop("dtype", "i4")
+    values = np.random.default_rng(7).integers(0, 60_000, shape).astype(dtype)
+
+    def build(entry: h5py.Group) -> None:
+        nxdata(entry).create_dataset("signal", data=values, **options)
+
+    path = nexus(tmp_path / "f.nxs", build)
+    middle = values[len(values) // 2] if len(shape) == 3 else values
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(sample(default_signal(f)), middle)
+
+
+def test_chunks_never_written_or_stored_unfiltered_read_right(tmp_path: Path) -> None:
+    """A chunk never written holds the fill value (HDF5 reads it); a chunk the writer
+    stored without its deflate filter (bit 1 of its filter mask) is read as it is."""
+    values = np.arange(64 * 64, dtype="<i4").reshape(64, 64)
+
+    def build(entry: h5py.Group) -> None:
+        signal = nxdata(entry).create_dataset(
+            "signal",
+            shape=(64, 64),
+            dtype="<i4",
+            chunks=(32, 64),
+            compression="gzip",
+            shuffle=True,
+            fillvalue=-1,
+        )
+        signal[:32] = values[:32]
+        plain = np.ascontiguousarray(values[32:].view(np.uint8).reshape(-1, 4).T).tobytes()
+        signal.id.write_direct_chunk((32, 0), plain, filter_mask=0b10)  # shuffled, not deflated
+
+    path = nexus(tmp_path / "f.nxs", build)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(sample(default_signal(f)), values)
+    with h5py.File(path, "r+") as f:
+        del f["entry/data/signal"]
+        f["entry/data"].create_dataset(
+            "signal",
+            shape=(64, 64),
+            dtype="<i4",
+            chunks=(32, 64),
+            compression="gzip",
+            fillvalue=-1,
+        )[:32] = values[:32]
+    with h5py.File(path, "r") as f:
+        read = sample(default_signal(f))
+    np.testing.assert_array_equal(read[:32], values[:32])
+    assert (read[32:] == -1).all()
 
 
 def test_a_huge_contiguous_image_is_read_strided(tmp_path: Path) -> None:
