@@ -21,7 +21,7 @@ from jinja2 import FileSystemLoader, select_autoescape
 
 from portal.catalogue import CatalogueError, Dataset, techniques
 from spawner.environments import Environment
-from spawner.options import ENVIRONMENT_DEFAULT, pick_environment
+from spawner.options import ENVIRONMENT_DEFAULT, closest, pick_environment
 from spawner.software import Software, software_for, software_note
 
 _TEMPLATES = Jinja(
@@ -52,17 +52,17 @@ def technique_name(pid: str) -> str:
 
 
 def served_by(dataset: Dataset, environments: Mapping[str, Environment]) -> dict[str, str]:
-    """Technique-specific environment -> the dataset's technique(s) it serves, by name.
+    """Technique-specific environment -> the dataset's technique(s) it serves most closely
+    (:func:`~spawner.options.closest`), by name.
 
     What makes an environment a dataset's default (:func:`pick_environment` counts exactly
     these), and the words of the card's "chosen because" line.
     """
-    found = {}
-    for env in environments.values():
-        names = [technique_name(t) for t in dataset.techniques if env.techniques and env.serves(t)]
-        if names:
-            found[env.name] = " and ".join(names)
-    return found
+    found: dict[str, list[str]] = {}
+    for technique in dataset.techniques:
+        for env in closest(technique, environments.values()):
+            found.setdefault(env.name, []).append(technique_name(technique))
+    return {name: " and ".join(names) for name, names in found.items()}
 
 
 def environment_cards(

@@ -15,7 +15,7 @@ from typing import Any
 
 from jupyterhub.spawner import SpawnException
 
-from portal.catalogue import Dataset
+from portal.catalogue import Dataset, techniques
 from spawner.environments import SERVER_TYPES, Environment
 
 OPTION_KEYS = ("type", "environment", "datasets", "resources")
@@ -123,19 +123,49 @@ def pick_environment(
 ) -> Environment:
     """The environment made for most of these datasets' techniques, offering ``server_type``.
 
-    Technique-specific environments win over general ones; ties go to the table's order;
-    with no dataset (or no match) the first general environment is used.
+    Technique-specific environments win over general ones, and of those the one made for
+    the closest technique (:func:`closest`); ties go to the table's order; with no dataset
+    (or no match) the first general environment is used.
     """
     offered = [e for e in environments.values() if server_type in e.server_types]
     if not offered:
         raise SpawnRefused(f"no environment offers a {server_type} server", 400)
     votes: Counter[str] = Counter()
     for dataset in datasets:
-        for env in offered:
-            if env.techniques and any(env.serves(t) for t in dataset.techniques):
-                votes[env.name] += 1
+        chosen = {env.name for t in dataset.techniques for env in closest(t, offered)}
+        votes.update(chosen)
     if votes:
         best = max(votes.values())
         return next(e for e in offered if votes[e.name] == best)
     general = [e for e in offered if not e.techniques]
     return (general or offered)[0]
+
+
+def closest(technique: str, environments: Iterable[Environment]) -> list[Environment]:
+    """The technique-specific environments serving ``technique`` through the most specific
+    PaNET term: an EXAFS dataset goes to the environment made for x-ray absorption
+    spectroscopy, not to one made for all of x-ray spectroscopy, the term above it.
+
+    An environment is left out when each term by which it serves the technique lies above
+    one by which another serves it.
+    """
+    serving = [e for e in environments if e.techniques and e.serves(technique)]
+    if len(serving) < 2:
+        return serving
+    lineage = techniques.ancestors(technique)
+    terms = {e.name: set(e.techniques) & lineage for e in serving}
+
+    def above(term: str, other: str) -> bool:
+        return term != other and term in techniques.ancestors(other)
+
+    return [
+        env
+        for env in serving
+        if not any(
+            all(
+                any(above(mine, theirs) for theirs in terms[rival.name]) for mine in terms[env.name]
+            )
+            for rival in serving
+            if rival is not env
+        )
+    ]

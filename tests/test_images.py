@@ -82,7 +82,7 @@ def test_every_image_has_its_directory_and_nothing_else_lists_images() -> None:
 def test_each_technique_environment_serves_its_field() -> None:
     served = {
         SCANNING_XRF: {"xrf"},
-        XANES: {"xrf"},
+        XANES: {"xrf", "spectroscopy"},  # spectroscopy's term is closer: it opens there
         SAXS: {"diffraction"},
         NEUTRON_POWDER_DIFFRACTION: {"diffraction", "neutron"},
         INELASTIC_NEUTRON: {"neutron"},
@@ -91,7 +91,7 @@ def test_each_technique_environment_serves_its_field() -> None:
         "PaNET09999": set(),  # not in the portal's PaNET subset
     }
     general = {n for n, e in ENVIRONMENTS.items() if not e.techniques}
-    assert general == {"base", "desktop"}
+    assert general == {"base", "desktop", "simulation"}
     for technique, specific in served.items():
         serving = {n for n, e in ENVIRONMENTS.items() if e.serves(technique)}
         assert serving == specific | general, technique

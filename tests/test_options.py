@@ -8,7 +8,7 @@ import pytest
 
 from portal.catalogue import Dataset
 from spawner.environments import load_environments
-from spawner.form import form_context, render_form
+from spawner.form import form_context, render_form, served_by
 from spawner.options import ServerOptions, SpawnRefused, parse_options, pick_environment
 
 ENVS = load_environments()
@@ -54,6 +54,29 @@ def test_environment_follows_the_datasets_techniques() -> None:
     assert pick_environment(two_tomo, ENVS, "lab").name == "tomography"
     assert pick_environment([dataset("a")], ENVS, "lab").name == "base"  # no technique
     assert pick_environment([dataset("a", saxs)], ENVS, "desktop").name == "desktop"
+
+
+@pytest.mark.parametrize("technique", ["PaNET01196", "PaNET01198", "PaNET01199"])
+def test_an_xas_dataset_opens_in_spectroscopy_not_in_all_of_x_ray_spectroscopy(
+    technique: str,
+) -> None:
+    """xrf serves x-ray spectroscopy (PaNET01156), a term above XAS, EXAFS and XANES;
+    spectroscopy serves XAS itself: the closer term wins, in the server and in the form."""
+    xas = dataset("a", technique)
+    assert ENVS["xrf"].serves(technique) and ENVS["spectroscopy"].serves(technique)
+    assert pick_environment([xas], ENVS, "lab").name == "spectroscopy"
+    assert list(served_by(xas, ENVS)) == ["spectroscopy"]
+    xrf_spectroscopy = dataset("b", "PaNET01156")
+    assert pick_environment([xrf_spectroscopy], ENVS, "lab").name == "xrf"
+
+
+def test_simulation_is_offered_with_any_data_and_never_the_default() -> None:
+    assert not ENVS["simulation"].techniques
+    for technique in ("PaNET01188", "PaNET01164", "PaNET01196"):
+        for server_type in ("lab", "desktop"):
+            chosen = pick_environment([dataset("a", technique)], ENVS, server_type)
+            assert chosen.name != "simulation"
+    assert pick_environment([], ENVS, "desktop").name == "desktop"
 
 
 def test_form_escapes_catalogue_strings_and_groups_by_proposal() -> None:
