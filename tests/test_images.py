@@ -99,7 +99,9 @@ def test_each_technique_environment_serves_its_field() -> None:
 
 def test_server_types_and_resources() -> None:
     assert ENVIRONMENTS["desktop"].server_types == ("desktop", "lab")
-    assert all(e.server_types == ("lab",) for n, e in ENVIRONMENTS.items() if n != "desktop")
+    assert ENVIRONMENTS["simulation"].server_types == ("lab", "desktop")
+    with_desktop = {"desktop", "simulation"}
+    assert all(e.server_types == ("lab",) for n, e in ENVIRONMENTS.items() if n not in with_desktop)
     assert ENVIRONMENTS["tomography"].memory == "16G" and ENVIRONMENTS["tomography"].cpu == 4
     assert "hub" not in ENVIRONMENTS and IMAGES["hub"].parent == "base"
     assert "proxy" not in ENVIRONMENTS and IMAGES["proxy"].parent is None
