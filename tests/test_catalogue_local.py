@@ -108,16 +108,16 @@ def test_incremental_reindex_and_bad_files(data: Path, tmp_path: Path) -> None:
     shutil.copytree(data, root)
     cat = LocalCatalogue(data_root=str(root), index_path=str(tmp_path / "i.sqlite"))
     first = cat.index()
-    assert first.added == 6 and first.unchanged == 0
+    assert first.added == 7 and first.unchanged == 0
     again = cat.index()
-    assert again.added == again.updated == again.removed == 0 and again.unchanged == 6
+    assert again.added == again.updated == again.removed == 0 and again.unchanged == 7
 
     broken = root / "MA1234/ID21/broken_0001"
     broken.mkdir()
     (broken / "broken_0001.nxs").write_bytes(b"this is not HDF5")
     shutil.rmtree(root / "IN5678/IN5/chain_sqw_0001")
     report = cat.index()
-    assert (report.added, report.removed, report.unchanged) == (1, 1, 5)
+    assert (report.added, report.removed, report.unchanged) == (1, 1, 6)
     assert report.skipped_files == (str(broken / "broken_0001.nxs"),)
     owner = CatalogueUser("alice", proposals=frozenset({"MA1234"}))
     assert cat.get("MA1234/ID21/broken_0001", owner).title == "broken_0001"

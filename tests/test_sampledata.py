@@ -1,7 +1,7 @@
 """The demo's sample data: a facility tree of real NeXus files, and who may read which.
 
 The physics checks use textbook values (emission line energies, CeO2 and silver behenate
-lattices, the chain's dispersion) and the geometry read back from the files, not the
+lattices, the chain's dispersion, the Cu K edge) and the geometry read back from the files, not the
 generator's own constants, so they catch a file that would mislead a course notebook.
 """
 
@@ -24,6 +24,7 @@ from portal.demo.sampledata import DEMO_USERS, SampleDataset, generate
 EXPECTED = {
     ("MA1234", "ID21", "xrf_map_0001", "NXxrf"),
     ("MA1234", "ID21", "nexus_tour_0001", None),
+    ("MA1234", "ID21", "cu_foil_xas_0001", "NXxas"),
     ("ES1001", "ID22", "ceo2_powder_0001", "NXmonopd"),
     ("IH2002", "ID19", "phantom_tomo_0001", "NXtomo"),
     ("OD2019", "ID02", "agbh_saxs_0001", "NXsas"),
@@ -275,6 +276,30 @@ def test_chain_phonons_follow_the_stored_dispersion(tree) -> None:
             assert sqw[gain, column] < sqw[np.argmin(np.abs(energy - expected)), column]
             checked += 1
     assert checked > 50
+
+
+def test_cu_foil_scan_has_its_edge_at_the_cu_k_edge_and_stores_its_truth(tree) -> None:
+    cu_k_edge_ev = 8979.0  # X-ray Data Booklet
+    with nexus_file(tree[1], "cu_foil_xas_0001") as f:
+        energy = f["entry/instrument/monochromator/energy"]
+        assert energy.attrs["units"] == "eV"
+        energy = energy[()]
+        i0 = f["entry/instrument/incoming_beam/data"][()]
+        it = f["entry/instrument/absorbed_beam/data"][()]
+        assert f["entry/data/absorbed_beam"] == f["entry/instrument/absorbed_beam/data"]
+        assert f["entry/monitor/data"] == f["entry/instrument/incoming_beam/data"]
+        truth = f["entry/sample/ground_truth"]
+        assert truth["edge_energy"].attrs["units"] == "eV"
+        assert truth["first_shell_distance"].attrs["units"] == "angstrom"
+        edge, distance = truth["edge_energy"][()], truth["first_shell_distance"][()]
+        assert truth["coordination_number"][()] == 12  # fcc
+    assert abs(edge - cu_k_edge_ev) < 1.0
+    assert 2.45 < distance < 2.60, "near fcc Cu's a/sqrt(2) = 2.553 Å"
+    assert np.all(np.diff(energy) > 0) and energy[0] < edge - 100 and energy[-1] > edge + 700
+    mu = np.log(i0 / it)
+    slope = np.gradient(mu, energy)
+    assert abs(energy[np.argmax(slope)] - edge) <= 0.5
+    assert 1.0 < mu[energy > edge + 50].mean() - mu[energy < edge - 50].mean() < 1.5
 
 
 def test_proposals_yaml_has_embargoed_open_and_never_public_proposals(tree) -> None:

@@ -10,9 +10,9 @@ notebooks can open and analyse. :func:`generate` writes such a tree::
 Every file is simulated from a physical model with a seeded random generator, so the numbers
 are reproducible and a notebook can check its result against the truth stored in the file
 (element line energies, CeO2 lattice, silver behenate period, the tomography phantom's
-attenuation, phonon dispersion). The datasets, their proposals and the demo users in
-:data:`DEMO_USERS` come from one table (``_PROPOSALS``), so ``proposals.yaml`` and the
-identity provider's claims cannot disagree.
+attenuation, phonon dispersion, the Cu foil's edge energy and first-shell distance). The
+datasets, their proposals and the demo users in :data:`DEMO_USERS` come from one table
+(``_PROPOSALS``), so ``proposals.yaml`` and the identity provider's claims cannot disagree.
 """
 
 from __future__ import annotations
@@ -567,6 +567,107 @@ def _write_chain_sqw(entry: h5py.Group, rng: np.random.Generator) -> str:
     return "data"
 
 
+# Cu foil at the Cu K edge: one Cu-Cu shell through Larch's XAFS equation (FeffPathGroup), with
+# FEFF's amplitude, phase, complex wavenumber and mean free path of fcc Cu's first shell read
+# from a table FEFF6L computed once (its header says how), because the hub has no Larch.
+_XAS_E0 = 8979.0  # eV, the edge energy (Cu K)
+_XAS_ETOK = 0.2624682917  # k² = ETOK·(E - E0), k in 1/Å and E in eV (2m/ħ², Larch's value)
+_XAS_FEFF_TABLE = Path(__file__).with_name("cu_fcc_first_shell_feff.csv")
+_XAS_REFF = 2.5527  # Å, the FEFF path's half length: fcc Cu's a/√2 for a = 3.61 Å
+# The true first shell. R is 0.033 Å below the FEFF path's reff on purpose: a fit that kept
+# reff would miss the stored truth by more than a course's 0.02 Å tolerance.
+_XAS_SHELL = {"N": 12, "R": 2.520, "sigma2": 0.0086, "S02": 0.90}
+_XAS_EDGE_STEP = 1.2  # absorbance (ln I0/It)
+_XAS_KMAX = 14.5  # 1/Å
+
+
+def _xas_chi(k: np.ndarray) -> np.ndarray:
+    """χ(k) of the shell, by the XAFS equation Larch fits with (feffdat's ``_calc_chi``).
+
+    With the complex wavenumber p = rep + i/λ and ΔR = R - reff:
+    χ = Im[N·S0²·amp/(k·R²)·exp(-2·reff·Im p - 2p²·s2 + i(2k·reff + pha + 2p(ΔR - 2·s2/reff)))]
+    with s2 = sigma2 and the table's columns k, amp, pha, rep, lam, so a feffit with FEFF's own
+    path recovers R, N·S0² and sigma2 without a model error.
+    """
+    table_k, *columns = np.loadtxt(_XAS_FEFF_TABLE, delimiter=",", unpack=True)
+    amp, pha, rep, lam = (np.interp(k, table_k, column) for column in columns)
+    n, r, sigma2, s02 = (_XAS_SHELL[c] for c in ("N", "R", "sigma2", "S02"))
+    pp = (rep + 1j / lam) ** 2
+    p = np.sqrt(pp)
+    phase = 2 * k * _XAS_REFF + pha + 2 * p * (r - _XAS_REFF - 2 * sigma2 / _XAS_REFF)
+    cchi = np.exp(-2 * _XAS_REFF * p.imag - 2 * pp * sigma2 + 1j * phase)
+    return (n * s02 * amp * cchi / (k * r**2)).imag
+
+
+def _write_cu_foil_xas(entry: h5py.Group, rng: np.random.Generator) -> str:
+    """A transmission XANES/EXAFS scan of a Cu foil, in NXxas form, with its truth stored.
+
+    μ(E) = ln(I0/It) is a falling pre-edge line plus an arctan edge step at E0 (1.5 eV core-hole
+    width) times a slowly falling post-edge (1 + χ(k)); χ is switched on smoothly below
+    k = 2 1/Å, where the XANES is not EXAFS. The scan steps like a beamline's: 5 eV before the
+    edge, 0.5 eV across it, 0.05 1/Å in k after it. I0 and It are Poisson-drawn ion chamber
+    counts, so μ carries shot noise of about 1e-3.
+    """
+    k_after = np.arange(np.sqrt(_XAS_ETOK * 30.0), _XAS_KMAX + 1e-9, 0.05)
+    energy = np.concatenate(
+        [
+            np.arange(_XAS_E0 - 200, _XAS_E0 - 25, 5.0),
+            np.arange(_XAS_E0 - 25, _XAS_E0 + 30, 0.5),
+            _XAS_E0 + k_after**2 / _XAS_ETOK,
+        ]
+    )
+    above = np.clip(energy - _XAS_E0, 0, None)
+    k = np.sqrt(_XAS_ETOK * above)
+    onset = 1 / (1 + np.exp(-(k - 1.5) / 0.3))
+    chi = np.where(k > 0.05, onset * _xas_chi(np.maximum(k, 0.05)), 0.0)
+    edge = 0.5 + np.arctan((energy - _XAS_E0) / 0.75) / np.pi
+    post_edge = _XAS_EDGE_STEP * edge * (1 - 1.5e-4 * above) * (1 + chi)
+    mu = 0.35 - 1.5e-4 * (energy - _XAS_E0) + post_edge
+    flux = 5e6 * (1 - 0.02 * np.linspace(0, 1, energy.size))  # counts per point; ring decay
+    i0 = rng.poisson(flux).astype(np.int32)
+    it = rng.poisson(0.8 * flux * np.exp(-mu)).astype(np.int32)  # 0.8: the It chamber's gain
+
+    instrument = entry["instrument"]
+    mono = _group(instrument, "monochromator", "NXmonochromator")
+    energy_field = _field(mono, "energy", energy, "eV")
+    _field(mono, "description", "Si(111) double-crystal monochromator")
+    incoming = _group(instrument, "incoming_beam", "NXdetector")
+    i0_field = _field(incoming, "data", i0, "counts")
+    _field(incoming, "description", "Ionisation chamber before the sample (I0)")
+    absorbed = _group(instrument, "absorbed_beam", "NXdetector")
+    it_field = _field(absorbed, "data", it, "counts", signal=1)
+    _field(absorbed, "description", "Ionisation chamber after the sample (It): transmission")
+    monitor = _group(entry, "monitor", "NXmonitor")
+    _field(monitor, "mode", "timer")
+    _field(monitor, "preset", 1.0, "s")
+    _link(monitor, "data", i0_field)
+
+    data = _nxdata(entry, "data", "absorbed_beam", ["energy"])
+    data.attrs["title"] = "Cu foil, Cu K edge, transmission: μ(E) = ln(I0/It)"
+    _link(data, "energy", energy_field)
+    _link(data, "absorbed_beam", it_field)
+    _field(data, "mode", "Transmission")
+
+    sample = entry["sample"]
+    _field(sample, "chemical_formula", "Cu")
+    _field(sample, "thickness", 7.5, "um")
+    truth = _group(sample, "ground_truth", "NXcollection")
+    _field(truth, "edge_energy", _XAS_E0, "eV")
+    _field(truth, "first_shell_distance", _XAS_SHELL["R"], "angstrom")
+    _field(truth, "coordination_number", _XAS_SHELL["N"])
+    _field(truth, "sigma2", _XAS_SHELL["sigma2"], "angstrom^2")
+    _field(truth, "s02", _XAS_SHELL["S02"])
+    _field(
+        truth,
+        "model",
+        "mu(E) = ln(I0/It): pre-edge line + edge step (arctan at edge_energy) x post-edge x"
+        " (1 + chi(k)), k = sqrt(0.2625 (E - edge_energy)); chi(k) is one Cu-Cu shell (N, R,"
+        " sigma2, S02 above) through Larch's XAFS equation with the FEFF6L path of fcc Cu's"
+        f" first shell (reff = {_XAS_REFF} angstrom), E0 shift 0",
+    )
+    return "data"
+
+
 def _write_nexus_tour(entry: h5py.Group, rng: np.random.Generator) -> str:
     """A guided file for the NeXus course: each NeXus idea once, in plain sight.
 
@@ -696,6 +797,21 @@ _PROPOSALS = (
                 timedelta(seconds=75),
                 _write_nexus_tour,
                 public_date=date(2021, 1, 1),
+            ),
+            _Dataset(
+                "cu_foil_xas_0001",
+                "ID21",
+                _ESRF,
+                "NXxas",
+                "Cu foil reference, Cu K-edge XANES and EXAFS in transmission",
+                "Transmission scan of a 7.5 µm Cu foil across the Cu K edge (8779-9775 eV, to"
+                " k = 14.5 1/Å), the energy reference of the leaves' Cu: monochromator energy,"
+                " I0 and It ion chamber counts. The edge energy and the first Cu-Cu shell (N,"
+                " R, σ², S0²) it was simulated with are in sample/ground_truth.",
+                "Cu foil, 7.5 µm",
+                datetime(2025, 3, 12, 8, 15, 40, tzinfo=_CET),
+                timedelta(minutes=22, seconds=5),
+                _write_cu_foil_xas,
             ),
         ),
     ),
