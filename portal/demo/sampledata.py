@@ -605,15 +605,17 @@ def _write_cu_foil_xas(entry: h5py.Group, rng: np.random.Generator) -> str:
     μ(E) = ln(I0/It) is a falling pre-edge line plus an arctan edge step at E0 (1.5 eV core-hole
     width) times a slowly falling post-edge (1 + χ(k)); χ is switched on smoothly below
     k = 2 1/Å, where the XANES is not EXAFS. The scan steps like a beamline's: 5 eV before the
-    edge, 0.5 eV across it, 0.05 1/Å in k after it. I0 and It are Poisson-drawn ion chamber
-    counts, so μ carries shot noise of about 1e-3.
+    edge, 0.5 eV across it, 0.05 1/Å in k after it, laid out from 0.3 eV above E0 - 200 eV
+    so that, as at a beamline, no point falls on the true edge. I0 and It are Poisson-drawn ion
+    chamber counts, so μ carries shot noise of about 1e-3.
     """
+    start = _XAS_E0 + 0.3
     k_after = np.arange(np.sqrt(_XAS_ETOK * 30.0), _XAS_KMAX + 1e-9, 0.05)
     energy = np.concatenate(
         [
-            np.arange(_XAS_E0 - 200, _XAS_E0 - 25, 5.0),
-            np.arange(_XAS_E0 - 25, _XAS_E0 + 30, 0.5),
-            _XAS_E0 + k_after**2 / _XAS_ETOK,
+            np.arange(start - 200, start - 25, 5.0),
+            np.arange(start - 25, start + 30, 0.5),
+            start + k_after**2 / _XAS_ETOK,
         ]
     )
     above = np.clip(energy - _XAS_E0, 0, None)
@@ -804,7 +806,7 @@ _PROPOSALS = (
                 _ESRF,
                 "NXxas",
                 "Cu foil reference, Cu K-edge XANES and EXAFS in transmission",
-                "Transmission scan of a 7.5 µm Cu foil across the Cu K edge (8779-9775 eV, to"
+                "Transmission scan of a 7.5 µm Cu foil across the Cu K edge (8779-9776 eV, to"
                 " k = 14.5 1/Å), the energy reference of the leaves' Cu: monochromator energy,"
                 " I0 and It ion chamber counts. The edge energy and the first Cu-Cu shell (N,"
                 " R, σ², S0²) it was simulated with are in sample/ground_truth.",
