@@ -100,7 +100,12 @@ def field(group: h5py.Group, name: str) -> str | None:
         raise Refused(f"{item.name} is stored outside the file; refusing to read it")
     if item.size > MAX_ELEMENTS:
         raise Refused(f"{item.name} holds {item.size} elements, not a metadata field")
-    return clean_text(item[()])
+    from portal.catalogue import chunks  # it builds on this module
+
+    try:  # compressed chunks are decoded there, never by HDF5's filters
+        return clean_text(chunks.read(item, (slice(None),) * item.ndim))
+    except Refused:
+        return None  # a field stored in a way the portal does not decode is left out
 
 
 def nx_child(group: h5py.Group, nx_class: str) -> h5py.Group | None:

@@ -15,17 +15,14 @@ storage), and a thumbnail must cost a small fraction of reading the metadata, so
   aspect ratio holds), then averaged in blocks down to at most :data:`MAX_SIDE` a side:
   thin powder rings stay rings instead of dots, as plain decimation left them. A curve is
   read whole up to :data:`MAX_CURVE` elements, else strided, and drawn as a min/max
-  envelope so narrow peaks survive. Where the strided read would decompress every chunk
-  of the frame anyway, the frame is read whole (HDF5's strided selection costs more than
-  the same bytes read in one piece) and strided in memory. A chunked signal whose
-  touched chunks are *declared* larger than :data:`MAX_CHUNK_BYTES` is refused.
-- Deflate and shuffle, the usual filters, are undone here from the stored chunks
-  (:func:`_inflated`): zlib-ng inflates twice as fast as HDF5's filter, and stops at the
-  chunk's declared size, where HDF5's filter grows its output until the stream ends (a
-  256 KiB chunk can inflate to gigabytes). Other filters (LZ4, bitshuffle...) are left to
-  HDF5, and there what contains such a bomb is the metadata worker's own limits (address
-  space, CPU time, its sandbox): never call :func:`thumbnail` on an untrusted file outside
-  a worker.
+  envelope so narrow peaks survive. A chunked signal whose touched chunks are *declared*
+  larger than :data:`MAX_CHUNK_BYTES` is refused, and its chunks are decoded by
+  :mod:`portal.catalogue.chunks`, never by HDF5's filters (which a crafted chunk can make
+  read past its buffer, or inflate to gigabytes): deflate and shuffle only, each chunk's
+  output exactly its declared size, at most :data:`~portal.catalogue.chunks.MAX_CHUNKS`
+  chunks. Anything else (LZ4, bitshuffle...) is no thumbnail. The worker's own limits
+  (address space, CPU time, its sandbox) are the second wall: never call :func:`thumbnail`
+  on an untrusted file outside a worker.
 - The colours come from silx's viridis lookup table (no matplotlib figure, no Qt), scaled
   between robust percentiles of the finite values; NaN and inf are drawn in grey. The PNG
   (indexed colour: one byte a pixel) is encoded here with zlib: a few lines, no image
@@ -39,15 +36,15 @@ never raises.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import struct
 
 import h5py
 import numpy as np
 import zlib_ng.zlib_ng as zlib_ng
-from h5py import h5a, h5s, h5t, h5z
+from h5py import h5a, h5s, h5t
 
+from portal.catalogue import chunks
 from portal.catalogue.nexus import Refused, child, clean_text, nx_child
 
 #: Largest side of an image thumbnail, in pixels.
@@ -60,8 +57,6 @@ MAX_CURVE = 1 << 16
 CURVE_SIZE = (192, 128)
 #: Decompressed bytes of the chunks a thumbnail's read may touch.
 MAX_CHUNK_BYTES = 32 << 20
-#: Chunks of a frame undone here at most; a frame cut finer is left to HDF5's C loop.
-MAX_DIRECT_CHUNKS = 256
 #: Hops of ``default`` attributes followed before giving up (a cycle ends here).
 MAX_HOPS = 8
 #: Percentiles of the finite values that map to the ends of the colour scale, and how
@@ -179,86 +174,7 @@ def sample(signal: h5py.Dataset) -> np.ndarray:
     touched = _chunk_bytes(signal, tuple(selection))
     if touched > MAX_CHUNK_BYTES:
         raise NoThumbnail(f"{signal.name}: its chunks are too large to read for a thumbnail")
-    frame = tuple(s if isinstance(s, int) else slice(None) for s in selection)
-    if signal.chunks is not None and touched >= _chunk_bytes(signal, frame):  # all anyway
-        values = _inflated(signal, frame)
-        if values is None:  # filters or chunks HDF5 must handle
-            values = signal[frame]
-        values = values[(slice(None, None, step),) * len(axes)]
-    else:
-        values = signal[tuple(selection)]
-    return np.atleast_1d(values)
-
-
-def _filters(signal: h5py.Dataset) -> tuple[int, ...] | None:
-    """The signal's filter pipeline, if it is deflate, shuffle, or both (what h5py's
-    ``compression="gzip"`` writes, and most NeXus writers); else ``None``."""
-    plist = signal.id.get_create_plist()
-    filters = tuple(plist.get_filter(n)[0] for n in range(plist.get_nfilters()))
-    known = {h5z.FILTER_DEFLATE, h5z.FILTER_SHUFFLE}
-    return filters if set(filters) <= known and len(set(filters)) == len(filters) else None
-
-
-def _decoded(raw: bytes, skipped: int, filters: tuple[int, ...], size: int, item: int) -> bytes:
-    """One stored chunk through ``filters`` backwards, as HDF5 reads it, except that the
-    inflated size is capped at the chunk's declared ``size``: a stream that goes on past it
-    (a deflate bomb) is refused having produced ``size`` bytes, not gigabytes."""
-    data = raw
-    for n in reversed(range(len(filters))):
-        if skipped >> n & 1:  # the writer stored this chunk without that filter
-            continue
-        if filters[n] == h5z.FILTER_DEFLATE:
-            inflate = zlib_ng.decompressobj()
-            data = inflate.decompress(data, size)
-            if inflate.unconsumed_tail or not inflate.eof:
-                raise Refused("a compressed chunk does not inflate to its declared size")
-        elif item > 1:  # shuffle: the bytes of each place in an element are stored together
-            planes = np.frombuffer(data, np.uint8, count=len(data) // item * item)
-            planes = planes.reshape(item, -1)
-            unshuffled = np.empty((planes.shape[1], item), dtype=np.uint8)
-            for place in range(item):  # strided row copies: faster than planes.T.copy()
-                unshuffled[:, place] = planes[place]
-            data = unshuffled.tobytes() + data[planes.size :]
-    if len(data) != size:
-        raise Refused("a compressed chunk does not inflate to its declared size")
-    return data
-
-
-def _inflated(signal: h5py.Dataset, frame: tuple) -> np.ndarray | None:
-    """``signal[frame]`` (``frame``: an index or ``slice(None)`` per axis) assembled from
-    its stored chunks, inflated by zlib-ng: twice as fast as HDF5's deflate filter (with
-    system zlib), which is most of a thumbnail's cost, and bounded (see :func:`_decoded`).
-    ``None`` where HDF5 must read it: other filters, or a chunk never written (HDF5 fills
-    those with the fill value)."""
-    filters = _filters(signal)
-    if filters is None:
-        return None
-    chunks, dtype = signal.chunks, signal.dtype
-    size = math.prod(chunks) * dtype.itemsize
-    starts = [
-        (part // chunk * chunk,) if isinstance(part, int) else range(0, extent, chunk)
-        for part, chunk, extent in zip(frame, chunks, signal.shape, strict=True)
-    ]
-    if math.prod(len(axis) for axis in starts) > MAX_DIRECT_CHUNKS:
-        return None
-    kept = [n for n, part in enumerate(frame) if not isinstance(part, int)]
-    values = np.empty([signal.shape[n] for n in kept], dtype=dtype)
-    for start in itertools.product(*starts):
-        stored = signal.id.get_chunk_info_by_coord(start)
-        if stored.byte_offset is None:
-            return None
-        if stored.size > 2 * size + 1024:  # deflate grows incompressible data by 0.03 %
-            raise Refused("a compressed chunk is stored larger than its declared size")
-        skipped, raw = signal.id.read_direct_chunk(start)
-        data = _decoded(raw, skipped, filters, size, dtype.itemsize)
-        block = np.frombuffer(data, dtype=dtype).reshape(chunks)
-        source = tuple(
-            part - first if isinstance(part, int) else slice(0, min(chunk, extent - first))
-            for part, first, chunk, extent in zip(frame, start, chunks, signal.shape, strict=True)
-        )
-        target = tuple(slice(start[n], start[n] + chunks[n]) for n in kept)
-        values[target] = block[source]
-    return values
+    return np.atleast_1d(chunks.read(signal, tuple(selection)))
 
 
 def _scaled(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
