@@ -215,9 +215,12 @@ class PortalSpawner(Configurable):
         """``/hub/spawn?opt-type=desktop&opt-datasets=PID&opt-token=...`` as user options.
 
         Only with a valid token of :func:`spawn_query` for this user and server: any
-        other link gets the spawn form, filled in by nothing, with a word on why.
+        other link gets the spawn form, filled in by nothing, with a word on why. The
+        portal's links always state their datasets, and a query cannot carry an empty list:
+        no ``opt-datasets`` means none (a simulation course), never the default of all.
         """
         options = {k: v for k, v in query.items() if k != "token"}
+        options.setdefault("datasets", [])
         token = (query.get("token") or [""])[-1]
         expires, _, signature = token.partition(".")
         handler = getattr(self, "handler", None)
