@@ -220,7 +220,12 @@ def test_a_default_spawn_skips_an_unsafe_dataset_but_mounts_the_rest(alice) -> N
     """alice's proposal lists a dataset whose folder escapes the storage root."""
     alice.spawn("everything", {"type": "lab"})
     _, listing = run(container_of("alice", "everything"), "ls /home/jovyan/datasets/MA1234")
-    assert sorted(listing.split()) == ["nexus_tour_0001", "processed", "xrf_map_0001"]
+    assert sorted(listing.split()) == [
+        "cu_foil_xas_0001",
+        "nexus_tour_0001",
+        "processed",
+        "xrf_map_0001",
+    ]
     alice.stop("everything")
 
 

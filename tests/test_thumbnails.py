@@ -247,10 +247,10 @@ def test_huge_declared_shapes_and_chunks_are_refused_without_reading(tmp_path: P
 
 
 def test_a_deflate_bomb_chunk_is_refused_without_inflating_it(tmp_path: Path) -> None:
-    """A chunk declared as 256 KiB whose deflate stream inflates to 256 MiB: HDF5's own
-    filter grows its buffer until the stream ends, so plain h5py allocates all of it. The
-    thumbnail must stop at the declared size. Measured in a child process, by the growth
-    of its peak memory."""
+    """A chunk declared as 256 KiB whose deflate stream inflates to 256 MiB. HDF5's own
+    filter grows its buffer until the stream ends (HDF5 2.0.0 on this machine allocates
+    all of it; how far a given build goes is its own business). The thumbnail must stop
+    at the declared size. Measured in a child process, by the growth of its peak memory."""
     declared = (256, 256)
 
     def build(entry: h5py.Group) -> None:
@@ -264,32 +264,26 @@ def test_a_deflate_bomb_chunk_is_refused_without_inflating_it(tmp_path: Path) ->
 
     path = nexus(tmp_path / "bomb.nxs", build)
     assert path.stat().st_size < 1 << 20
+    with h5py.File(path, "r") as f:  # the attack is real: the stored chunk inflates to 256 MiB
+        _, stored = f["entry/data/signal"].id.read_direct_chunk((0, 0))
+    inflate, inflated = zlib.decompressobj(), 0
+    while stored:
+        inflated += len(inflate.decompress(stored, 1 << 20))
+        stored = inflate.unconsumed_tail
+    assert inflated == 256 << 20
     probe = textwrap.dedent(
         f"""
-        import resource, sys, h5py
+        import resource, h5py
         from portal.catalogue.thumbnails import thumbnail
         with h5py.File({str(path)!r}, "r") as f:
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            if sys.argv[1] == "h5py":
-                try:
-                    f["entry/data/signal"][()]
-                except Exception:
-                    pass
-            else:
-                assert thumbnail(f) is None
+            assert thumbnail(f) is None
             grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         print(grown // 1024)
         """
     )
-
-    def grown_mib(how: str) -> int:
-        run = subprocess.run(
-            [sys.executable, "-c", probe, how], capture_output=True, text=True, check=True
-        )
-        return int(run.stdout)
-
-    assert grown_mib("h5py") >= 128  # the attack is real: plain h5py inflates it (256 MiB)
-    assert grown_mib("thumbnail") < 16
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert int(run.stdout) < 16  # MiB
 
 
 def _typed(entry: h5py.Group, kind: h5t.TypeID, stored: bytes, deflate: int = 4) -> None:
