@@ -30,24 +30,19 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import AfterValidator, Field, StringConstraints, ValidationInfo, field_validator
 
+from portal.yamlfile import Document, Strict, Text, YamlFileError
 from spawner.courses import COURSE_FILE, container_command, course_archive
 from spawner.environments import Environment, load_environments
 
-_KEYS = {"title", "description", "environment", "notebooks", "datasets"}
-_REQUIRED = ("title", "description", "environment", "notebooks")
 CHECK_LABEL = "org.panosc.portal.course-check"
 
 
-class CourseError(Exception):
-    """A course folder is invalid; each problem names the file, and the field or cell."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+class CourseError(YamlFileError):
+    """A course folder is invalid; each problem names the file and line, and the field or cell."""
 
 
 @dataclass(frozen=True)
@@ -68,41 +63,61 @@ class Course:
         return "-".join(words.split())[:40].strip("-") or "course"
 
 
-def _text(value: Any, where: str, problems: list[str]) -> str:
-    if not isinstance(value, str) or not value.strip():
-        problems.append(f"{where}: must be a non-empty string, got {value!r}")
-        return ""
-    return value.strip()
-
-
-def _names(value: Any, where: str, problems: list[str]) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        problems.append(f"{where}: must be a list of non-empty strings, got {value!r}")
-        return ()
-    duplicates = sorted({v for v in value if value.count(v) > 1})
+def _unique(names: list[str]) -> list[str]:
+    duplicates = sorted({v for v in names if names.count(v) > 1})
     if duplicates:
-        problems.append(f"{where}: listed twice: {', '.join(duplicates)}")
-    return tuple(value)
+        raise ValueError(f"listed twice: {', '.join(duplicates)}")
+    return names
 
 
-def _notebook_paths(course: Path, notebooks: tuple[str, ...], where: str) -> list[str]:
+Names = Annotated[list[Annotated[str, StringConstraints(min_length=1)]], AfterValidator(_unique)]
+
+
+class CourseFile(Strict):
+    """``course.yaml``. The environment is checked against the table given as the
+    validation context's ``environments``."""
+
+    title: Text
+    description: Text
+    environment: str
+    notebooks: Names
+    datasets: Names = Field(default_factory=list)
+
+    @field_validator("environment")
+    @classmethod
+    def _known(cls, name: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get("environments")
+        known = load_environments() if known is None else known
+        if name not in known:
+            raise ValueError(f"{name!r} is not an environment; choose one of {', '.join(known)}")
+        return name
+
+    @field_validator("notebooks")
+    @classmethod
+    def _some(cls, names: list[str]) -> list[str]:
+        if not names:
+            raise ValueError("list at least one notebook")
+        return names
+
+
+def _notebook_paths(course: Path, notebooks: tuple[str, ...]) -> list[str]:
     """Problems with the listed notebooks: each must be a course file, and each file listed."""
     problems = []
     for name in notebooks:
         path = PurePosixPath(name)
         if path.suffix != ".ipynb" or path.is_absolute() or ".." in path.parts:
-            problems.append(f"{where}: {name!r} must be a .ipynb path inside the course folder")
+            problems.append(f"{name!r} must be a .ipynb path inside the course folder")
         elif any(part.startswith(".") for part in path.parts):
-            problems.append(f"{where}: {name!r} is hidden; students would never receive it")
+            problems.append(f"{name!r} is hidden; students would never receive it")
         elif not (course / name).is_file():
-            problems.append(f"{where}: {name!r} does not exist in {course}")
+            problems.append(f"{name!r} does not exist in {course}")
     listed = set(notebooks)
     for found in sorted(course.rglob("*.ipynb")):
         rel = found.relative_to(course).as_posix()
         hidden = any(p.startswith(".") for p in found.relative_to(course).parts)
         if rel not in listed and not hidden:
             problems.append(
-                f"{where}: {rel} is in the folder but not listed; list it (so that it is checked)"
+                f"{rel} is in the folder but not listed; list it (so that it is checked)"
                 " or remove it"
             )
     return problems
@@ -145,42 +160,33 @@ def load_course(folder: Path, environments: Mapping[str, Environment] | None = N
     folder = Path(folder)
     source = folder / COURSE_FILE
     try:
-        doc = yaml.safe_load(source.read_text(encoding="utf-8"))
+        text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CourseError([f"{source}: no such file; a course folder needs one"]) from None
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise CourseError([f"{source}: cannot read it: {e}"]) from None
-    if not isinstance(doc, dict):
-        raise CourseError([f"{source}: must be a mapping with {', '.join(_REQUIRED)}"])
+    try:
+        doc = Document(text, str(source))
+        course = doc.validate(CourseFile, {"environments": environments})
+    except YamlFileError as e:
+        raise CourseError(e.problems) from None
     problems = [
-        f"{source}: unknown key {key!r}; valid keys: {', '.join(sorted(_KEYS))}"
-        for key in sorted(set(doc) - _KEYS, key=str)
+        doc.problem(("notebooks",), problem)
+        for problem in _notebook_paths(folder, tuple(course.notebooks))
     ]
-    problems += [f"{source}: {key}: is required but missing" for key in _REQUIRED if key not in doc]
-    title, about = (
-        _text(doc[key], f"{source}: {key}", problems) if key in doc else ""
-        for key in ("title", "description")
-    )
-    environment = doc.get("environment")
-    known = environments if environments is not None else load_environments()
-    if "environment" in doc and (not isinstance(environment, str) or environment not in known):
-        problems.append(
-            f"{source}: environment: {environment!r} is not an environment;"
-            f" choose one of {', '.join(known)}"
-        )
-    notebooks: tuple[str, ...] = ()
-    if "notebooks" in doc:
-        notebooks = _names(doc["notebooks"], f"{source}: notebooks", problems)
-        if doc["notebooks"] == []:
-            problems.append(f"{source}: notebooks: list at least one notebook")
-        problems += _notebook_paths(folder, notebooks, f"{source}: notebooks")
-    datasets = _names(doc.get("datasets", []), f"{source}: datasets", problems)
-    for name in notebooks:
+    for name in course.notebooks:
         if (folder / name).is_file():
             problems += notebook_problems(folder / name)
     if problems:
         raise CourseError(problems)
-    return Course(folder, title, about, str(environment), notebooks, datasets)
+    return Course(
+        folder,
+        course.title,
+        course.description,
+        course.environment,
+        tuple(course.notebooks),
+        tuple(course.datasets),
+    )
 
 
 # -- course check: run the notebooks where students run them ----------------------------------

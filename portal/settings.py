@@ -1,8 +1,6 @@
 """``portal.yaml``: the friendly configuration, validated with line-precise errors.
 
-The file is parsed twice: once by PyYAML's composer, which keeps the line of every node,
-and once into plain data that pydantic validates. Each validation error is then placed
-back on the line of the offending key, so a site admin reads
+Validated as every YAML file of the portal is (:mod:`portal.yamlfile`): a site admin reads
 ``portal.yaml:12: auth.issuer: ...`` instead of a traceback. :mod:`portal.render` turns a
 valid :class:`PortalSettings` into traitlets config for JupyterHub.
 """
@@ -12,31 +10,24 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
-    ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+from portal.yamlfile import Document, Strict, YamlFileError
 from spawner.courses import NAME as COURSE_NAME
 from spawner.courses import server_names
 
 
-class SettingsError(Exception):
+class SettingsError(YamlFileError):
     """``portal.yaml`` is unreadable or invalid; ``str()`` is a message for a person."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Section = Strict
 
 
 class HubSettings(Section):
@@ -489,85 +480,12 @@ class PortalSettings(Section):
         return extra
 
 
-# -- errors placed on lines -----------------------------------------------------------
-
-
-def _line_of(root: yaml.Node, loc: tuple[Any, ...]) -> int:
-    """The 1-based line of the key at ``loc``, or of the deepest key of it that exists."""
-    node, line = root, root.start_mark.line
-    for step in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == str(step)), None)
-            if match is None:
-                break
-            line, node = match[0].start_mark.line, match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
-            if step >= len(node.value):
-                break
-            node = node.value[step]
-            line = node.start_mark.line
-        else:
-            break
-    return line + 1
-
-
-def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The keys valid at ``loc`` in the settings model, for 'unknown key' messages."""
-    mapping_key = False
-    for step in loc:
-        if mapping_key:  # a key of a mapping of sections, e.g. a storage volume's folder
-            mapping_key = False
-            continue
-        field = model.model_fields.get(str(step))
-        if field is None:
-            return []
-        annotation = field.annotation
-        mapping_key = getattr(annotation, "__origin__", None) is dict
-        candidates = getattr(annotation, "__args__", (annotation,))
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            return []
-        model = nested[0]
-    return [name for name in model.model_fields if name != "source"]
-
-
-def _describe(error: dict[str, Any], root: yaml.Node | None, source: str) -> str:
-    loc = tuple(p for p in error["loc"] if not isinstance(p, str) or not p.startswith("function"))
-    field = ".".join(str(p) for p in loc) or "(top level)"
-    kind, message = error["type"], error["msg"]
-    if kind == "extra_forbidden":
-        valid = _fields_of(PortalSettings, loc[:-1])
-        message = f"unknown key {loc[-1]!r}; valid keys here: {', '.join(valid)}"
-        field = ".".join(str(p) for p in loc[:-1]) or "(top level)"
-    elif kind == "missing":
-        message = "is required but missing"
-    elif kind == "url_parsing" or kind == "url_scheme":
-        message = f"{message}; expected a URL such as https://login.example.eu/realms/umbrella"
-    elif kind == "value_error":
-        message = message.removeprefix("Value error, ")
-    line = ""
-    if root is not None:
-        line = f":{_line_of(root, loc)}"
-    return f"{source}{line}: {field}: {message}"
-
-
 def parse(text: str, source: str = "portal.yaml", base_dir: Path | None = None) -> PortalSettings:
     """Validate the text of a ``portal.yaml``; relative paths are taken from ``base_dir``."""
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise SettingsError([f"{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SettingsError([f"{source}:1: the file must be a mapping of sections (auth:, ...)"])
-    try:
-        settings = PortalSettings.model_validate(data)
-    except ValidationError as e:
-        raise SettingsError([_describe(err, root, source) for err in e.errors()]) from None
+        settings = Document(text, source).validate(PortalSettings)
+    except YamlFileError as e:
+        raise SettingsError(e.problems) from None
     return _absolute(settings, base_dir or Path.cwd(), Path(source))
 
 

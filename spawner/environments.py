@@ -15,12 +15,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
-import yaml
+from pydantic import AfterValidator, Field, StrictFloat, StrictInt
 
 from portal import __version__
 from portal.catalogue import techniques
+from portal.yamlfile import Document, Strict, Text, YamlFileError
 
 #: The table as shipped: a symlink to images/environments.yaml in a source tree, a copy in a wheel.
 DATA_FILE = Path(__file__).with_name("environments.yaml")
@@ -29,22 +30,15 @@ SERVER_TYPES = ("lab", "desktop")
 
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 _IMAGE = re.compile(r"[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_.{}-]+")
-_MEMORY = re.compile(r"[1-9][0-9]*[MG]")
-_ENV_KEYS = frozenset(
-    {"name", "image", "from", "description", "techniques", "server_types", "resources", "software"}
-)
-#: Keys an environment may leave out.
-_OPTIONAL_ENV_KEYS = frozenset({"from", "software"})
 #: A Python distribution's name as PyPI spells it (PEP 508).
 _DISTRIBUTION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,60}[A-Za-z0-9])?")
 #: The portal's own images, each a top-level key of the table: the Helm chart runs them, users
 #: are never offered them.
 SERVICES = ("hub", "proxy")
-_SERVICE_KEYS = frozenset({"image", "from"})
 
 
-class EnvironmentsError(ValueError):
-    """The table is wrong; the message names the file, the entry and the field."""
+class EnvironmentsError(YamlFileError, ValueError):
+    """The table is wrong; each problem names the file, the line, the entry and the field."""
 
 
 @dataclass(frozen=True)
@@ -103,135 +97,127 @@ def load_images(path: Path | None = None) -> dict[str, Image]:
     return _load(path or DATA_FILE)
 
 
-def _load(path: Path) -> dict[str, Image]:
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise EnvironmentsError(f"{path}: cannot read the environments table: {e}") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("environments"), list):
-        raise EnvironmentsError(f"{path}: expected a mapping with an 'environments' list")
-    unknown = sorted(set(doc) - {"environments", *SERVICES})
-    if unknown:
-        raise EnvironmentsError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
-
-    found: dict[str, Image] = {}
-    for i, entry in enumerate(doc["environments"]):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        env = _environment(entry, f"{path}: environments[{i}] ({name or 'no name'})", found)
-        found[env.name] = env
-    if not found:
-        raise EnvironmentsError(f"{path}: the environments list is empty")
-    for name in SERVICES:
-        if name in doc:
-            found[name] = _service(name, doc[name], f"{path}: {name}", found)
-    return found
+# -- the file's format ----------------------------------------------------------------------
 
 
-def _service(name: str, entry: Any, where: str, earlier: dict[str, Image]) -> Image:
-    _check_keys(entry, _SERVICE_KEYS, {"image"}, where)
-    return Image(name, _image(entry["image"], where), _parent(entry.get("from"), where, earlier))
-
-
-def _check_keys(entry: Any, allowed: frozenset[str], required: set[str], where: str) -> None:
-    if not isinstance(entry, dict):
-        raise EnvironmentsError(f"{where}: expected a mapping with {', '.join(sorted(allowed))}")
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise EnvironmentsError(
-            f"{where}: unknown key(s) {', '.join(unknown)};"
-            f" valid keys: {', '.join(sorted(allowed))}"
-        )
-    missing = sorted(required - set(entry))
-    if missing:
-        raise EnvironmentsError(f"{where}: missing {', '.join(missing)}")
-
-
-def _environment(entry: Any, where: str, earlier: dict[str, Image]) -> Environment:
-    _check_keys(entry, _ENV_KEYS, set(_ENV_KEYS - _OPTIONAL_ENV_KEYS), where)
-    name = entry["name"]
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in SERVICES:
-        raise EnvironmentsError(
-            f"{where}: name must be lower-case letters, digits and '-'"
-            f" (not {' or '.join(map(repr, SERVICES))}), got {name!r}"
-        )
-    if name in earlier:
-        raise EnvironmentsError(f"{where}: name {name!r} is listed twice")
-    description = entry["description"]
-    if not isinstance(description, str) or not description.strip():
-        raise EnvironmentsError(f"{where}: description must be a non-empty string")
-    server_types = _str_list(entry["server_types"], f"{where}: server_types")
-    if not server_types or set(server_types) - set(SERVER_TYPES):
-        raise EnvironmentsError(
-            f"{where}: server_types must be a non-empty list of {', '.join(SERVER_TYPES)};"
-            f" got {entry['server_types']!r}"
-        )
-    cpu, memory = _resources(entry["resources"], f"{where}: resources")
-    return Environment(
-        name=name,
-        image=_image(entry["image"], where),
-        parent=_parent(entry.get("from"), where, earlier),
-        description=description.strip(),
-        techniques=tuple(
-            _technique(t, f"{where}: techniques")
-            for t in _str_list(entry["techniques"], f"{where}: techniques")
-        ),
-        server_types=server_types,
-        cpu=cpu,
-        memory=memory,
-        software=_software(entry.get("software", []), f"{where}: software"),
-    )
-
-
-def _software(value: Any, where: str) -> tuple[str, ...]:
-    names = _str_list(value, where)
-    for name in names:
-        if not _DISTRIBUTION.fullmatch(name):
-            raise EnvironmentsError(f"{where}: {name!r} is not a Python distribution name")
-    if len({re.sub(r"[-_.]+", "-", n).lower() for n in names}) != len(names):  # PEP 503
-        raise EnvironmentsError(f"{where}: a name is listed twice in {list(names)!r}")
-    return names
-
-
-def _str_list(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise EnvironmentsError(f"{where}: expected a list of strings, got {value!r}")
-    return tuple(value)
-
-
-def _image(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not _IMAGE.fullmatch(value):
-        raise EnvironmentsError(
-            f"{where}: image must look like 'panosc/base:{{version}}', got {value!r}"
-        )
+def _image(value: str) -> str:
+    if not _IMAGE.fullmatch(value):
+        raise ValueError(f"must look like 'panosc/base:{{version}}', got {value!r}")
     return value.replace("{version}", __version__)
 
 
-def _parent(value: Any, where: str, earlier: dict[str, Image]) -> str | None:
-    if value is None:
-        return None
-    if value not in earlier:
-        raise EnvironmentsError(
-            f"{where}: from: {value!r} is not an environment listed earlier in the file"
-            f" (listed so far: {', '.join(earlier) or 'none'})"
+def _name(value: str) -> str:
+    if not _NAME.fullmatch(value) or value in SERVICES:
+        raise ValueError(
+            "must be lower-case letters, digits and '-'"
+            f" (not {' or '.join(map(repr, SERVICES))}), got {value!r}"
         )
     return value
 
 
-def _technique(pid: str, where: str) -> str:
+def _technique(pid: str) -> str:
     try:
         known = techniques.get(pid).pid
     except KeyError as e:
-        raise EnvironmentsError(f"{where}: {e.args[0]}") from e
+        raise ValueError(e.args[0]) from None
     if known != pid:
-        raise EnvironmentsError(f"{where}: write the PaNET id {known!r}, not {pid!r}")
+        raise ValueError(f"write the PaNET id {known!r}, not {pid!r}")
     return pid
 
 
-def _resources(value: Any, where: str) -> tuple[float, str]:
-    _check_keys(value, frozenset({"cpu", "memory"}), {"cpu", "memory"}, where)
-    cpu, memory = value["cpu"], value["memory"]
-    if isinstance(cpu, bool) or not isinstance(cpu, int | float) or cpu <= 0:
-        raise EnvironmentsError(f"{where}: cpu must be a positive number of cores, got {cpu!r}")
-    if not isinstance(memory, str) or not _MEMORY.fullmatch(memory):
-        raise EnvironmentsError(f"{where}: memory must look like '512M' or '4G', got {memory!r}")
-    return float(cpu), memory
+def _software(names: list[str]) -> list[str]:
+    for name in names:
+        if not _DISTRIBUTION.fullmatch(name):
+            raise ValueError(f"{name!r} is not a Python distribution name")
+    if len({re.sub(r"[-_.]+", "-", n).lower() for n in names}) != len(names):  # PEP 503
+        raise ValueError(f"a name is listed twice in {names!r}")
+    return names
+
+
+ImageRef = Annotated[str, AfterValidator(_image)]
+
+
+def _cpu(cores: float) -> float:
+    if cores <= 0:
+        raise ValueError(f"must be a positive number of cores, got {cores!r}")
+    return float(cores)
+
+
+def _memory(memory: str) -> str:
+    if not re.fullmatch(r"[1-9][0-9]*[MG]", memory):
+        raise ValueError(f"must look like '512M' or '4G', got {memory!r}")
+    return memory
+
+
+class _Resources(Strict):
+    cpu: Annotated[StrictInt | StrictFloat, AfterValidator(_cpu)]
+    memory: Annotated[str, AfterValidator(_memory)]
+
+
+class _Service(Strict):
+    image: ImageRef
+    from_: str | None = Field(None, alias="from")
+
+
+class _Environment(Strict):
+    name: Annotated[str, AfterValidator(_name)]
+    image: ImageRef
+    from_: str | None = Field(None, alias="from")
+    description: Text
+    techniques: list[Annotated[str, AfterValidator(_technique)]]
+    server_types: list[Literal["lab", "desktop"]] = Field(min_length=1)
+    resources: _Resources
+    software: Annotated[list[str], AfterValidator(_software)] = Field(default_factory=list)
+
+
+class _Table(Strict):
+    environments: list[_Environment] = Field(min_length=1)
+    hub: _Service | None = None
+    proxy: _Service | None = None
+
+
+def _load(path: Path) -> dict[str, Image]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise EnvironmentsError([f"{path}: cannot read the environments table: {e}"]) from e
+    try:
+        doc = Document(text, str(path))
+        table = doc.validate(_Table)
+    except YamlFileError as e:
+        raise EnvironmentsError(e.problems) from None
+    found: dict[str, Image] = {}
+    problems = []
+
+    def parent(entry: _Service | _Environment, loc: tuple[str | int, ...]) -> str | None:
+        if entry.from_ is not None and entry.from_ not in found:
+            problems.append(
+                doc.problem(
+                    (*loc, "from"),
+                    f"{entry.from_!r} is not an environment listed earlier in the file"
+                    f" (listed so far: {', '.join(found) or 'none'})",
+                )
+            )
+        return entry.from_
+
+    for i, entry in enumerate(table.environments):
+        if entry.name in found:
+            problems.append(doc.problem(("environments", i, "name"), "is listed twice"))
+        found[entry.name] = Environment(
+            name=entry.name,
+            image=entry.image,
+            parent=parent(entry, ("environments", i)),
+            description=entry.description,
+            techniques=tuple(entry.techniques),
+            server_types=tuple(entry.server_types),
+            cpu=float(entry.resources.cpu),
+            memory=entry.resources.memory,
+            software=tuple(entry.software),
+        )
+    for name in SERVICES:
+        service = getattr(table, name)
+        if service is not None:
+            found[name] = Image(name, service.image, parent(service, (name,)))
+    if problems:
+        raise EnvironmentsError(problems)
+    return found

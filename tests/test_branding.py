@@ -87,7 +87,7 @@ def test_defaults_name_the_portal_and_say_what_it_gives() -> None:
 )
 def test_a_link_that_is_not_http_is_refused_on_its_line(url: str) -> None:
     message = refusal(f"links:\n  - title: Help\n    url: {yaml.safe_dump(url).splitlines()[0]}\n")
-    assert message.startswith("portal.yaml:11: branding.links.0.url: link url"), message
+    assert message.startswith("portal.yaml:11: branding.links[0].url: link url"), message
     assert "https://" in message
 
 

@@ -57,14 +57,20 @@ def test_a_valid_course_reads_back(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"titel": "x"}, "course.yaml: unknown key 'titel'; valid keys: datasets, description,"),
-        ({"description": ""}, "course.yaml: description: must be a non-empty string, got ''"),
-        ({"environment": "xrd"}, "course.yaml: environment: 'xrd' is not an environment;"),
-        ({"notebooks": []}, "course.yaml: notebooks: list at least one notebook"),
-        ({"notebooks": ["a.ipynb", "a.ipynb"]}, "course.yaml: notebooks: listed twice: a.ipynb"),
+        (
+            {"titel": "x"},
+            "(top level): unknown key 'titel'; valid keys here: title, description, environment,",
+        ),
+        ({"description": ""}, "course.yaml:1: description: must not be empty"),
+        (
+            {"environment": "xrd"},
+            "course.yaml:2: environment: 'xrd' is not an environment; choose one of base,",
+        ),
+        ({"notebooks": []}, "course.yaml:3: notebooks: list at least one notebook"),
+        ({"notebooks": ["a.ipynb", "a.ipynb"]}, "course.yaml:3: notebooks: listed twice: a.ipynb"),
         ({"notebooks": ["../x.ipynb"]}, "'../x.ipynb' must be a .ipynb path inside the course"),
         ({"notebooks": ["a.ipynb", "b.ipynb"]}, "notebooks: 'b.ipynb' does not exist in"),
-        ({"datasets": "MA1234"}, "course.yaml: datasets: must be a list of non-empty strings"),
+        ({"datasets": "MA1234"}, "course.yaml:1: datasets: must be a list, got 'MA1234'"),
     ],
 )
 def test_course_yaml_problems_name_the_file_and_the_field(tmp_path, fields, message) -> None:
@@ -78,7 +84,7 @@ def test_a_missing_title_is_named(tmp_path: Path) -> None:
     doc = yaml.safe_load((folder / "course.yaml").read_text())
     del doc["title"]
     (folder / "course.yaml").write_text(yaml.safe_dump(doc))
-    assert problems(folder) == [f"{folder / 'course.yaml'}: title: is required but missing"]
+    assert problems(folder) == [f"{folder / 'course.yaml'}:1: title: is required but missing"]
 
 
 def test_an_unlisted_notebook_is_a_problem_so_that_every_notebook_is_checked(tmp_path) -> None:
@@ -88,7 +94,7 @@ def test_an_unlisted_notebook_is_a_problem_so_that_every_notebook_is_checked(tmp
     (folder / ".ipynb_checkpoints").mkdir()
     (folder / ".ipynb_checkpoints" / "a-checkpoint.ipynb").write_bytes(notebook())
     assert problems(folder) == [
-        f"{folder / 'course.yaml'}: notebooks: extra/b.ipynb is in the folder but not listed;"
+        f"{folder / 'course.yaml'}:3: notebooks: extra/b.ipynb is in the folder but not listed;"
         " list it (so that it is checked) or remove it"
     ]
 

@@ -81,9 +81,9 @@ def test_every_environment_names_its_main_software() -> None:
 @pytest.mark.parametrize(
     ("software", "message"),
     [
-        ("pyFAI", r"\(diffraction\): software: expected a list of strings"),
-        (["pyFAI", "fabio; rm -rf /"], r"\(diffraction\): software: 'fabio; rm -rf /' is not"),
-        (["pyFAI", "PyFAI"], r"\(diffraction\): software: a name is listed twice"),
+        ("pyFAI", r"\(diffraction\)\.software: must be a list, got 'pyFAI'"),
+        (["pyFAI", "fabio; rm -rf /"], r"\(diffraction\)\.software: 'fabio; rm -rf /' is not"),
+        (["pyFAI", "PyFAI"], r"\(diffraction\)\.software: a name is listed twice"),
     ],
 )
 def test_bad_software_names_the_entry(tmp_path: Path, software: object, message: str) -> None:

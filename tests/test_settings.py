@@ -100,7 +100,7 @@ def test_a_home_mode_that_would_block_a_second_server_is_refused(tmp_path: Path)
     """ReadWriteOncePod: a user's lab would hold the home, and their desktop never start."""
     kube = "  backend: kube\n  kube:\n    home:\n      access_modes: [ReadWriteOncePod]\n"
     msg = problems(tmp_path, VALID.replace("spawner:\n", "spawner:\n" + kube))
-    assert "portal.yaml:15: spawner.kube.home.access_modes.0:" in msg
+    assert "portal.yaml:15: spawner.kube.home.access_modes[0]:" in msg
     assert "'ReadWriteOnce' or 'ReadWriteMany'" in msg
 
 
