@@ -22,12 +22,13 @@ from urllib.parse import urlencode
 
 import requests
 from oauthenticator.generic import GenericOAuthenticator
-from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler, _deserialize_state
+from oauthenticator.oauth2 import OAuthLoginHandler, OAuthLogoutHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, Integer, List, Unicode, default
 
 from portal.idtoken import ASYMMETRIC_ALGORITHMS, IdTokenError, JwksCache, verify_id_token
+from portal.upstream import request_by_token, token_to_auth_model
 
 ENDPOINTS = {
     "authorization_endpoint": "authorize_url",
@@ -109,26 +110,24 @@ def safe_username(value: str) -> str:
     return name[:64]
 
 
-def login_nonce(state_id: str, secret: bytes) -> str:
-    """The OIDC nonce for one login, derived from its OAuth state id.
+def login_nonce(state: str, secret: bytes) -> str:
+    """The OIDC nonce for one login, derived from its OAuth ``state`` parameter.
 
-    Derived rather than stored: the callback recomputes it from the state cookie it already
-    checks, so a replayed ID token from another login fails the nonce check.
+    Derived rather than stored: the callback recomputes it from the ``state`` it is called
+    with, which oauthenticator has already checked against this browser's state cookie, so
+    a replayed ID token from another login fails the nonce check.
     """
-    digest = hmac.new(secret, f"oidc-nonce:{state_id}".encode(), hashlib.sha256).digest()
+    digest = hmac.new(secret, f"oidc-nonce:{state}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 class UmbrellaLoginHandler(OAuthLoginHandler):
     """oauthenticator's login redirect (state, PKCE), plus an OIDC ``nonce``."""
 
-    def _generate_state_id(self) -> str:
-        self._state_id = super()._generate_state_id()
-        return self._state_id
-
     def authorize_redirect(self, *args: Any, extra_params: dict | None = None, **kw: Any) -> None:
         extra_params = dict(extra_params or {})
-        extra_params["nonce"] = login_nonce(self._state_id, self.settings["cookie_secret"])
+        state = extra_params["state"]
+        extra_params["nonce"] = login_nonce(state, self.settings["cookie_secret"])
         super().authorize_redirect(*args, extra_params=extra_params, **kw)
 
 
@@ -392,8 +391,8 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         if id_token:
             nonce = None
             if login:
-                state = _deserialize_state(handler.get_state_cookie())
-                nonce = login_nonce(state.get("state_id", ""), handler.settings["cookie_secret"])
+                state = handler.get_argument("state", "")
+                nonce = login_nonce(state, handler.settings["cookie_secret"])
             try:
                 claims = await verify_id_token(
                     id_token,
@@ -430,13 +429,9 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         claims then stay as old as their ``claims_at``, and a spawn refuses claims that old
         (:meth:`spawner.common.PortalSpawner.prepare_spawn`) with a page saying why.
         """
-        if handler is not None and not hasattr(handler, "_token_authenticated"):
-            # JupyterHub 6.1 reads this attribute after a failed refresh, but only sets it
-            # for token-authenticated requests: without it a browser gets a 500 instead of
-            # being sent to log in again.
-            handler._token_authenticated = False
+        by_token = handler is not None and request_by_token(handler)
         refreshed = await self._refresh_tokens(user, handler)
-        if refreshed is False and handler is not None and not handler._token_authenticated:
+        if refreshed is False and handler is not None and not by_token:
             handler.clear_login_cookie()  # the browser's next request goes to the login page
         return refreshed
 
@@ -485,7 +480,7 @@ class UmbrellaOAuthenticator(GenericOAuthenticator):
         try:
             if expires_at is not None and expires_at - time.time() <= self.refresh_margin:
                 token_info = await self._refreshed(state, handler) or token_info
-            model = await self._token_to_auth_model(token_info)
+            model = await token_to_auth_model(self, token_info)
         except HTTPClientError as e:
             # userinfo refuses a live token: revoked (Keycloak answers 401 invalid_token,
             # others 400 access_denied or 403)

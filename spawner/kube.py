@@ -40,6 +40,7 @@ from kubespawner.slugs import is_valid_label, safe_slug
 from kubespawner.utils import get_k8s_model
 from traitlets import Dict, Float, Unicode, default
 
+from portal.upstream import apply_kube_profile
 from spawner.common import HOME, JOVYAN_GID, JOVYAN_UID, PortalSpawner, SpawnPlan
 from spawner.environments import Environment
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan
@@ -332,9 +333,7 @@ class PortalKubeSpawner(PortalSpawner, KubeSpawner):
         self.cpu_limit = spawn.resources.cpu
         self.mem_limit = spawn.resources.memory
         try:
-            profiles = self._sorted_dict_values(self.profile_list)
-            profiles = self._get_initialized_profile_list(profiles)
-            self._load_profile(spawn.environment.name, profiles)
+            apply_kube_profile(self, spawn.environment.name)
         except ValueError as e:
             raise SpawnException(str(e), reason="configuration", status_code=500) from e
         self.reserve_share(self.profile_overrides.get(spawn.environment.name, {}))
