@@ -23,7 +23,7 @@ from jupyterhub.handlers import BaseHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue
+from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue, techniques
 from portal.catalogue.base import Catalogue, DatasetPage
 from portal.catalogue.model import CatalogueUser, Thumbnail
 from portal.course import CourseError, load_course
@@ -126,8 +126,8 @@ class DatasetsHandler(PortalPage):
                 limit=PAGE_SIZE,
                 offset=offset,
             )
-        except KeyError as e:  # an unknown technique: say which and how to write it
-            problem = str(e.args[0])
+        except techniques.UnknownTechnique as e:  # say which, and how to write it
+            problem = str(e)
         except CatalogueError as e:  # down, slow, nonsense, or refusing the user's token
             problem = f"The catalogue cannot answer right now: {e}"
         filters = {

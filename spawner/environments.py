@@ -83,7 +83,7 @@ class Environment(Image):
             return True
         try:
             return bool(set(self.techniques) & techniques.ancestors(technique))
-        except KeyError:
+        except techniques.UnknownTechnique:
             return False
 
 
@@ -118,8 +118,8 @@ def _name(value: str) -> str:
 def _technique(pid: str) -> str:
     try:
         known = techniques.get(pid).pid
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
+    except techniques.UnknownTechnique as e:
+        raise ValueError(str(e)) from None
     if known != pid:
         raise ValueError(f"write the PaNET id {known!r}, not {pid!r}")
     return pid

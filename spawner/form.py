@@ -47,7 +47,7 @@ def technique_name(pid: str) -> str:
     """A PaNET id as researchers read it; an id the portal does not know stays an id."""
     try:
         return techniques.get(pid).name
-    except KeyError:
+    except techniques.UnknownTechnique:
         return pid
 
 

@@ -12,6 +12,7 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from importlib.metadata import entry_points
+from typing import Any
 
 from traitlets import Unicode
 from traitlets.config import LoggingConfigurable, SingletonConfigurable
@@ -87,6 +88,22 @@ class DatasetPage:
 class Catalogue(LoggingConfigurable):
     """What the hub and the spawner ask about datasets. Every answer is already access-checked."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        # traitlets' metaclass is not ABCMeta, so @abstractmethod alone stops nothing: a
+        # backend missing a method would fail only when a user first needs it.
+        cls = type(self)
+        missing = sorted(
+            name
+            for name in dir(cls)
+            if getattr(getattr(cls, name, None), "__isabstractmethod__", False)
+        )
+        if missing:
+            raise TypeError(
+                f"catalogue backend {cls.__module__}.{cls.__name__} cannot be used: it does not"
+                f" implement {', '.join(missing)} (see portal.catalogue.base.Catalogue)"
+            )
+        super().__init__(**kwargs)
+
     @abstractmethod
     def datasets_for(self, user: CatalogueUser) -> list[Dataset]:
         """Every dataset this user may read, newest first."""
@@ -125,9 +142,9 @@ class Catalogue(LoggingConfigurable):
     ) -> DatasetPage:
         """:meth:`search`'s page with the total count of matches, for paging.
 
-        Raises as :meth:`search` does (``KeyError`` for an unknown technique,
-        :class:`CatalogueError` when the backend cannot answer), and ``ValueError`` for a
-        negative ``limit`` or ``offset``. This default asks
+        Raises as :meth:`search` does (:class:`~portal.catalogue.techniques.UnknownTechnique`
+        for an unknown technique, :class:`CatalogueError` when the backend cannot answer), and
+        ``ValueError`` for a negative ``limit`` or ``offset``. This default asks
         :meth:`search` for every match and counts them here, which is what the HTTP
         backends do anyway (they fetch all matches, up to their ``max_records``, and slice);
         a backend that can count on its side (the local index) overrides it.

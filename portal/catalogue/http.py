@@ -114,7 +114,7 @@ def technique_id(*candidates: object) -> str:
     for value in given:
         try:
             return techniques.get(value).pid
-        except KeyError:
+        except techniques.UnknownTechnique:
             continue
     return given[0] if given else ""
 

@@ -48,7 +48,7 @@ class Dataset:
         for pid in self.techniques:
             try:
                 names.append(techniques.get(pid).name)
-            except KeyError:
+            except techniques.UnknownTechnique:
                 names.append(pid)
         return tuple(names)
 

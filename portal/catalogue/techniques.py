@@ -34,6 +34,11 @@ _PID = re.compile(r"PaNET\d{5}")
 _IRI = re.compile(r"https?://purl\.org/pan-science/PaNET/(PaNET\d{5})", re.IGNORECASE)
 
 
+class UnknownTechnique(LookupError):
+    """A technique the portal does not know; the message says what was asked and what would
+    work. Its own error, so that no other lookup failing reads as "unknown technique"."""
+
+
 @dataclass(frozen=True)
 class Technique:
     """One PaNET technique: its id, its label and its parents within the portal's subset.
@@ -173,7 +178,8 @@ def get(pid_or_name: str) -> Technique:
     """The technique for a PaNET id (or ``PaNET:`` CURIE), its IRI or a name (any case).
 
     Accepting all three lets URLs, catalogue records and people's typing share one entry
-    point. Raises ``KeyError`` naming what was asked for, with a hint of what would work.
+    point. Raises :class:`UnknownTechnique` naming what was asked for, with a hint of what
+    would work.
     """
     cat = _catalogue()
     text = pid_or_name.strip()
@@ -183,7 +189,7 @@ def get(pid_or_name: str) -> Technique:
         pid = "PaNET" + pid[5:]
         if pid in cat.techniques:
             return cat.techniques[pid]
-        raise KeyError(
+        raise UnknownTechnique(
             f"{pid_or_name!r} is not among the PaNET techniques the portal knows;"
             f" to use it, add it to {DATA_FILE.name}"
         )
@@ -193,7 +199,7 @@ def get(pid_or_name: str) -> Technique:
     names = sorted({t.name for t in cat.techniques.values()})
     close = difflib.get_close_matches(text.casefold(), [n.casefold() for n in names], n=3)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise KeyError(
+    raise UnknownTechnique(
         f"unknown technique {pid_or_name!r}: give a PaNET id (e.g. 'PaNET01188'), its IRI"
         f" ({IRI_PREFIX}PaNET01188) or a name such as 'small angle x-ray scattering'{hint}"
     )
@@ -203,7 +209,7 @@ def descendants(pid: str) -> set[str]:
     """The technique itself and every technique below it: what a search for it must match.
 
     ``pid`` may also be an IRI or a name (see :func:`get`); unknown techniques raise
-    ``KeyError``.
+    :class:`UnknownTechnique`.
     """
     cat = _catalogue()
     start = get(pid).pid
