@@ -35,6 +35,7 @@ from spawner.common import (
 )
 from spawner.course_delivery import STAGING
 from spawner.courses import (
+    SYSTEM_PYTHON,
     CourseLibrary,
     CourseUnavailable,
     container_command,
@@ -45,6 +46,7 @@ from spawner.courses import (
 from spawner.docker_network import NetworkError, ensure_user_network, guard_host
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan, verify_mount
 from spawner.options import SpawnRefused
+from spawner.provenance import ProvenanceRecorder, program
 
 LABEL_PREFIX = "org.panosc.portal"
 
@@ -160,7 +162,7 @@ def _braces(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-class PortalDockerSpawner(PortalSpawner, DockerSpawner):
+class PortalDockerSpawner(ProvenanceRecorder, PortalSpawner, DockerSpawner):
     """Single-user containers in the environment's image, with exactly the approved datasets."""
 
     home_volume = Unicode(
@@ -270,6 +272,7 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
                     os.chown(m.source, JOVYAN_UID, JOVYAN_GID)
 
     async def start(self) -> tuple[str, int]:
+        started = time.time()
         spawn = await self.prepare_spawn()
         await self.ensure_image(spawn)
         self.image = spawn.environment.image
@@ -305,7 +308,28 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         await self.exec_checked(["/usr/bin/touch", GATE], "open the gate")
         ip, port = address
         await until_answering(f"http://{ip}:{port}{self.server.base_url}api", self.http_timeout)
+        await self.record_start(spawn, started)
         return address
+
+    async def environment_identity(self) -> tuple[str, str, str]:
+        """The image and its digest as Docker reports them for this very container: its
+        ``RepoDigests`` when the image came from a registry, else its Id (a local build)."""
+        container = await asyncio.to_thread(self.client.inspect_container, self.container_id)
+        image = await asyncio.to_thread(self.client.inspect_image, container["Image"])
+        digest = (image.get("RepoDigests") or [image["Id"]])[0]
+        return self.image, digest, f"Docker image {self.image}"
+
+    def record_home(self) -> str:
+        return str(HOME)
+
+    async def run_record(self, arguments: list[str], home: str) -> tuple[int, bytes, bytes]:
+        """:mod:`spawner.provenance_record` as jovyan in the container, with the image's
+        system Python in isolated mode (:func:`exec_bounded`)."""
+        command = [SYSTEM_PYTHON, "-I", "-S", "-c", program(), *arguments]
+        user = f"{JOVYAN_UID}:{JOVYAN_GID}"
+        return await asyncio.to_thread(
+            exec_bounded, self.client, self.container_id, command, user, self.provenance_timeout
+        )
 
     async def get_command(self) -> list[str]:
         return gated(await super().get_command(), self.start_timeout)
@@ -382,5 +406,6 @@ class PortalDockerSpawner(PortalSpawner, DockerSpawner):
         self.progress_event(f"Course {course}: {read_sync_report(out.decode()).summary()}", 90)
 
     async def stop(self, now: bool = False) -> None:
+        await self.record_stop()  # while the container runs; a failure is only logged
         await super().stop(now=now)
         self.manifest_path.unlink(missing_ok=True)

@@ -14,19 +14,31 @@ folder the hub can see (a processed area on the host), trusting nothing in them.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import stat
+import sys
+import time
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cache
+from importlib import metadata
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from traitlets import Integer
+from traitlets.config import Configurable
+
+from spawner import provenance_record
+from spawner.mounts import DATASETS_DIR, proposal_folder
 from spawner.provenance_record import (
     AGENT_ID,
     CRATE_FILE,
     ENVIRONMENT_ID,
     FOLDER,
     SESSION_ID,
+    folder_name,
 )
 
 #: The largest crate :func:`read_records` parses, and the most crates it reads in one folder:
@@ -56,6 +68,7 @@ class Record:
     digest: str
     datasets: tuple[tuple[str, str], ...]
     files: tuple[tuple[str, str], ...]
+    capped: str = ""  # why ``files`` is incomplete (the walk hit a limit); empty if it is not
 
 
 def _text(value: Any) -> str:
@@ -125,6 +138,7 @@ def parse_record(folder: Path, document: Any) -> Record | None:
         digest=_text(environment.get("identifier")),
         datasets=tuple(datasets),
         files=tuple(files),
+        capped=_text(session.get("capped")),
     )
 
 
@@ -161,3 +175,145 @@ def read_records(folder: Path) -> list[Record]:
         if record is not None:
             records.append(record)
     return sorted(records, key=lambda r: (r.started, r.path.name))
+
+
+# -- writing: the hub's side --------------------------------------------------------------
+
+#: The kernel refuses one argument over 128 kB (MAX_ARG_STRLEN): the facts go in pieces.
+ARGUMENT_BYTES = 100_000
+
+
+def program() -> str:
+    """The record program's text (:mod:`spawner.provenance_record`), run as ``python -c``."""
+    return Path(provenance_record.__file__).read_text(encoding="utf-8")
+
+
+def program_arguments(action: str, facts: dict[str, Any]) -> list[str]:
+    """``action`` and the facts as ASCII JSON cut into arguments the kernel accepts."""
+    text = json.dumps(facts, ensure_ascii=True)
+    return [action, *(text[i : i + ARGUMENT_BYTES] for i in range(0, len(text), ARGUMENT_BYTES))]
+
+
+def processed_area(proposal: str) -> str:
+    """A proposal's processed area, relative to the home: ``datasets/<proposal>/processed``."""
+    return str(PurePosixPath(DATASETS_DIR) / proposal_folder(proposal) / "processed")
+
+
+@cache
+def local_environment() -> tuple[str, str, str]:
+    """Image, digest and description of the environment local servers run in: the hub's Python.
+
+    There is no image to name, so the record states what it can check: the interpreter and its
+    prefix, and a digest of the installed distributions (``name==version``, sorted), which
+    changes whenever a package is added, removed or upgraded. Computed once per hub process.
+    """
+    installed = sorted(
+        {f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata}
+    )
+    digest = hashlib.sha256("\n".join(installed).encode()).hexdigest()
+    version = sys.version.split()[0]
+    return (
+        f"python {version} at {sys.prefix}",
+        f"sha256:{digest}",
+        f"The hub's Python environment ({len(installed)} distributions); the digest is the"
+        " sha256 of their sorted name==version lines.",
+    )
+
+
+class ProvenanceRecorder(Configurable):
+    """A spawner mixin: the facts of the session's record, and writing it at start and stop.
+
+    A backend provides :meth:`environment_identity` and :meth:`run_record` (run the program as
+    the user, where their files are). The facts are kept in the spawner's state, so a hub
+    restarted while the server runs still completes the record at stop.
+    """
+
+    provenance_timeout = Integer(
+        60,
+        config=True,
+        help="Seconds the provenance record program may take at a start or a stop (hashing the"
+        " saved notebooks and scripts); past it, the record is left as it was and the stop"
+        " goes on.",
+    )
+
+    _provenance: dict[str, Any] | None = None
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self._provenance:
+            state["provenance"] = self._provenance
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        facts = state.get("provenance")
+        self._provenance = facts if isinstance(facts, dict) else None
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._provenance = None
+
+    async def environment_identity(self) -> tuple[str, str, str]:
+        """Image, digest and a description of the running server's environment."""
+        raise NotImplementedError
+
+    async def run_record(self, arguments: list[str], home: str) -> tuple[int, bytes, bytes]:
+        """Run the record program with ``arguments`` as the user; exit code, output, errors."""
+        raise NotImplementedError
+
+    def record_home(self) -> str:
+        """The user's home as the record program sees it."""
+        raise NotImplementedError
+
+    def session_facts(self, spawn: Any, started: float) -> dict[str, Any]:
+        """What the record states of the session starting now (all decided on the hub)."""
+        member_of = sorted(getattr(self, "member_of", ()) or ())
+        areas = [processed_area(p) for p in member_of]
+        area = areas[0] if areas else ""  # where results live: else the home
+        folder = folder_name(started, self.name)
+        return {
+            "home": self.record_home(),
+            "crate": f"{area}/{FOLDER}/{folder}" if area else f"{FOLDER}/{folder}",
+            "areas": areas,
+            "user": self.user.name,
+            "server_name": self.name,
+            "server_type": spawn.options.server_type,
+            "started": started,
+            "environment": spawn.environment.name,
+            "datasets": [[d.pid, d.title] for d in spawn.datasets],
+        }
+
+    async def _run(self, action: str, facts: dict[str, Any]) -> None:
+        """Run the program; any failure (and its time running out) is logged, never raised."""
+        try:
+            code, out, err = await asyncio.wait_for(
+                self.run_record(program_arguments(action, facts), facts["home"]),
+                self.provenance_timeout + 10,
+            )
+        except Exception as e:  # never block a start or a stop, never lose the user's work
+            self.log.warning("%s: provenance %s not recorded: %r", self._log_name, action, e)
+            return
+        if code:
+            problem = (err or out).decode(errors="replace").strip()[-500:]
+            self.log.warning("%s: provenance %s not recorded: %s", self._log_name, action, problem)
+        else:
+            self.log.info("%s: provenance %s: %s", self._log_name, action, out.decode().strip())
+
+    async def record_start(self, spawn: Any, started: float | None = None) -> None:
+        """Write the record of a server that just answered: who, when, what it runs and reads."""
+        try:
+            facts = self.session_facts(spawn, started or time.time())
+            image, digest, description = await self.environment_identity()
+            facts.update(image=image, digest=digest, environment_description=description)
+        except Exception as e:
+            self.log.warning("%s: provenance not recorded: %r", self._log_name, e)
+            return
+        self._provenance = facts
+        await self._run("start", facts)
+
+    async def record_stop(self) -> None:
+        """Complete the record of a server about to stop: its end and the files saved in it."""
+        facts, self._provenance = self._provenance, None
+        if not facts:
+            return
+        await self._run("stop", {**facts, "stopped": time.time()})
