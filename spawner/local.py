@@ -27,12 +27,13 @@ from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import random_port
 from traitlets import Integer, Unicode, default
 
-from spawner import course_delivery, sandbox_init
+from spawner import course_delivery, provenance_record, sandbox_init
 from spawner.common import PortalSpawner
 from spawner.course_delivery import STAGING
 from spawner.courses import CourseLibrary, CourseUnavailable, course_of_server, read_sync_report
-from spawner.mounts import MountError, MountPlan
+from spawner.mounts import Mount, MountError, MountPlan, proposal_folder
 from spawner.options import SpawnRefused
+from spawner.provenance import ProvenanceRecorder, local_environment, processed_area
 from spawner.sandbox import (
     RUN,
     Account,
@@ -53,6 +54,7 @@ from spawner.sandbox import (
 PROGRAMS = PurePosixPath("/opt/panosc-portal")
 INIT = PROGRAMS / "sandbox_init.py"
 DELIVERY = PROGRAMS / "course_delivery.py"
+RECORD = PROGRAMS / "provenance_record.py"
 #: JupyterLab's settings overrides, as the images carry them: no news prompt, no update check.
 #: The server runs in the hub's own environment, so it gets them as its app settings folder.
 LAB_OVERRIDES = Path(__file__).with_name("lab_overrides.json").resolve()
@@ -66,7 +68,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
+class PortalLocalSpawner(ProvenanceRecorder, PortalSpawner, LocalProcessSpawner):
     """Sandboxed local servers, each user under an account of their own.
 
     Every server runs in the hub's own Python environment, so the environment option only
@@ -206,6 +208,7 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         self.progress_event(f"Course {course}: {read_sync_report(out.decode()).summary()}", 50)
 
     async def start(self) -> tuple[str, int]:
+        started = time.time()
         spawn = await self.prepare_spawn()
         account = await self.account()
         home = Path(self.home_dir)
@@ -260,7 +263,45 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
         self.pid = self.proc.pid
         self.log.info("%s: sandbox %d as %s", self._log_name, self.pid, account.name)
         await self.until_answering(run)
+        await self.record_start(spawn, started)
         return "127.0.0.1", self.port
+
+    async def environment_identity(self) -> tuple[str, str, str]:
+        """Local servers run in the hub's own Python: named by it (no image to name)."""
+        return local_environment()
+
+    def record_home(self) -> str:
+        assert self._account is not None  # record_start runs after account()
+        return str(self._account.home)
+
+    async def run_record(self, arguments: list[str], home: str) -> tuple[int, bytes, bytes]:
+        """:mod:`spawner.provenance_record` in a sandbox of its own as the user, with their
+        home and processed areas and nothing else of theirs, as a course delivery runs: the
+        hub never writes into a home itself."""
+        account = await self.account()
+        areas = tuple(
+            Mount(
+                Path(self.processed_root).resolve() / proposal_folder(proposal),
+                PurePosixPath(processed_area(proposal)),
+                read_only=False,
+            )
+            for proposal in sorted(self.member_of)
+            if self.processed_root
+        )
+        box = await asyncio.to_thread(
+            Sandbox,
+            account=account,
+            home=Path(self.home_dir),
+            plan=MountPlan(areas, ()),
+            environment=environment_paths(),
+            binds=[(Path(provenance_record.__file__), RECORD)],
+        )
+        argv = [sys.executable, "-I", "-S", str(RECORD), *arguments]
+        env = {"HOME": str(account.home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        with box:
+            return await run_bounded(
+                box.command(argv), box.fds, env, self.provenance_timeout, self.limits()
+            )
 
     async def until_answering(self, run: Path) -> None:
         """Return once the server answers HTTP on its socket, asked every 50 ms.
@@ -314,6 +355,7 @@ class PortalLocalSpawner(PortalSpawner, LocalProcessSpawner):
 
     async def stop(self, now: bool = False) -> None:
         run = self._run
+        await self.record_stop()  # while the server runs; a failure is only logged
         await super().stop(now=now)
         self.cleanup(run)
 

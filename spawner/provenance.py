@@ -283,16 +283,13 @@ class ProvenanceRecorder(Configurable):
             "datasets": [[d.pid, d.title] for d in spawn.datasets],
         }
 
-    async def _run(self, action: str, facts: dict[str, Any]) -> None:
-        """Run the program; any failure (and its time running out) is logged, never raised."""
-        try:
-            code, out, err = await asyncio.wait_for(
-                self.run_record(program_arguments(action, facts), facts["home"]),
-                self.provenance_timeout + 10,
-            )
-        except Exception as e:  # never block a start or a stop, never lose the user's work
-            self.log.warning("%s: provenance %s not recorded: %r", self._log_name, action, e)
-            return
+    async def _record(self, action: str, facts: dict[str, Any]) -> None:
+        """Run the program, within :attr:`provenance_timeout` (and a margin for the sandbox
+        or ``docker exec`` around it); its result is logged."""
+        code, out, err = await asyncio.wait_for(
+            self.run_record(program_arguments(action, facts), facts["home"]),
+            self.provenance_timeout + 10,
+        )
         if code:
             problem = (err or out).decode(errors="replace").strip()[-500:]
             self.log.warning("%s: provenance %s not recorded: %s", self._log_name, action, problem)
@@ -300,20 +297,30 @@ class ProvenanceRecorder(Configurable):
             self.log.info("%s: provenance %s: %s", self._log_name, action, out.decode().strip())
 
     async def record_start(self, spawn: Any, started: float | None = None) -> None:
-        """Write the record of a server that just answered: who, when, what it runs and reads."""
+        """Write the record of a server that just answered: who, when, what it runs and reads.
+
+        Any failure is logged, never raised: a session without its record is better than no
+        session (and the stop still tries to write the whole record).
+        """
         try:
             facts = self.session_facts(spawn, started or time.time())
             image, digest, description = await self.environment_identity()
             facts.update(image=image, digest=digest, environment_description=description)
+            self._provenance = facts
+            await self._record("start", facts)
         except Exception as e:
-            self.log.warning("%s: provenance not recorded: %r", self._log_name, e)
-            return
-        self._provenance = facts
-        await self._run("start", facts)
+            self.log.warning("%s: provenance start not recorded: %r", self._log_name, e)
 
     async def record_stop(self) -> None:
-        """Complete the record of a server about to stop: its end and the files saved in it."""
+        """Complete the record of a server about to stop: its end and the files saved in it.
+
+        Any failure is logged, never raised: the stop must go on, and the user's files are
+        theirs whatever happens to the record.
+        """
         facts, self._provenance = self._provenance, None
         if not facts:
             return
-        await self._run("stop", {**facts, "stopped": time.time()})
+        try:
+            await self._record("stop", {**facts, "stopped": time.time()})
+        except Exception as e:
+            self.log.warning("%s: provenance stop not recorded: %r", self._log_name, e)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -296,6 +297,8 @@ def test_a_docker_session_is_recorded_in_the_processed_area(alice: PortalClient,
         box,
         "echo 'print(2)' > datasets/ES1001/processed/reduce.py"
         " && ln -sf /etc/shadow shadow.py && ln -sf /etc/passwd passwd.py"
+        " && mkdir -p /tmp/outside && echo secret > /tmp/outside/secret.py"
+        " && ln -sf /tmp/outside/secret.py theirs.py && ln -sfn /tmp/outside outside-link"
         " && ln -sfn /etc etc-link && mkdir -p .ipynb_checkpoints"
         " && cp analysis.ipynb .ipynb_checkpoints/analysis-checkpoint.ipynb",
     )
@@ -336,3 +339,92 @@ def test_a_flood_of_files_in_a_docker_session_is_capped(alice: PortalClient, hub
     assert len(graph["#session"]["result"]) == provenance_record.MAX_FILES
     assert graph["#session"]["capped"] == f"more than {provenance_record.MAX_FILES} files"
     alice.stop("reader")
+
+
+@pytest.mark.e2e
+@pytest.mark.docker
+def test_a_record_that_cannot_be_written_never_blocks_the_stop(alice: PortalClient, hub) -> None:
+    """Attack: the user swaps the record's folder for a link to elsewhere while the session
+    runs. The record is not written through it, the failure is logged, and the server stops
+    as it would have."""
+    alice.spawn("swap", {"type": "lab", "datasets": [XRF]})
+    box = container_of("swap")
+    [record] = [r for r in read_records(hub.folder / "processed" / "MA1234") if r.stopped is None]
+    code, out = as_jovyan(
+        box,
+        "cd datasets/MA1234/processed && mv provenance moved && mkdir -p /tmp/decoy"
+        " && ln -s /tmp/decoy provenance && echo 'print(3)' > ~/kept.py",
+    )
+    assert code == 0, out
+    stopping = time.monotonic()
+    alice.stop("swap")
+    assert time.monotonic() - stopping < 30
+    assert "swap" not in [
+        c.labels["org.panosc.portal.server"] for c in portal_containers(engine(), "alice")
+    ]
+    assert "provenance stop not recorded" in hub.log.read_text()
+    moved = hub.folder / "processed" / "MA1234" / "moved" / record.path.name
+    crate = json.loads((moved / "ro-crate-metadata.json").read_text())
+    session = {e["@id"]: e for e in crate["@graph"]}["#session"]
+    assert "endTime" not in session  # left as it was, never written through the link
+
+
+# -- end to end, on the sandboxed local backend (as root, as the demo runs) -----------------
+
+
+@pytest.fixture(scope="module")
+def local_hub(provider: Provider, data: Path, tmp_path_factory) -> Iterator[Hub]:
+    folder = tmp_path_factory.mktemp("local-hub")
+    h = Hub(
+        {
+            "auth": {
+                "issuer": provider.issuer,
+                "client_id": "portal-provenance-local-tests",
+                "client_secret": "s",
+                "allowed_groups": ["researchers"],
+            },
+            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
+            "spawner": {
+                "backend": "local",
+                "processed_root": str(folder / "processed"),
+                "home_dir": str(folder / "homes" / "{username}"),
+            },
+        },
+        folder,
+    )
+    h.start()
+    yield h
+    h.stop()
+
+
+@pytest.mark.e2e
+def test_a_local_session_is_recorded_by_the_user_in_their_sandbox(local_hub: Hub) -> None:
+    alice = PortalClient(local_hub.url)
+    alice.login(DEMO_USERS["alice"]["sub"])
+    before = time.time()
+    alice.spawn("prov", {"type": "lab", "datasets": [XRF, CEO2]})
+    area = local_hub.folder / "processed" / "ES1001"
+    [record] = read_records(area)
+    assert {pid for pid, _ in record.datasets} == {XRF, CEO2}
+    assert (record.image, record.digest) == local_environment()[:2]
+    started = time.mktime(time.strptime(record.started, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert int(before) <= started <= time.time() and record.stopped is None
+    owner = (record.path / "ro-crate-metadata.json").stat().st_uid
+    assert owner == pwd.getpwnam("panosc-alice").pw_uid  # written by alice, not the hub
+    notebook = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    r = alice.api(
+        "PUT",
+        "user/alice/prov/api/contents/analysis.ipynb",
+        json={"type": "notebook", "format": "json", "content": notebook},
+    )
+    assert r.status_code in (200, 201), r.text
+    out = alice.run_python(
+        "import os\nos.symlink('/etc/passwd', 'passwd.py')\nos.symlink('/etc', 'etc-link')\n"
+        "print(open('analysis.ipynb', 'rb').read().hex())",
+        server="prov",
+    )
+    saved = bytes.fromhex(out.strip())
+    alice.stop("prov")
+    [record] = read_records(area)
+    assert record.stopped is not None
+    assert dict(record.files) == {"analysis.ipynb": hashlib.sha256(saved).hexdigest()}
