@@ -179,6 +179,8 @@ def read_records(folder: Path) -> list[Record]:
 
 # -- writing: the hub's side --------------------------------------------------------------
 
+#: Seconds a start waits for its record (which walks nothing) before it goes on without it.
+START_SECONDS = 10
 #: The kernel refuses one argument over 128 kB (MAX_ARG_STRLEN): the facts go in pieces.
 ARGUMENT_BYTES = 100_000
 
@@ -283,12 +285,11 @@ class ProvenanceRecorder(Configurable):
             "datasets": [[d.pid, d.title] for d in spawn.datasets],
         }
 
-    async def _record(self, action: str, facts: dict[str, Any]) -> None:
-        """Run the program, within :attr:`provenance_timeout` (and a margin for the sandbox
-        or ``docker exec`` around it); its result is logged."""
+    async def _record(self, action: str, facts: dict[str, Any], seconds: float) -> None:
+        """Run the program; wait for it at most ``seconds`` (the program itself is killed
+        after :attr:`provenance_timeout`); its result is logged."""
         code, out, err = await asyncio.wait_for(
-            self.run_record(program_arguments(action, facts), facts["home"]),
-            self.provenance_timeout + 10,
+            self.run_record(program_arguments(action, facts), facts["home"]), seconds
         )
         if code:
             problem = (err or out).decode(errors="replace").strip()[-500:]
@@ -307,7 +308,9 @@ class ProvenanceRecorder(Configurable):
             image, digest, description = await self.environment_identity()
             facts.update(image=image, digest=digest, environment_description=description)
             self._provenance = facts
-            await self._record("start", facts)
+            # The user waits for this one: no walk, so it takes ~0.1 s; never the whole
+            # start_timeout, whatever the storage does.
+            await self._record("start", facts, min(START_SECONDS, self.provenance_timeout))
         except Exception as e:
             self.log.warning("%s: provenance start not recorded: %r", self._log_name, e)
 
@@ -321,6 +324,7 @@ class ProvenanceRecorder(Configurable):
         if not facts:
             return
         try:
-            await self._record("stop", {**facts, "stopped": time.time()})
+            stop = {**facts, "stopped": time.time()}
+            await self._record("stop", stop, self.provenance_timeout + 10)
         except Exception as e:
             self.log.warning("%s: provenance stop not recorded: %r", self._log_name, e)
