@@ -371,6 +371,32 @@ def test_a_record_that_cannot_be_written_never_blocks_the_stop(alice: PortalClie
     assert "endTime" not in session  # left as it was, never written through the link
 
 
+@pytest.mark.e2e
+@pytest.mark.docker
+def test_a_record_begun_before_a_hub_restart_is_completed_at_stop(alice: PortalClient, hub) -> None:
+    """The facts live in the spawner's state: a hub restarted while the server runs (servers
+    outlive it on Docker) still completes the record when the server stops."""
+    alice.spawn("steady", {"type": "lab", "datasets": [CEO2]})
+    hub.stop()
+    hub.start()
+    deadline = time.monotonic() + 30
+    while alice.api("GET", "user/alice/steady/api/status").status_code != 200:
+        assert time.monotonic() < deadline, "server not reachable after the hub restarted"
+        time.sleep(0.5)
+    r = alice.api(
+        "PUT",
+        "user/alice/steady/api/contents/after-restart.py",
+        json={"type": "file", "format": "text", "content": "print(4)\n"},
+    )
+    assert r.status_code in (200, 201), r.text
+    alice.stop("steady")
+    [record] = [
+        r for r in read_records(hub.folder / "processed" / "ES1001") if r.server_name == "steady"
+    ]
+    assert record.stopped is not None and record.datasets[0][0] == CEO2
+    assert ("after-restart.py", hashlib.sha256(b"print(4)\n").hexdigest()) in record.files
+
+
 # -- end to end, on the sandboxed local backend (as root, as the demo runs) -----------------
 
 
