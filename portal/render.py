@@ -48,6 +48,8 @@ def render_config(settings: PortalSettings) -> Config:
                 ("/open", "portal.handlers.OpenHandler"),
                 (r"/course/([a-z0-9-]+)", "portal.handlers.CourseHandler"),
                 (r"/course/([a-z0-9-]+)/students", "portal.handlers.CourseStudentsHandler"),
+                ("/sharing", "portal.sharing.SharingHandler"),
+                ("/support", "portal.sharing.SupportHandler"),
             ],
             "named_server_limit_per_user": spawner.named_server_limit,
         },
@@ -147,6 +149,7 @@ def render_config(settings: PortalSettings) -> Config:
         umbrella["admin_groups"] = []
         if not auth.allow_all:
             umbrella["allowed_groups"] = sorted({*auth.allowed_groups, *auth.admin_groups})
+    sharing(settings, config)
     if settings.cull.enabled:  # activity must reach the hub well within the idle timeout
         config.setdefault("Spawner", {})["environment"] = {
             "JUPYTERHUB_ACTIVITY_INTERVAL": str(activity_interval(settings.cull.timeout))
@@ -221,6 +224,47 @@ def admin_roles(settings: PortalSettings) -> list[dict[str, Any]]:
             "users": sorted(settings.hub.admin_users),
             "groups": sorted(settings.auth.admin_groups),
         },
+    ]
+
+
+#: The hub-managed service whose short-lived tokens create shares after the catalogue check
+#: (portal/sharing.py), and all it holds: ``shares`` (which includes ``access:servers``, needed
+#: to grant it) and the names of users and groups to share with.
+SHARING_SERVICE = "portal-sharing"
+SHARING_SCOPES = ["shares", "read:users:name", "read:groups:name"]
+
+
+def sharing(settings: PortalSettings, config: Config) -> None:
+    """Sharing sessions: users share only through the portal, which asks the catalogue first.
+
+    JupyterHub lets whoever holds ``shares`` on a server share it with anyone; a user
+    holding it could share embargoed data through ``POST /hub/api/shares/...`` and skip the
+    catalogue. So the ``user`` role is pinned to ``self`` (no ``shares``; naming it also
+    takes ``shares`` back from a role an earlier configuration stored in the database), and
+    shares are made by the ``portal-sharing`` service, a name without a process or a
+    configured token: the hub mints it short-lived tokens in memory. Servers re-check with
+    the hub every ``sharing.auth_cache`` seconds, so revoked access ends that fast.
+    """
+    hub = config["JupyterHub"]
+    hub.setdefault("services", []).append({"name": SHARING_SERVICE})
+    hub.setdefault("load_roles", []).extend(
+        [
+            {
+                "name": "user",
+                "description": "Standard user privileges, without sharing servers directly",
+                "scopes": ["self"],
+            },
+            {
+                "name": SHARING_SERVICE,
+                "description": "Share users' servers once the catalogue allowed each grantee",
+                "scopes": SHARING_SCOPES,
+                "services": [SHARING_SERVICE],
+            },
+        ]
+    )
+    config["PortalSharing"] = {"support_groups": sorted(settings.sharing.support_groups)}
+    config.setdefault("Spawner", {})["args"] = [
+        f"--HubOAuth.cache_max_age={settings.sharing.auth_cache}"
     ]
 
 

@@ -371,6 +371,23 @@ class CourseSettings(Section):
         return sources
 
 
+class SharingSettings(Section):
+    """Sharing a running session from the home page, and support staff asking to join one."""
+
+    support_groups: list[str] = Field(
+        default_factory=list,
+        description="Groups whose members (local contacts, instrument scientists) may ask to"
+        " join a user's running session; the owner accepts or declines on their home page.",
+    )
+    auth_cache: int = Field(
+        30,
+        ge=1,
+        le=300,
+        description="Seconds a server reuses the hub's answer on who may enter it: the most a"
+        " revoked or audited-away share keeps working in an already open tab.",
+    )
+
+
 #: Image files JupyterHub's logo handler serves with the right type, as a browser shows them.
 LOGO_SUFFIXES = (".svg", ".png", ".jpg", ".jpeg", ".gif", ".webp")
 #: The portal's own logo, used when ``branding.logo`` is empty.
@@ -465,6 +482,7 @@ class PortalSettings(Section):
     catalogue: CatalogueSettings
     spawner: SpawnerSettings = Field(default_factory=SpawnerSettings)
     courses: CourseSettings = Field(default_factory=CourseSettings)
+    sharing: SharingSettings = Field(default_factory=SharingSettings)
     branding: BrandingSettings = Field(default_factory=BrandingSettings)
     extra_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)

@@ -35,6 +35,7 @@ from spawner.environments import Environment, load_environments
 from spawner.form import options_form
 from spawner.mounts import MountError, MountPlan, StorageRoot, mountable, plan_mounts
 from spawner.options import Resources, ServerOptions, SpawnRefused, parse_options, pick_environment
+from spawner.shares import SUPPORT_REQUESTS, audit_shares, end_shares
 
 
 def user_from_auth_state(username: str, auth_state: dict | None) -> CatalogueUser:
@@ -285,9 +286,15 @@ class PortalSpawner(Configurable):
     def clear_state(self) -> None:
         """Forget the stopped server, but not why the audit stopped it."""
         super().clear_state()
+        end_shares(getattr(self, "orm_spawner", None))  # a restart may mount other data
         self.environment_name = ""
         self.mounted_pids = ()
         self.member_of = frozenset()
+
+    @property
+    def support_requests(self) -> list[str]:
+        """Support staff asking to join this session, for its owner's home page."""
+        return SUPPORT_REQUESTS.of(self.user.name, self.name)
 
     # -- the access audit ---------------------------------------------------------------
 
@@ -305,6 +312,8 @@ class PortalSpawner(Configurable):
         self._last_audit = time.monotonic()
         lost = await self.audit()
         if not lost:
+            # The owner keeps access; each grantee must still read all of it too.
+            await audit_shares(self.orm_spawner, self.catalogue, self.mounted_pids, self.member_of)
             return None
         self.access_revoked = (
             f"Your session {self.name or 'default'} was stopped: you may no longer read"

@@ -106,6 +106,9 @@
           if (!same) {
             await refresh();
             announce(before, shown());
+          } else if (await sharingChanged()) {
+            await refresh();
+            notice.textContent = "Sharing of your sessions has changed.";
           }
           for (const row of rows()) {
             const server = servers[row.dataset.serverName];
@@ -145,9 +148,59 @@
     poll();
   }
 
+  // Sharing (portal/sharing.py): the hub checks the catalogue and says why it refuses.
+  const sharingUrl = `${window.jhdata.base_url}sharing`;
+  let sharingSeen = null; // the last /hub/sharing answer, to see a new support request
+
+  async function sharing(body) {
+    error.classList.add("d-none");
+    try {
+      const response = await fetch(sharingUrl, {
+        method: "POST",
+        headers: { ...headers, "Content-Type": "application/json" },
+        credentials: "same-origin",
+        body: JSON.stringify(body),
+      });
+      const answer = await response.json().catch(() => ({}));
+      if (response.ok) notice.textContent = answer.message || "Done.";
+      else fail(answer.message || response.statusText);
+    } catch (e) {
+      fail("The hub did not answer; nothing was changed.");
+    }
+    sharingSeen = null;
+    await refresh();
+  }
+
+  async function sharingChanged() {
+    const response = await fetch(sharingUrl, { headers, credentials: "same-origin" });
+    if (!response.ok) return false;
+    const text = await response.text();
+    const changed = sharingSeen !== null && text !== sharingSeen;
+    sharingSeen = text;
+    return changed;
+  }
+
+  live.addEventListener("submit", (event) => {
+    const form = event.target.closest(".portal-share-form");
+    if (!form) return;
+    event.preventDefault();
+    const server = form.closest("tr").dataset.serverName;
+    sharing({ action: "share", server, name: form.elements.name.value, kind: form.elements.kind.value });
+  });
+
   live.addEventListener("click", (event) => {
     const button = event.target.closest(".portal-stop");
     if (button) stop(button);
+    const other = event.target.closest(".portal-revoke, .portal-accept, .portal-decline");
+    if (!other) return;
+    const server = other.closest("tr").dataset.serverName;
+    if (other.matches(".portal-revoke")) {
+      const share = other.closest(".portal-share");
+      sharing({ action: "revoke", server, name: share.dataset.name, kind: share.dataset.kind });
+    } else {
+      const name = other.closest(".portal-request").dataset.requester;
+      sharing({ action: other.matches(".portal-accept") ? "accept" : "decline", server, name });
+    }
   });
   // Back from another tab (a session started there): look at once.
   document.addEventListener("visibilitychange", () => {
