@@ -25,7 +25,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import List, Unicode
-from traitlets.config import Configurable
+from traitlets.config import SingletonConfigurable
 
 from portal.catalogue import CatalogueError
 from portal.handlers import PortalPage
@@ -43,7 +43,7 @@ from spawner.shares import (
 TOKEN_LIFETIME = 3600
 
 
-class PortalSharing(Configurable):
+class PortalSharing(SingletonConfigurable):
     """Who may ask to join other users' sessions (``c.PortalSharing.support_groups``)."""
 
     support_groups = List(
