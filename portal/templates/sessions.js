@@ -150,7 +150,6 @@
 
   // Sharing (portal/sharing.py): the hub checks the catalogue and says why it refuses.
   const sharingUrl = `${window.jhdata.base_url}sharing`;
-  let sharingSeen = null; // the last /hub/sharing answer, to see a new support request
 
   async function sharing(body) {
     error.classList.add("d-none");
@@ -167,17 +166,28 @@
     } catch (e) {
       fail("The hub did not answer; nothing was changed.");
     }
-    sharingSeen = null;
     await refresh();
   }
 
+  // Whether the hub's shares and support requests differ from what the table shows.
   async function sharingChanged() {
     const response = await fetch(sharingUrl, { headers, credentials: "same-origin" });
     if (!response.ok) return false;
-    const text = await response.text();
-    const changed = sharingSeen !== null && text !== sharingSeen;
-    sharingSeen = text;
-    return changed;
+    const now = await response.json();
+    const shown = [], hub = [];
+    for (const row of live.querySelectorAll("tr.portal-sharing")) {
+      const server = row.dataset.serverName;
+      for (const s of row.querySelectorAll(".portal-share")) {
+        shown.push(`${server}|${s.dataset.kind}|${s.dataset.name}`);
+      }
+      for (const r of row.querySelectorAll(".portal-request")) {
+        shown.push(`${server}|request|${r.dataset.requester}`);
+      }
+      const state = now[server] || { shares: [], requests: [] };
+      for (const s of state.shares) hub.push(`${server}|${s.kind}|${s.name}`);
+      for (const r of state.requests) hub.push(`${server}|request|${r}`);
+    }
+    return shown.sort().join("\n") !== hub.sort().join("\n");
   }
 
   live.addEventListener("submit", (event) => {
