@@ -441,12 +441,13 @@ def hub_config(objects: list[dict], tmp_path: Path) -> dict:
 def test_the_idle_culler_is_a_hub_service_with_least_privilege(tmp_path: Path) -> None:
     objects = render(CI / "production-values.yaml")
     hub = hub_config(objects, tmp_path)["JupyterHub"]
-    [service] = hub["services"]
+    [service] = [s for s in hub["services"] if s["name"] == "idle-culler"]
     assert service["name"] == "idle-culler"
     assert service["command"][:3] == ["python3", "-m", "jupyterhub_idle_culler"]
     assert {"--timeout=7200", "--cull-every=300", "--max-age=86400"} <= set(service["command"])
     roles = {r["name"]: r for r in hub["load_roles"]}
-    assert set(roles) == {"idle-culler", "admin", "portal-admin"}  # admins: no data access
+    # admins: no data access; users: no direct sharing (portal/sharing.py shares for them)
+    assert set(roles) == {"idle-culler", "admin", "portal-admin", "user", "portal-sharing"}
     role = roles["idle-culler"]
     assert role["services"] == ["idle-culler"]
     assert role["scopes"] == ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -461,10 +462,10 @@ def test_the_idle_culler_is_a_hub_service_with_least_privilege(tmp_path: Path) -
     under = hub_config(render(CI / "minimal-values.yaml", "hub.baseUrl=/portal/"), tmp_path)
     assert (
         "--url=http://localhost:8081/portal/hub/api"
-        in under["JupyterHub"]["services"][0]["command"]
+        in next(s for s in under["JupyterHub"]["services"] if s["name"] == "idle-culler")["command"]
     )
     off = hub_config(render(CI / "minimal-values.yaml", "cull.enabled=false"), tmp_path)
-    assert "services" not in off["JupyterHub"]
+    assert [s["name"] for s in off["JupyterHub"]["services"]] == ["portal-sharing"]
 
 
 def test_extra_config_passes_through(tmp_path: Path) -> None:
