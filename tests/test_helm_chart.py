@@ -746,3 +746,11 @@ def test_the_readme_kubernetes_commands_work_as_pasted(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK" in out.stdout and "spawner kube" in out.stdout
+
+
+def test_sharing_support_groups_reach_the_hub(tmp_path: Path) -> None:
+    """sharing.supportGroups and authCache become portal.yaml's sharing: section."""
+    values = ["sharing.supportGroups={local-contacts}", "sharing.authCache=10"]
+    config = hub_config(render(CI / "minimal-values.yaml", *values), tmp_path)
+    assert config["PortalSharing"] == {"support_groups": ["local-contacts"]}
+    assert config["Spawner"]["args"] == ["--HubOAuth.cache_max_age=10"]

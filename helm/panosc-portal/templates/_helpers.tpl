@@ -194,6 +194,7 @@ seccompProfile:
 {{- $cull := dict "enabled" $v.cull.enabled "timeout" (int $v.cull.timeout) "every" (int $v.cull.every) "max_age" (int $v.cull.maxAge) -}}
 {{- $config := dict "hub" $hub "cull" $cull "auth" $v.portal.auth "catalogue" $v.portal.catalogue "spawner" $spawner -}}
 {{- with $v.portal.branding -}}{{- $_ := set $config "branding" . -}}{{- end -}}
+{{- with $v.sharing -}}{{- $_ := set $config "sharing" (dict "support_groups" (.supportGroups | default list) "auth_cache" (int (.authCache | default 30))) -}}{{- end -}}
 {{- with $v.hub.extraConfig -}}{{- $_ := set $config "extra_config" . -}}{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
