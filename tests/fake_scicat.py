@@ -42,6 +42,20 @@ follows (paths under ``src/``):
   with 201 (``auth/auth.service.ts``); the latter is throttled to one request a second per
   client (``app.module.ts`` ``ThrottlerModule``, 429 with ``Retry-After``).
 
+- ``POST /api/v3/Datasets`` of a derived dataset (scicat-backend-next at 4055c962:
+  ``datasets/datasets.controller.ts`` lines 663-760, ``create`` and
+  ``validateDatasetObsolete`` with ``whitelist``, ``forbidNonWhitelisted``): anonymous is a
+  403; the body is validated against ``CreateDerivedDatasetObsoleteDto``
+  (``dto/create-derived-dataset-obsolete.dto.ts`` lines 7-42, ``type`` and
+  ``datasetName``), ``dto/update-derived-dataset-obsolete.dto.ts`` lines 12-55
+  (``investigator`` a string, ``inputDatasets`` and ``usedSoftware`` arrays of strings,
+  ``jobParameters`` an object), ``dto/update-dataset-obsolete.dto.ts`` lines 40-337
+  (``owner`` string, ``contactEmail`` e-mails, ``sourceFolder`` non-empty, ``creationTime`` an
+  ISO date, integers, ``isPublished`` boolean...) and ``common/dto/ownable.dto.ts`` lines
+  10-32 (``ownerGroup`` string, ``accessGroups`` strings); an unknown field or a wrong type
+  is a 400 listing each problem; creating needs ``ownerGroup`` among the caller's groups
+  (``checkPermissionsForObsoleteDatasetCreate``), else 403. Created datasets are kept.
+
 Knobs beyond SciCat: ``leaky`` ignores access (a broken server the portal must not trust),
 and ``delay``/``fail_next`` (:class:`tests.catalogue_servers.JsonServer`).
 """
@@ -53,6 +67,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -320,6 +335,8 @@ class SciCatServer(JsonServer):
             )
         if method == "GET" and route == "/api/v3/datasets":
             return self.v3_find_all(who, params, headers)
+        if method == "POST" and route == "/api/v3/datasets":
+            return self.create(who, body)
         if method == "GET" and route == "/api/v4/datasets":
             return self.v4_find_all(who, params)
         thumbnail = re.fullmatch(r"/api/v3/datasets/([^/]+)/thumbnail", path.rstrip("/"), re.I)
@@ -407,6 +424,25 @@ class SciCatServer(JsonServer):
             return found
         return Answer(200, [obsolete(r) for r in found])
 
+    def create(self, who: SciCatUser | None, body: Any) -> Answer:
+        """``POST /api/v3/Datasets`` of a derived dataset (see the module docstring)."""
+        if who is None:
+            return Answer(
+                403, {"message": "Unauthorized access", "error": "Forbidden", "statusCode": 403}
+            )
+        problems = derived_problems(body)
+        if problems:
+            return Answer(400, {"message": problems, "error": "Bad Request", "statusCode": 400})
+        if body["ownerGroup"] not in who.groups and not who.groups & self.admin_groups:
+            return Answer(
+                403, {"message": "Unauthorized to create this dataset", "statusCode": 403}
+            )
+        record = {**body, "pid": body.get("pid") or f"20.500.12345/{secrets.token_hex(8)}"}
+        record.update(createdBy=who.username, updatedBy=who.username, createdAt=iso_now())
+        record["proposalIds"] = [record.pop("proposalId")] if "proposalId" in record else []
+        self.datasets.append(record)
+        return Answer(201, obsolete(record))
+
     def v4_find_all(self, who: SciCatUser | None, params: dict[str, str]) -> Answer:
         if who is None:
             return Answer(
@@ -430,6 +466,72 @@ class SciCatServer(JsonServer):
         }
         found = self._run(match, limits)
         return found if isinstance(found, Answer) else Answer(200, found)
+
+
+#: ``CreateDerivedDatasetObsoleteDto``'s fields and their checks (see the module docstring).
+DERIVED_REQUIRED = {
+    "owner": "string", "contactEmail": "emails", "sourceFolder": "nonempty",
+    "creationTime": "date", "ownerGroup": "string", "investigator": "string",
+    "inputDatasets": "strings", "usedSoftware": "strings", "type": "type",
+}  # fmt: skip
+DERIVED_OPTIONAL = {
+    "pid": "string", "version": "string", "datasetName": "string", "ownerEmail": "emails",
+    "orcidOfOwner": "string", "sourceFolderHost": "string", "size": "int", "packedSize": "int",
+    "numberOfFiles": "int", "numberOfFilesArchived": "int", "validationStatus": "string",
+    "keywords": "strings", "description": "string", "classification": "string",
+    "license": "string", "isPublished": "bool", "techniques": "array",
+    "sharedWith": "strings", "relationships": "array", "datasetlifecycle": "object",
+    "scientificMetadata": "object", "scientificMetadataSchema": "string",
+    "scientificMetadataValid": "bool", "comment": "string", "dataQualityMetrics": "number",
+    "proposalId": "string", "runNumber": "string", "accessGroups": "strings",
+    "instrumentGroup": "string", "jobParameters": "object", "jobLogData": "string",
+}  # fmt: skip
+_EMAIL = re.compile(r"[^@\s;]+@[^@\s;]+\.[^@\s;]+")
+
+
+def _valid(kind: str, value: Any) -> bool:
+    checks = {
+        "string": lambda v: isinstance(v, str),
+        "nonempty": lambda v: isinstance(v, str) and bool(v.strip()),
+        "emails": lambda v: (
+            isinstance(v, str) and all(_EMAIL.fullmatch(e.strip()) for e in v.split(";"))
+        ),
+        "date": lambda v: isinstance(v, str) and _iso_date(v),
+        "strings": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "type": lambda v: v in ("raw", "derived"),
+    }
+    return checks[kind](value)
+
+
+def _iso_date(value: str) -> bool:
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return "T" in value or len(value) == 10
+
+
+def derived_problems(body: Any) -> list[str]:
+    """What ``validateDatasetObsolete`` says of a derived dataset's body (empty: valid)."""
+    if not isinstance(body, dict):
+        return ["an unknown value was passed to the validate function"]
+    problems = [
+        f"property {k} should not exist"
+        for k in body
+        if k not in DERIVED_REQUIRED and k not in DERIVED_OPTIONAL
+    ]
+    for name, kind in {**DERIVED_REQUIRED, **DERIVED_OPTIONAL}.items():
+        if name not in body:
+            if name in DERIVED_REQUIRED:
+                problems.append(f"{name} must be a valid {kind}")
+        elif not _valid(kind, body[name]):
+            problems.append(f"{name} must be a valid {kind}")
+    return problems
 
 
 def v3_limits(limits: Any) -> dict[str, Any]:

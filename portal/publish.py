@@ -1,0 +1,295 @@
+"""Publish results: register a folder of a processed area as a derived dataset.
+
+The user names a proposal, a folder of its processed area (relative to it), the
+provenance records of the sessions that produced it, a title and a description. Nothing
+the browser sends is trusted as a path: the folder is resolved here, component by
+component without following a symlink, inside ``<processed_root>/<proposal>``, and the
+proposal's membership is asked of the catalogue at publish time. Nothing of the user's
+files is copied or moved: the catalogue gets a description of the folder (inputs from the
+records, software from their environment and image digest, the files with sizes).
+
+Backends: SciCat gets a derived dataset through ``POST /api/v3/Datasets`` as its DTOs
+validate it (``CreateDerivedDatasetObsoleteDto``); the PaNOSC Search API is read-only and
+publishing there is refused with a message saying so. The local catalogue's registration
+is not written yet (see the module's report).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from portal.catalogue.base import Catalogue, CatalogueError, DatasetNotFound
+from portal.catalogue.model import CatalogueUser, Dataset
+from spawner.mounts import proposal_folder
+from spawner.provenance import Record, read_records
+
+#: The most files a published folder may list (a SciCat OrigDatablock is one document).
+MAX_FILES = 10_000
+
+
+class PublishRefused(CatalogueError):
+    """Publishing is refused; ``field`` names the form field to fix, the message how."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """One regular file of the published folder: path relative to it, size, mtime."""
+
+    path: str
+    size: int
+    modified: float
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What is registered: checked facts only, each decided on the hub."""
+
+    proposal: str
+    folder: Path  # the host folder, resolved inside the processed area
+    relative: str  # the folder relative to the processed area, as the user sees it
+    title: str
+    description: str
+    inputs: tuple[Dataset, ...]
+    software: tuple[str, ...]  # "environment image@digest" of each record
+    records: tuple[Record, ...]
+    files: tuple[PublishedFile, ...]
+    user: CatalogueUser
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def processed_area(processed_root: str, proposal: str) -> Path:
+    """The host folder of ``proposal``'s processed area (as :mod:`spawner.mounts` mounts it)."""
+    return Path(processed_root).resolve() / proposal_folder(proposal)
+
+
+def resolve_folder(area: Path, relative: str) -> Path:
+    """``relative`` (as typed or chosen in the form) inside ``area``, or :class:`PublishRefused`.
+
+    Refused: an absolute path, any ``..`` or empty component, a component that is a symlink
+    or not a folder. Each component is looked at with ``lstat`` from the area down, so no
+    link planted by a proposal member (the area is shared) leads out of it.
+    """
+    text = relative.strip().strip("/") if not relative.startswith("/") else relative
+    if text.startswith("/") or "\\" in text or "\0" in text:
+        raise PublishRefused(
+            "folder",
+            f"Folder {relative!r}: give a path relative to the processed area"
+            " (like results/fit-1), not an absolute one.",
+        )
+    parts = PurePosixPath(text).parts if text else ()
+    if any(p in ("..", ".") for p in text.split("/")):
+        raise PublishRefused(
+            "folder", f"Folder {relative!r}: '..' and '.' are not allowed; pick a listed folder."
+        )
+    if parts and parts[0] == "provenance":
+        raise PublishRefused("folder", "Folder: the provenance records are not results.")
+    current = area
+    try:
+        if not stat.S_ISDIR(area.lstat().st_mode):
+            raise OSError
+    except OSError:
+        raise PublishRefused(
+            "proposal", "This proposal has no processed area yet: start a session first."
+        ) from None
+    for part in parts:
+        current = current / part
+        try:
+            mode = current.lstat().st_mode
+        except OSError:
+            raise PublishRefused(
+                "folder", f"Folder {relative!r} does not exist in the processed area."
+            ) from None
+        if stat.S_ISLNK(mode):
+            raise PublishRefused(
+                "folder",
+                f"Folder {relative!r} goes through a symbolic link ({part}); publish the"
+                " folder itself, inside the processed area.",
+            )
+        if not stat.S_ISDIR(mode):
+            raise PublishRefused("folder", f"{relative!r} is not a folder; pick a folder.")
+    return current
+
+
+def list_files(folder: Path) -> tuple[PublishedFile, ...]:
+    """The regular files below ``folder``; links are neither followed nor listed."""
+    found: list[PublishedFile] = []
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    rel = Path(entry.path).relative_to(folder).as_posix()
+                    found.append(PublishedFile(rel, info.st_size, info.st_mtime))
+                if len(found) > MAX_FILES:
+                    raise PublishRefused(
+                        "folder",
+                        f"The folder holds more than {MAX_FILES:,} files: pick a smaller one.",
+                    )
+    return tuple(sorted(found, key=lambda f: f.path))
+
+
+def list_folders(area: Path, limit: int = 500) -> list[str]:
+    """Folders of the processed area (relative, sorted) for the form: no links, no records."""
+    found: list[str] = []
+    pending = [area]
+    while pending and len(found) < limit:
+        with os.scandir(pending.pop()) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith(".") or entry.name == "provenance":
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    found.append(Path(entry.path).relative_to(area).as_posix())
+                    pending.append(Path(entry.path))
+    return sorted(found)
+
+
+def prepare(
+    catalogue: Catalogue,
+    user: CatalogueUser,
+    processed_root: str,
+    *,
+    proposal: str,
+    folder: str,
+    records: list[str],
+    title: str,
+    description: str,
+) -> Publication:
+    """Check everything the form sent and return what would be published; refuse otherwise.
+
+    Membership is the catalogue's answer now (:meth:`Catalogue.member_proposals`), not the
+    form's. Every input named by a chosen record must be readable by ``user`` now: a record
+    is a file in a shared area, and any member could have written it.
+    """
+    if not processed_root:
+        raise PublishRefused("proposal", "This portal has no processed areas to publish from.")
+    if not proposal or proposal not in catalogue.member_proposals(user):
+        raise PublishRefused(
+            "proposal",
+            f"Proposal {proposal!r}: you are not a member of it; pick one of your proposals.",
+        )
+    if not title.strip():
+        raise PublishRefused("title", "Title: give the results a title.")
+    area = processed_area(processed_root, proposal)
+    host = resolve_folder(area, folder)
+    if host == area:
+        raise PublishRefused("folder", "Folder: pick a folder inside the processed area.")
+    files = list_files(host)
+    if not files:
+        raise PublishRefused(
+            "folder", f"Folder {folder!r} is empty: save your results in it first."
+        )
+    known = {r.path.name: r for r in read_records(area)}
+    chosen = []
+    for name in records:
+        if name not in known:
+            raise PublishRefused(
+                "records", f"Provenance record {name!r} is not in this processed area."
+            )
+        chosen.append(known[name])
+    if not chosen:
+        raise PublishRefused(
+            "records", "Provenance: pick the session (or sessions) that produced these results."
+        )
+    inputs: dict[str, Dataset] = {}
+    for record in chosen:
+        for pid, _title in record.datasets:
+            try:
+                inputs[pid] = catalogue.get(pid, user)
+            except DatasetNotFound:
+                raise PublishRefused(
+                    "records",
+                    f"Provenance record {record.path.name} names the input {pid}, which you"
+                    " may not read: pick another record.",
+                ) from None
+    software = tuple(
+        dict.fromkeys(
+            f"{r.environment} {r.image}@{r.digest}".strip() for r in chosen if r.environment
+        )
+    )
+    return Publication(
+        proposal=proposal,
+        folder=host,
+        relative=host.relative_to(area).as_posix(),
+        title=title.strip(),
+        description=description.strip(),
+        inputs=tuple(inputs.values()),
+        software=software,
+        records=tuple(chosen),
+        files=files,
+        user=user,
+    )
+
+
+def scicat_derived(publication: Publication, source_folder: str) -> dict[str, Any]:
+    """The body of ``POST /api/v3/Datasets`` for a derived dataset, as SciCat's
+    ``CreateDerivedDatasetObsoleteDto`` validates it (whitelisted fields only)."""
+    user = publication.user
+    email = user.email or ""
+    return {
+        "type": "derived",
+        "datasetName": publication.title,
+        "description": publication.description,
+        "owner": user.username,
+        "contactEmail": email,
+        "investigator": email or user.username,
+        "sourceFolder": source_folder,
+        "creationTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "ownerGroup": publication.proposal,
+        "accessGroups": sorted({g for d in publication.inputs for g in d.access_groups}),
+        "inputDatasets": [d.pid for d in publication.inputs],
+        "usedSoftware": list(publication.software),
+        "jobParameters": {
+            "provenance": [r.path.name for r in publication.records],
+            "sessions": [
+                {"server": r.server_name, "started": r.started, "stopped": r.stopped}
+                for r in publication.records
+            ],
+        },
+        "proposalId": publication.proposal,
+        "size": publication.size,
+        "numberOfFiles": len(publication.files),
+        "isPublished": False,
+    }
+
+
+def publish_scicat(catalogue: Any, publication: Publication, source_folder: str) -> dict[str, Any]:
+    """POST the derived dataset to SciCat with the token the backend reads with; SciCat's
+    answer (the created dataset) or :class:`CatalogueError` with SciCat's own message."""
+    if not publication.user.email:
+        raise PublishRefused(
+            "contact", "SciCat needs a contact e-mail: your identity provider gave none verified."
+        )
+    body = scicat_derived(publication, source_folder)
+    url = catalogue.endpoint("/api/v3/Datasets")
+    headers = {"Accept": "application/json", **catalogue.auth_headers(publication.user)}
+    response = catalogue.send(url, headers, json_body=body)
+    if response.status_code not in (200, 201):
+        raise CatalogueError(
+            f"SciCat refused the derived dataset (HTTP {response.status_code}):"
+            f" {response.text[:300]}"
+        )
+    return response.json()
+
+
+def refuse_read_only(backend: str) -> None:
+    """The PaNOSC Search API serves records and takes none: say so, before any work."""
+    raise PublishRefused(
+        "catalogue",
+        f"This portal's catalogue ({backend}) is read-only: results cannot be published to it."
+        " Ask the facility to publish them through its own catalogue.",
+    )

@@ -1,0 +1,226 @@
+"""Publishing results: every refusal first (the attacks were written before the checks),
+then the SciCat request against the rebuilt SciCat server, which validates it as SciCat's
+DTOs do, and refuses what real SciCat refuses."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from portal.catalogue.scicat import SciCatCatalogue
+from portal.publish import (
+    PublishRefused,
+    list_folders,
+    prepare,
+    publish_scicat,
+    refuse_read_only,
+    scicat_derived,
+)
+from spawner.provenance_record import crate, folder_name, write
+from tests.fake_scicat import SciCatServer, derived_problems
+from tests.test_catalogue_http import ALICE, BOB, MATRIX, TRUST, scicat_server
+
+INPUT = MATRIX["member"]  # MA1234's XRF map: alice may read it
+EMBARGOED = MATRIX["non-member"]  # IH2002: alice may not
+
+
+def record(area: Path, datasets: list, server: str = "lab-1", started: float = 0.0) -> str:
+    """A provenance record in ``area``, written by the provenance helper's own writer."""
+    started = started or time.time() - 3600
+    name = folder_name(started, server)
+    facts = {
+        "crate": f"provenance/{name}",
+        "user": "alice",
+        "server_name": server,
+        "server_type": "lab",
+        "started": started,
+        "stopped": started + 600,
+        "environment": "xrf",
+        "image": "panosc/xrf:latest",
+        "digest": "sha256:" + "ab" * 32,
+        "datasets": [[d.pid, d.title] for d in datasets],
+    }
+    write(str(area), facts, crate(facts, [], ""))
+    return name
+
+
+@pytest.fixture
+def scicat() -> Iterator[tuple[SciCatServer, SciCatCatalogue]]:
+    server = scicat_server()
+    with server.running() as url:
+        yield server, SciCatCatalogue(url=url, trusted_writers=TRUST, backoff=0.01)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A processed root with MA1234's area: a results folder and one record."""
+    area = tmp_path / "processed" / "MA1234"
+    (area / "results" / "fit-1").mkdir(parents=True)
+    (area / "results" / "fit-1" / "peaks.csv").write_text("energy,counts\n1,2\n")
+    (area / "results" / "empty").mkdir()
+    return tmp_path / "processed"
+
+
+def ask(catalogue, root: Path, **given):
+    form = {
+        "proposal": "MA1234",
+        "folder": "results/fit-1",
+        "records": [],
+        "title": "Fitted peaks",
+        "description": "Peaks of the XRF map.",
+    }
+    form.update(given)
+    return prepare(catalogue, ALICE, str(root), **form)
+
+
+# -- refusals ---------------------------------------------------------------------------
+
+
+def test_symlink_escape_is_refused(scicat, root: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "elsewhere"
+    secret.mkdir()
+    (secret / "data.h5").write_text("not yours")
+    os.symlink(secret, root / "MA1234" / "results" / "link")
+    name = record(root / "MA1234", [INPUT])
+    with pytest.raises(PublishRefused, match="symbolic link") as e:
+        ask(scicat[1], root, folder="results/link", records=[name])
+    assert e.value.field == "folder"
+
+
+def test_symlinked_area_component_is_refused(scicat, root: Path, tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    os.symlink(tmp_path / "other", root / "MA1234" / "out")
+    with pytest.raises(PublishRefused, match="symbolic link"):
+        ask(scicat[1], root, folder="out")
+
+
+@pytest.mark.parametrize("folder", ["../IH2002/results", "results/../../IH2002", ".."])
+def test_dot_dot_is_refused(scicat, root: Path, folder: str) -> None:
+    (root / "IH2002" / "results").mkdir(parents=True)
+    (root / "IH2002" / "results" / "x.txt").write_text("x")
+    with pytest.raises(PublishRefused, match=r"'\.\.'") as e:
+        ask(scicat[1], root, folder=folder)
+    assert e.value.field == "folder"
+
+
+def test_absolute_path_is_refused(scicat, root: Path) -> None:
+    with pytest.raises(PublishRefused, match="absolute"):
+        ask(scicat[1], root, folder=str(root / "MA1234" / "results" / "fit-1"))
+
+
+def test_non_member_is_refused(scicat, root: Path) -> None:
+    (root / "IH2002" / "r").mkdir(parents=True)
+    (root / "IH2002" / "r" / "x.txt").write_text("x")
+    with pytest.raises(PublishRefused, match="not a member") as e:
+        ask(scicat[1], root, proposal="IH2002", folder="r")
+    assert e.value.field == "proposal"
+
+
+def test_empty_folder_is_refused(scicat, root: Path) -> None:
+    name = record(root / "MA1234", [INPUT])
+    with pytest.raises(PublishRefused, match="empty") as e:
+        ask(scicat[1], root, folder="results/empty", records=[name])
+    assert e.value.field == "folder"
+
+
+def test_the_area_itself_and_missing_folders_are_refused(scicat, root: Path) -> None:
+    with pytest.raises(PublishRefused, match="inside the processed area"):
+        ask(scicat[1], root, folder="")
+    with pytest.raises(PublishRefused, match="does not exist"):
+        ask(scicat[1], root, folder="results/nope")
+
+
+def test_a_record_naming_data_the_user_may_not_read_is_refused(scicat, root: Path) -> None:
+    """A record is a file in a shared area: any member could have planted one."""
+    name = record(root / "MA1234", [INPUT, EMBARGOED])
+    with pytest.raises(PublishRefused, match=EMBARGOED.pid) as e:
+        ask(scicat[1], root, records=[name])
+    assert e.value.field == "records"
+
+
+def test_unknown_or_no_record_is_refused(scicat, root: Path) -> None:
+    with pytest.raises(PublishRefused, match="not in this processed area"):
+        ask(scicat[1], root, records=["../../etc"])
+    with pytest.raises(PublishRefused, match="pick the session"):
+        ask(scicat[1], root, records=[])
+
+
+def test_search_api_is_read_only() -> None:
+    with pytest.raises(PublishRefused, match="read-only"):
+        refuse_read_only("search-api")
+
+
+def test_form_folders_list_no_links_nor_records(root: Path, tmp_path: Path) -> None:
+    record(root / "MA1234", [INPUT])
+    os.symlink(tmp_path, root / "MA1234" / "results" / "link")
+    assert list_folders(root / "MA1234") == ["results", "results/empty", "results/fit-1"]
+
+
+# -- SciCat -----------------------------------------------------------------------------
+
+
+def test_scicat_derived_dataset_is_accepted_and_linked(scicat, root: Path) -> None:
+    server, catalogue = scicat
+    name = record(root / "MA1234", [INPUT])
+    publication = ask(catalogue, root, records=[name])
+    created = publish_scicat(catalogue, publication, "/gpfs/processed/MA1234/results/fit-1")
+    posted = [s for s in server.seen if s.method == "POST" and s.path == "/api/v3/Datasets"]
+    assert len(posted) == 1
+    body = posted[0].body
+    assert derived_problems(body) == []
+    assert body["type"] == "derived"
+    assert body["inputDatasets"] == [INPUT.pid]
+    assert body["usedSoftware"] == ["xrf panosc/xrf:latest@sha256:" + "ab" * 32]
+    assert body["ownerGroup"] == "MA1234"
+    assert body["numberOfFiles"] == 1 and body["size"] == len("energy,counts\n1,2\n")
+    assert body["jobParameters"]["provenance"] == [name]
+    assert created["pid"] and created["createdBy"] == "alice"
+    # alice reads it back through the portal; bob (not in MA1234) does not
+    assert catalogue.get(created["pid"], ALICE).title == "Fitted peaks"
+
+
+def test_fake_scicat_refuses_what_scicat_refuses(scicat, root: Path) -> None:
+    _, catalogue = scicat
+    name = record(root / "MA1234", [INPUT])
+    good = scicat_derived(ask(catalogue, root, records=[name]), "/gpfs/processed/MA1234/r")
+    assert derived_problems(good) == []
+    bad = [
+        ({k: v for k, v in good.items() if k != "investigator"}, "investigator"),
+        ({**good, "contactEmail": ""}, "contactEmail"),
+        ({**good, "inputDatasets": "one"}, "inputDatasets"),
+        ({**good, "usedSoftware": [1]}, "usedSoftware"),
+        ({**good, "jobParameters": []}, "jobParameters"),
+        ({**good, "sourceFolder": " "}, "sourceFolder"),
+        ({**good, "creationTime": "yesterday"}, "creationTime"),
+        ({**good, "size": 1.5}, "size"),
+        ({**good, "files": []}, "files"),
+    ]
+    for body, field in bad:
+        assert any(field in p for p in derived_problems(body)), field
+    # over the wire: a 400, and the portal's error carries SciCat's message
+    session = catalogue._session()
+    url = catalogue.endpoint("/api/v3/Datasets")
+    headers = catalogue.auth_headers(ALICE)
+    answer = session.post(url, json={**good, "files": []}, headers=headers)
+    assert answer.status_code == 400 and "files" in answer.text
+    # a group the caller is not in is a 403, anonymous too
+    assert (
+        session.post(url, json={**good, "ownerGroup": "IH2002"}, headers=headers).status_code == 403
+    )
+    assert session.post(url, json=good).status_code == 403
+
+
+def test_scicat_needs_a_contact_email(scicat, root: Path) -> None:
+    from dataclasses import replace
+
+    _, catalogue = scicat
+    name = record(root / "MA1234", [INPUT])
+    publication = replace(ask(catalogue, root, records=[name]), user=replace(ALICE, email=""))
+    with pytest.raises(PublishRefused, match="e-mail"):
+        publish_scicat(catalogue, publication, "/x")
+    assert BOB.email  # bob is the non-member of MA1234 in these tests
