@@ -363,3 +363,31 @@ def test_support_asks_the_owner_accepts_and_access_ends_at_stop(clients, hub) ->
 def test_home_sharing_picture_is_in_the_docs() -> None:
     """docs/images/home-sharing.png is copied by hand from test-artifacts after a look."""
     assert (ROOT / "docs/images/home-sharing.png").stat().st_size > 10_000
+
+
+@pytest.mark.e2e
+@pytest.mark.docker
+@pytest.mark.browser
+def test_support_page_asks_by_keyboard_and_is_accessible(
+    browser: Browser, hub: Hub, provider: Provider, clients, artifacts: Path
+) -> None:
+    alice = clients["alice"]
+    alice.spawn("kbd", {"type": "lab", "datasets": [SAXS]})
+    try:
+        context = browser.new_context(viewport={"width": 1100, "height": 700})
+        context.set_default_timeout(60_000)
+        page = context.new_page()
+        sign_in(page, hub.url, provider.issuer, "sam@umbrella.demo", "/hub/support")
+        page.get_by_label("User name").fill("alice")
+        page.get_by_label("User name").press("Enter")
+        ask = page.get_by_role("button", name="Ask to join kbd")
+        ask.focus()
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("status")).to_contain_text("Asked alice to let you join kbd")
+        page.screenshot(path=artifacts / "support-ask.png", full_page=True)
+        assert_accessible(page)
+        listed = alice.http.get(f"{hub.url}/hub/sharing", timeout=30).json()
+        assert listed["kbd"]["requests"] == ["sam"]
+        context.close()
+    finally:
+        alice.stop("kbd")
