@@ -293,3 +293,42 @@ def refuse_read_only(backend: str) -> None:
         f"This portal's catalogue ({backend}) is read-only: results cannot be published to it."
         " Ask the facility to publish them through its own catalogue.",
     )
+
+
+def publish_local(catalogue: Any, publication: Publication) -> str:
+    """Register ``publication`` in the local catalogue: the portal writes
+    ``<data_root>/<proposal>/derived/<name>/derived.json`` (only that file: the results stay
+    where they are) and re-indexes; returns the new dataset's pid.
+
+    The dataset belongs to the proposal, so its members read it; it is embargoed like its
+    inputs (:func:`portal.catalogue.local.derived_public_date`).
+    """
+    import hashlib
+    import json
+    import re
+
+    from portal.catalogue.local import DERIVED_FILE
+
+    stem = re.sub(r"[^a-z0-9]+", "-", publication.title.lower()).strip("-")[:40] or "results"
+    digest = hashlib.sha256(
+        f"{publication.proposal}\0{publication.folder}\0{datetime.now(UTC).isoformat()}".encode()
+    ).hexdigest()[:8]
+    name = f"{stem}-{digest}"
+    target = Path(catalogue.data_root) / proposal_folder(publication.proposal) / "derived" / name
+    target.mkdir(parents=True, exist_ok=False)
+    document = {
+        "title": publication.title,
+        "description": publication.description,
+        "inputs": [d.pid for d in publication.inputs],
+        "software": list(publication.software),
+        "published_by": publication.user.username,
+        "published": datetime.now(UTC).isoformat(),
+        "results_folder": str(publication.folder),
+        "provenance": [str(r.path) for r in publication.records],
+        "files": [{"path": f.path, "size": f.size} for f in publication.files],
+    }
+    partial = target / f".{DERIVED_FILE}.partial"
+    partial.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    partial.replace(target / DERIVED_FILE)
+    catalogue.index()
+    return f"{publication.proposal}/derived/{name}"

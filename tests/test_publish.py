@@ -224,3 +224,63 @@ def test_scicat_needs_a_contact_email(scicat, root: Path) -> None:
     with pytest.raises(PublishRefused, match="e-mail"):
         publish_scicat(catalogue, publication, "/x")
     assert BOB.email  # bob is the non-member of MA1234 in these tests
+
+
+# -- local catalogue --------------------------------------------------------------------
+
+
+def test_local_publish_is_a_dataset_of_the_proposal_embargoed_like_its_inputs(
+    tmp_path: Path, root: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import yaml
+
+    from portal.catalogue import DatasetNotFound
+    from portal.catalogue.local import LocalCatalogue
+    from portal.publish import publish_local
+
+    data = tmp_path / "data"
+    raw = data / "MA1234" / "ID21" / "xrf_map_0001"
+    raw.mkdir(parents=True)
+    (raw / "notes.txt").write_text("raw")
+    later = (datetime.now(UTC) + timedelta(days=30)).date()
+    proposals = {
+        "proposals": {
+            "MA1234": {"members": ["alice"], "public_date": "2020-01-01"},
+            "ES1001": {"members": ["alice"], "public_date": later.isoformat()},
+        }
+    }
+    (data / "proposals.yaml").write_text(yaml.safe_dump(proposals))
+    other = data / "ES1001" / "ID22" / "ceo2"
+    other.mkdir(parents=True)
+    (other / "x.txt").write_text("x")
+    catalogue = LocalCatalogue(data_root=str(data), index_workers=1, thumbnails=False)
+    catalogue.index()
+    inputs = [
+        catalogue.get("MA1234/ID21/xrf_map_0001", ALICE),
+        catalogue.get("ES1001/ID22/ceo2", ALICE),
+    ]
+    name = record(root / "MA1234", inputs)
+    publication = prepare(
+        catalogue,
+        ALICE,
+        str(root),
+        proposal="MA1234",
+        folder="results/fit-1",
+        records=[name],
+        title="Fitted peaks",
+        description="Peaks of the XRF map.",
+    )
+    pid = publish_local(catalogue, publication)
+    found = catalogue.get(pid, ALICE)
+    assert found.title == "Fitted peaks" and found.proposal == "MA1234"
+    assert found.inputs == ("MA1234/ID21/xrf_map_0001", "ES1001/ID22/ceo2")
+    assert found.software == ("xrf panosc/xrf:latest@sha256:" + "ab" * 32,)
+    # MA1234 is open data, but one input (ES1001) is embargoed: so is the derived dataset
+    assert found.public_date == later
+    with pytest.raises(DatasetNotFound):
+        catalogue.get(pid, BOB)
+    # nothing of the results moved: the tree holds only the portal's description
+    assert (root / "MA1234" / "results" / "fit-1" / "peaks.csv").exists()
+    assert [p.name for p in (data / pid).iterdir()] == ["derived.json"]

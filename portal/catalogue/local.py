@@ -50,7 +50,11 @@ NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
 
 #: Bumped whenever the tables change: an index of another version is dropped and rebuilt
 #: by the next indexing run (it holds nothing that is not in the data tree).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+#: The file the portal writes in a published (derived) dataset's folder of the tree
+#: (``<root>/<proposal>/derived/<name>/``): title, description, inputs, software, files.
+DERIVED_FILE = "derived.json"
+MAX_DERIVED_BYTES = 4 << 20
 
 SCHEMA = (
     """CREATE TABLE datasets (
@@ -66,7 +70,8 @@ SCHEMA = (
         start_ts REAL,  -- start_time in seconds since 1970; NULL (undated) sorts last in DESC
         size INTEGER NOT NULL,
         file_count INTEGER NOT NULL,
-        signature TEXT NOT NULL
+        signature TEXT NOT NULL,
+        derived TEXT  -- JSON of a published dataset: inputs, software, description; else NULL
     )""",
     # Newest first over everything, deciding access and technique from the index alone.
     "CREATE INDEX datasets_by_time ON datasets (start_ts, proposal, techniques)",
@@ -85,7 +90,7 @@ _TABLES = ("datasets", "dataset_text", "technique_sets", "dataset_details")
 
 COLUMNS = (
     "d.pid, d.title, d.proposal, d.instrument, d.location, d.techniques, d.start_time,"
-    " d.end_time, d.size, d.file_count"
+    " d.end_time, d.size, d.file_count, d.derived"
 )
 NEWEST_FIRST = "d.start_ts DESC, d.id DESC"  # newest_first's order; ties: last indexed first
 
@@ -541,7 +546,11 @@ class LocalCatalogue(Catalogue):
         metadata = self._read_metadata(proposal, scanned.changed, root, reader(), scanned.skipped)
         location = root.absolute() / proposal
         for folder, meta in zip(scanned.changed, metadata, strict=True):
-            scanned.rows.append(self._row(proposal, folder, meta, location))
+            row = self._row(proposal, folder, meta, location)
+            derived = derived_fields(root / folder.pid, folder)
+            if derived:  # the title the publisher gave
+                row = (row[0], json.loads(derived)["title"] or row[1], *row[2:])
+            scanned.rows.append((*row, derived))
             if meta.thumbnail or meta.tree:
                 tree = json.dumps([e.as_list() for e in meta.tree])
                 scanned.details.append((meta.thumbnail, tree, folder.pid))
@@ -625,8 +634,8 @@ class LocalCatalogue(Catalogue):
         db.executemany("DELETE FROM datasets WHERE pid = ?", stale)
         db.executemany(
             "INSERT INTO datasets (pid, title, proposal, instrument, location, techniques,"
-            " start_time, end_time, start_ts, size, file_count, signature)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " start_time, end_time, start_ts, size, file_count, signature, derived)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             scanned.rows,
         )
         db.executemany(
@@ -690,8 +699,13 @@ class LocalCatalogue(Catalogue):
         found, refused = [], []
         parse = datetime.fromisoformat  # the index stores only times that parse
         split: dict[str, tuple[str, ...]] = {}  # a few techniques values, in many rows
-        for pid, title, proposal, instrument, location, techs, start, end, size, count in rows:
+        for pid, title, proposal, instrument, location, techs, start, end, size, count, der in rows:
             rule = rules.get(proposal, NO_RULES)
+            public = rule.dataset_public_dates.get(pid, rule.public_date)
+            extra: dict[str, Any] = {}
+            if der:
+                extra = json.loads(der)
+                public = derived_public_date(public, extra["inputs"], rules)
             if (ids := split.get(techs)) is None:
                 ids = split[techs] = tuple(techs.split())
             dataset = Dataset(
@@ -703,10 +717,13 @@ class LocalCatalogue(Catalogue):
                 techniques=ids,
                 start_time=parse(start) if start else None,
                 end_time=parse(end) if end else None,
-                public_date=rule.dataset_public_dates.get(pid, rule.public_date),
+                public_date=public,
                 size=size,
                 file_count=count,
                 access_groups=rule.access_groups,
+                inputs=tuple(extra.get("inputs", ())),
+                software=tuple(extra.get("software", ())),
+                description=extra.get("description", ""),
             )
             if may_read(dataset, user, rule.members, today):
                 found.append(dataset)
@@ -914,6 +931,42 @@ class LocalCatalogue(Catalogue):
             count=True,
         )
         return DatasetPage(tuple(found), total, offset, limit)
+
+
+def derived_fields(folder: Path, scanned: _Folder) -> str | None:
+    """The ``derived`` column (JSON) of a dataset folder holding the portal's
+    :data:`DERIVED_FILE` at its top, else ``None``: what makes it published results."""
+    if not any(rel == DERIVED_FILE for rel, _ in scanned.files):
+        return None
+    try:
+        with open(folder / DERIVED_FILE, "rb") as f:
+            doc = json.loads(f.read(MAX_DERIVED_BYTES))
+        inputs = [str(p) for p in doc.get("inputs") or []]
+        software = [str(s) for s in doc.get("software") or []]
+        return json.dumps(
+            {
+                "inputs": inputs,
+                "software": software,
+                "description": str(doc.get("description") or ""),
+                "title": str(doc.get("title") or ""),
+            }
+        )
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def derived_public_date(
+    own: date | None, inputs: Iterable[str], rules: Mapping[str, ProposalRules]
+) -> date | None:
+    """A derived dataset is embargoed like its inputs: public on the latest of their public
+    dates and its own proposal's, never while any of them has none."""
+    dates = [own]
+    for pid in inputs:
+        rule = rules.get(pid.partition("/")[0], NO_RULES)
+        dates.append(rule.dataset_public_dates.get(pid, rule.public_date))
+    if any(d is None for d in dates):
+        return None
+    return max(d for d in dates if d is not None)
 
 
 def index_tree(data_root: str | os.PathLike, index_path: str | None = None) -> IndexReport:

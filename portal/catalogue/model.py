@@ -34,6 +34,11 @@ class Dataset:
     access_groups: frozenset[str] = frozenset()
     shared_with: frozenset[str] = frozenset()  # e-mail addresses (SciCat's sharedWith)
     doi: str = ""  # where the catalogue knows one (the PaNOSC Search API does)
+    #: A derived dataset (published results): the pids it was made from and the software
+    #: that made it ("environment image@digest"); empty for raw data.
+    inputs: tuple[str, ...] = ()
+    software: tuple[str, ...] = ()
+    description: str = ""
 
     def is_public(self, today: date) -> bool:
         """Open data: its embargo (public date) has passed."""
