@@ -183,8 +183,16 @@ class DatasetHandler(PortalPage):
             return await self.refuse(404, NOT_FOUND)
         except CatalogueError as e:
             return await self.refuse(503, f"The catalogue cannot answer right now: {e}")
+        inputs = []  # a derived dataset's inputs: linked only where this viewer may read them
+        for input_pid in dataset.inputs:
+            try:
+                await asyncio.to_thread(self.catalogue.get, input_pid, user)
+                inputs.append((input_pid, True))
+            except CatalogueError:
+                inputs.append((input_pid, False))
         html = await self.render_template(
             "dataset.html",
+            inputs=inputs,
             dataset=dataset,
             techniques=", ".join(dataset.technique_names),
             size=human_size(dataset.size),

@@ -10,21 +10,30 @@ records, software from their environment and image digest, the files with sizes)
 
 Backends: SciCat gets a derived dataset through ``POST /api/v3/Datasets`` as its DTOs
 validate it (``CreateDerivedDatasetObsoleteDto``); the PaNOSC Search API is read-only and
-publishing there is refused with a message saying so. The local catalogue's registration
-is not written yet (see the module's report).
+publishing there is refused with a message saying so. The local catalogue gets a
+``derived.json`` the portal writes in ``<data_root>/<proposal>/derived/<name>/``, then
+re-indexes (:func:`publish_local`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
+
+from tornado import web
 
 from portal.catalogue.base import Catalogue, CatalogueError, DatasetNotFound
 from portal.catalogue.model import CatalogueUser, Dataset
+from portal.handlers import PortalPage
 from spawner.mounts import proposal_folder
 from spawner.provenance import Record, read_records
 
@@ -303,10 +312,6 @@ def publish_local(catalogue: Any, publication: Publication) -> str:
     The dataset belongs to the proposal, so its members read it; it is embargoed like its
     inputs (:func:`portal.catalogue.local.derived_public_date`).
     """
-    import hashlib
-    import json
-    import re
-
     from portal.catalogue.local import DERIVED_FILE
 
     stem = re.sub(r"[^a-z0-9]+", "-", publication.title.lower()).strip("-")[:40] or "results"
@@ -332,3 +337,114 @@ def publish_local(catalogue: Any, publication: Publication) -> str:
     partial.replace(target / DERIVED_FILE)
     catalogue.index()
     return f"{publication.proposal}/derived/{name}"
+
+
+# -- the page: /hub/publish -------------------------------------------------------------
+
+
+def _backend(catalogue: Catalogue) -> str:
+    """``local``, ``scicat`` or the read-only backend's name."""
+    from portal.catalogue.local import LocalCatalogue
+    from portal.catalogue.scicat import SciCatCatalogue
+
+    if isinstance(catalogue, LocalCatalogue):
+        return "local"
+    if isinstance(catalogue, SciCatCatalogue):
+        return "scicat"
+    return type(catalogue).__name__
+
+
+class PublishHandler(PortalPage):
+    """``/hub/publish``: register a folder of results as a derived dataset.
+
+    The form lists, server-side, the user's proposals (the catalogue's member list), the
+    folders of the chosen proposal's processed area and its provenance records; the POST
+    checks everything again (:func:`prepare`), since none of it is trusted from the browser.
+    """
+
+    @property
+    def processed_root(self) -> str:
+        return str(self.settings["config"].PortalSpawner.get("processed_root", "") or "")
+
+    async def form(
+        self,
+        status: int = 200,
+        problem: str = "",
+        field: str = "",
+        values: dict[str, Any] | None = None,
+    ) -> None:
+        values = values or {}
+        user = await self.catalogue_user()
+        catalogue = self.catalogue
+        backend = _backend(catalogue)
+        proposals: list[str] = []
+        folders: list[str] = []
+        records: list[Record] = []
+        try:
+            proposals = sorted(await asyncio.to_thread(catalogue.member_proposals, user))
+        except CatalogueError as e:
+            problem = problem or f"The catalogue cannot answer right now: {e}"
+        proposal = values.get("proposal") or self.get_argument("proposal", "")
+        if proposal not in proposals:
+            proposal = proposals[0] if proposals else ""
+        if proposal and self.processed_root:
+            area = processed_area(self.processed_root, proposal)
+            try:
+                if area.is_dir() and not area.is_symlink():
+                    folders = await asyncio.to_thread(list_folders, area)
+                    records = await asyncio.to_thread(read_records, area)
+            except OSError:
+                pass
+        if backend not in ("local", "scicat"):
+            problem = problem or (
+                f"This portal's catalogue ({backend}) is read-only: results cannot be"
+                " published to it."
+            )
+        self.set_status(status)
+        html = await self.render_template(
+            "publish.html",
+            proposals=proposals,
+            proposal=proposal,
+            folders=folders,
+            records=list(reversed(records)),
+            problem=problem,
+            field=field,
+            values=values,
+            can_publish=backend in ("local", "scicat") and bool(self.processed_root),
+        )
+        self.finish(html)
+
+    @web.authenticated
+    async def get(self) -> None:
+        await self.form()
+
+    @web.authenticated
+    async def post(self) -> None:
+        values = {
+            "proposal": self.get_argument("proposal", ""),
+            "folder": self.get_argument("folder", ""),
+            "records": self.get_arguments("records"),
+            "title": self.get_argument("title", ""),
+            "description": self.get_argument("description", ""),
+        }
+        user = await self.catalogue_user()
+        catalogue = self.catalogue
+        backend = _backend(catalogue)
+        try:
+            if backend not in ("local", "scicat"):
+                refuse_read_only(backend)
+            publication = await asyncio.to_thread(
+                prepare, catalogue, user, self.processed_root, **values
+            )
+            if backend == "local":
+                pid = await asyncio.to_thread(publish_local, catalogue, publication)
+            else:
+                created = await asyncio.to_thread(
+                    publish_scicat, catalogue, publication, str(publication.folder)
+                )
+                pid = str(created.get("pid") or "")
+        except PublishRefused as e:
+            return await self.form(400, str(e), e.field, values)
+        except CatalogueError as e:
+            return await self.form(503, f"The catalogue cannot answer right now: {e}", "", values)
+        self.redirect(f"{self.hub.base_url}datasets/{quote(pid, safe='/')}")

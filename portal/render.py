@@ -46,6 +46,7 @@ def render_config(settings: PortalSettings) -> Config:
                 (r"/datasets/(.+)/thumbnail\.png", "portal.handlers.DatasetThumbnailHandler"),
                 (r"/datasets/(.+)", "portal.handlers.DatasetHandler"),
                 ("/open", "portal.handlers.OpenHandler"),
+                ("/publish", "portal.publish.PublishHandler"),
                 (r"/course/([a-z0-9-]+)", "portal.handlers.CourseHandler"),
                 (r"/course/([a-z0-9-]+)/students", "portal.handlers.CourseStudentsHandler"),
                 ("/sharing", "portal.sharing.SharingHandler"),
