@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -138,6 +139,45 @@ def test_the_schema_refuses_unknown_keys_naming_them() -> None:
         "at '/portal/catalogue': missing property 'scicat'",
     ):
         assert message in out.stderr, out.stderr
+
+
+@cache
+def generator():
+    """helm/panosc-portal/tools/generate.py, loaded as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("chart_generate", CHART / "tools" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_json_schema_and_readme_table_are_generated_from_the_yaml_schema() -> None:
+    """Editing values.schema.yaml without the generator, or a generated file by hand, fails."""
+    for path, text in generator().generated().items():
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path.name} is not what values.schema.yaml gives: run"
+            " `python helm/panosc-portal/tools/generate.py`"
+        )
+
+
+def test_every_key_of_the_schema_has_a_description() -> None:
+    schema = generator().load_schema()
+    undescribed = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            for name, child in node.get("properties", {}).items():
+                if not (isinstance(child, dict) and str(child.get("description", "")).strip()):
+                    undescribed.append(f"{where}.{name}".lstrip("."))
+            for key, child in node.items():
+                if key != "if":  # a condition's properties are tests, not keys
+                    walk(child, f"{where}.{key}" if key != "properties" else where)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child, where)
+
+    walk(schema, "")
+    assert not undescribed, undescribed
+    assert len(generator().keys(schema)) > 150
 
 
 def test_a_password_in_the_database_url_is_refused() -> None:
