@@ -385,8 +385,13 @@ class PublishHandler(PortalPage):
         except CatalogueError as e:
             problem = problem or f"The catalogue cannot answer right now: {e}"
         proposal = values.get("proposal") or self.get_argument("proposal", "")
-        if proposal not in proposals:
-            proposal = proposals[0] if proposals else ""
+        if proposal not in proposals:  # the first with a processed area, where results are
+            areas = [
+                p
+                for p in proposals
+                if self.processed_root and processed_area(self.processed_root, p).is_dir()
+            ]
+            proposal = (areas or proposals or [""])[0]
         if proposal and self.processed_root:
             area = processed_area(self.processed_root, proposal)
             try:

@@ -284,3 +284,133 @@ def test_local_publish_is_a_dataset_of_the_proposal_embargoed_like_its_inputs(
     # nothing of the results moved: the tree holds only the portal's description
     assert (root / "MA1234" / "results" / "fit-1" / "peaks.csv").exists()
     assert [p.name for p in (data / pid).iterdir()] == ["derived.json"]
+
+
+# -- end to end: a real hub with the local catalogue, a real provider, Chromium ----------
+
+XRF = "MA1234/ID21/xrf_map_0001"  # alice's (MA1234), embargoed: bob may not read it
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory):
+    import shutil
+
+    from portal.demo.sampledata import generate
+    from tests.umbrella import demo_provider, local_hub
+
+    folder = tmp_path_factory.mktemp("publish")
+    data = folder / "data"
+    generate(data)
+    processed = folder / "processed"
+    area = processed / "MA1234"
+    (area / "results" / "fit-1").mkdir(parents=True)
+    (area / "results" / "fit-1" / "peaks.csv").write_text("energy,counts\n1,2\n")
+    (area / "results" / "empty").mkdir()
+    provider = demo_provider(folder, "alice", "bob")
+    h = local_hub(provider, folder, data, spawner={"processed_root": str(processed)})
+    h.provider = provider
+    h.area = area
+    h.start()
+    yield h
+    h.stop()
+    provider.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def client(hub, who: str):
+    from portal.demo.sampledata import DEMO_USERS
+    from tests.portal_client import PortalClient
+
+    c = PortalClient(hub.url)
+    assert c.login(DEMO_USERS[who]["sub"]).status_code == 200
+    return c
+
+
+def post(c, **form):
+    data = {"_xsrf": c.http.cookies.get("_xsrf", path="/hub/") or "", **form}
+    return c.http.post(f"{c.hub_url}/hub/publish", data=data, timeout=60, allow_redirects=False)
+
+
+@pytest.mark.e2e
+def test_publish_on_the_local_catalogue_end_to_end(hub) -> None:
+    from portal.catalogue.model import Dataset
+
+    xrf = Dataset(XRF, "XRF map", "MA1234", "ID21", "")
+    name = record(hub.area, [xrf])
+    alice, bob = client(hub, "alice"), client(hub, "bob")
+    form = alice.click("/hub/publish?proposal=MA1234")
+    assert form.status_code == 200
+    html = form.content.decode()
+    assert 'value="results/fit-1"' in html and name in html
+    # refusals, each on the form and naming the field
+    for fields, message in [
+        ({"folder": "../../data/MA1234"}, "&#39;..&#39;"),
+        ({"folder": "/etc"}, "absolute"),
+        ({"folder": "results/empty"}, "is empty"),
+        ({"proposal": "IH2002", "folder": "results/fit-1"}, "not a member"),
+    ]:
+        answer = post(
+            alice,
+            **{"proposal": "MA1234", "records": name, "title": "t", "description": "", **fields},
+        )
+        assert answer.status_code == 400 and message in answer.text, (fields, answer.text[-800:])
+    # no xsrf: refused by the hub
+    bare = alice.http.post(
+        f"{alice.hub_url}/hub/publish", data={"proposal": "MA1234"}, allow_redirects=False
+    )
+    assert bare.status_code == 403
+    done = post(
+        alice,
+        proposal="MA1234",
+        folder="results/fit-1",
+        records=name,
+        title="Fitted peaks",
+        description="Peaks of the XRF map.",
+    )
+    assert done.status_code == 302, done.text[-800:]
+    path = done.headers["Location"]
+    assert path.startswith("/hub/datasets/MA1234/derived/fitted-peaks-")
+    page = alice.click(path)
+    assert page.status_code == 200
+    assert "Fitted peaks" in page.text and f'href="/hub/datasets/{XRF}"' in page.text
+    assert "panosc/xrf:latest@sha256:" in page.text
+    listed = alice.click("/hub/datasets?q=Fitted").text
+    assert path.removeprefix("/hub/datasets/") in listed
+    # bob is not a member of MA1234 and its inputs are embargoed: as for an unknown pid
+    assert bob.click(path).status_code == 404
+    assert path.removeprefix("/hub/datasets/") not in bob.click("/hub/datasets?q=Fitted").text
+    assert (hub.area / "results" / "fit-1" / "peaks.csv").exists()  # nothing moved
+
+
+@pytest.mark.e2e
+def test_publish_through_the_form_in_the_browser(hub, browser, artifacts: Path) -> None:
+    import shutil
+
+    from portal.catalogue.model import Dataset
+    from portal.demo.sampledata import DEMO_USERS
+    from tests.accessibility import assert_accessible
+
+    xrf = Dataset(XRF, "XRF map", "MA1234", "ID21", "")
+    name = record(hub.area, [xrf], server="lab-xrf")
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(f"{hub.url}/hub/oauth_login?next=/hub/home")
+    page.fill("input[name='sub']", DEMO_USERS["alice"]["sub"])  # the provider's own page
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_url("**/hub/home")
+    page.get_by_role("link", name="Publish results").click()
+    page.wait_for_url("**/hub/publish")
+    page.select_option("#folder", "results/fit-1")
+    page.check(f"input[value='{name}']")
+    page.fill("#title", "Elemental maps of the leaf")
+    page.fill("#description", "Fe and Zn maps fitted from the XRF map, normalised by I0.")
+    assert_accessible(page)
+    page.screenshot(path=artifacts / "publish.png", full_page=True)
+    shutil.copy(artifacts / "publish.png", Path(__file__).parents[1] / "docs/images/publish.png")
+    page.click("#publish")
+    page.wait_for_url("**/hub/datasets/MA1234/derived/**")
+    assert page.locator("h1").inner_text() == "Elemental maps of the leaf"
+    assert page.locator(f"#panosc-inputs a[href='/hub/datasets/{XRF}']").count() == 1
+    page.screenshot(path=artifacts / "publish-dataset.png", full_page=True)
+    assert_accessible(page)
+    page.close()
