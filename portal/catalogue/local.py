@@ -845,6 +845,9 @@ class LocalCatalogue(Catalogue):
             # Row by row, not fetchall(): each row is used while hot and freed at once, a
             # third faster for 10,000 rows than holding them all.
             found, refused = self._checked(rows, user, rules, today)
+        # A derived dataset in an open proposal stays embargoed while one of its inputs is
+        # (derived_public_date): the proposal-level query lets it through, the rule does not.
+        refused = [p for p in refused if p.split("/")[1:2] != ["derived"]]
         if refused:  # the query and the rule disagree: a bug, and never a leak
             self.log.error("catalogue: the index query let through %s; withheld", refused)
         return found, total
