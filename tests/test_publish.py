@@ -281,6 +281,7 @@ def test_local_publish_is_a_dataset_of_the_proposal_embargoed_like_its_inputs(
     assert found.public_date == later
     with pytest.raises(DatasetNotFound):
         catalogue.get(pid, BOB)
+    assert [d.pid for d in catalogue.search(BOB, text="Fitted")] == []  # open proposal or not
     # nothing of the results moved: the tree holds only the portal's description
     assert (root / "MA1234" / "results" / "fit-1" / "peaks.csv").exists()
     assert [p.name for p in (data / pid).iterdir()] == ["derived.json"]
