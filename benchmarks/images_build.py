@@ -1,11 +1,11 @@
 """Clean build time and size of each image, as a fresh CI machine would build them.
 
 Not a test: a script that prints figures, used to decide which images the test suite builds
-(see ``TEST_IMAGES_ENV`` in tests/conftest.py). It debootstraps a new base under its own tag
-(so the one the tests reuse is left alone) and builds with ``--no-cache``, which for Docker's
-classic builder is a build from nothing, without deleting anyone's images or cache. pip
-downloads are never cached in the images (``PIP_NO_CACHE_DIR``), so every package is
-fetched again too.
+(see ``TEST_IMAGES_ENV`` in tests/support/docker_support.py). It debootstraps a new base
+under its own tag (so the one the tests reuse is left alone) and builds with ``--no-cache``,
+which for Docker's classic builder is a build from nothing, without deleting anyone's images
+or cache. pip downloads are never cached in the images (``PIP_NO_CACHE_DIR``), so every
+package is fetched again too.
 
     .venv/bin/python benchmarks/images_build.py [NAMES...]
 """

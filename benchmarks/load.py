@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from portal.demo.sampledata import generate
 from spawner.courses import server_name
-from tests.conftest import wait_http
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider, free_port
+from tests.support.net import free_port, wait_http
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 GOAL = 1.10
 #: Seconds between two "is it ready?" questions of a student: a browser follows the progress

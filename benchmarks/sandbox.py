@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.catalogue import generate
 from benchmarks.spawn import SUB, USER, interleaved, report
-from tests.umbrella import Hub, Provider, free_port
+from tests.support.net import free_port
+from tests.support.umbrella import Hub, Provider
 
 
 def hub(folder: Path, provider: Provider, data: Path, plain: bool) -> Hub:

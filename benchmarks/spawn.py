@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.catalogue import generate
 from spawner.docker import bridge_gateway
 from spawner.environments import load_environments
-from tests.conftest import free_port
-from tests.docker_support import ensure_images
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.support.docker_support import ensure_images
+from tests.support.net import free_port
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 USER, SUB = "pi0", "pi0@umbrella.bench"
 GOAL = 1.10

@@ -1,59 +1,23 @@
-"""Fixtures that start real components: an OIDC provider process and the whole demo portal."""
+"""Fixtures that start real components: an OIDC provider process and the whole demo portal.
+
+Only fixtures live here; what tests share besides fixtures is in :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-import requests
 
-if TYPE_CHECKING:
-    from playwright.sync_api import Page
-
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-def sign_in(page: Page, hub_url: str, issuer: str, sub: str, next_path: str) -> None:
-    """In the browser: follow the hub's sign-in to the provider's page, pick ``sub`` there
-    as a person clicks it, and wait to land on ``next_path`` (a path on the hub)."""
-    page.goto(f"{hub_url}/hub/oauth_login?next={next_path}")
-    page.wait_for_url(f"{issuer}/**")
-    page.locator(f"button[value='{sub}']").click()
-    page.wait_for_url(f"**{next_path}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(
-    url: str, proc: subprocess.Popen, timeout: float = 90, log: Path | None = None
-) -> None:
-    """Wait until ``url`` answers; fail with the process's output if it dies or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            text = log.read_text(errors="replace")[-3000:] if log else ""
-            pytest.fail(f"process exited with {proc.returncode} before {url} answered:\n{text}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{url} did not answer within {timeout} s")
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.demo import DemoPortal, start_demo
+from tests.support.docker_support import TEST_IMAGES_ENV
+from tests.support.net import free_port, wait_http
+from tests.support.paths import ARTIFACTS
 
 
 @pytest.fixture(scope="session")
@@ -61,18 +25,6 @@ def artifacts() -> Path:
     """Where browser tests leave screenshots for people to look at."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
-
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
@@ -109,58 +61,6 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(10)
 
 
-@dataclass
-class DemoPortal:
-    """A running ``panosc-portal demo`` process and where to reach it."""
-
-    proc: subprocess.Popen
-    url: str
-    issuer: str
-    state: Path
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def interrupt(self, timeout: float = 40) -> int:
-        """Ctrl-C, as a person would press it; returns the exit code."""
-        self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout)
-
-
-def start_demo(state: Path, log: Path, *flags: str) -> DemoPortal:
-    """Run the real demo command, exactly as the README tells a user to (``flags``: more)."""
-    port, oidc_port = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "portal.cli",
-                "demo",
-                "--port",
-                str(port),
-                "--oidc-port",
-                str(oidc_port),
-                "--state-dir",
-                str(state),
-                *flags,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    demo = DemoPortal(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{oidc_port}", state, log)
-    deadline = time.monotonic() + 180
-    while "demo is running" not in demo.output():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the demo did not start:\n{demo.output()[-4000:]}")
-        time.sleep(0.3)
-    return demo
-
-
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoPortal]:
     """One demo portal shared by the end-to-end and browser tests."""
@@ -176,11 +76,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoPortal]:
 # (tests/test_images.py; any test that needs an image). A missing engine fails these tests:
 # scripts/test installs and starts one, so its absence is a broken machine, not a reason to
 # skip.
-
-#: The images a test session builds: all seven, since a clean build of them all takes about
-#: 5 minutes on CI's 2 cores (benchmarks/images_build.py). PANOSC_TEST_IMAGES="base xrf"
-#: narrows it for a quicker local run; each name still pulls in the images it is built on.
-TEST_IMAGES_ENV = "PANOSC_TEST_IMAGES"
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,10 @@ import requests
 import yaml
 
 from portal import render, settings
-from tests.conftest import free_port
-from tests.test_helm_chart import CI, hub_portal_yaml, run_helm
-from tests.test_helm_chart import render as helm_render
-from tests.umbrella import Hub, Provider
+from tests.support.helm import CI, hub_portal_yaml, run_helm
+from tests.support.helm import render as helm_render
+from tests.support.net import free_port
+from tests.support.umbrella import Hub, Provider
 
 BASE = """\
 auth:

@@ -15,8 +15,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from portal.demo.sampledata import DEMO_USERS
-from tests.accessibility import assert_accessible
-from tests.conftest import sign_in
+from tests.support.accessibility import assert_accessible
+from tests.support.browser import sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

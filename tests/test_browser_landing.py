@@ -15,8 +15,8 @@ from playwright.sync_api import Browser, Page, expect
 
 from portal.demo.run import DEMO_BRANDING
 from portal.demo.sampledata import DEMO_USERS
-from tests.accessibility import assert_accessible
-from tests.portal_client import PortalClient
+from tests.support.accessibility import assert_accessible
+from tests.support.portal_client import PortalClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

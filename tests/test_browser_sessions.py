@@ -18,8 +18,8 @@ from portal.demo.sampledata import DEMO_USERS
 from portal.handlers import new_server_name
 from spawner.environments import load_environments
 from spawner.form import form_context, render_form
-from tests.accessibility import assert_accessible
-from tests.conftest import sign_in
+from tests.support.accessibility import assert_accessible
+from tests.support.browser import sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

@@ -1,7 +1,7 @@
 """The HTTP catalogues (SciCat, PaNOSC Search API) against servers that behave like the real
 ones, and who sees what.
 
-The servers (:mod:`tests.fake_scicat`, :mod:`tests.fake_search_api`) follow the real
+The servers (:mod:`tests.support.fake_scicat`, :mod:`tests.support.fake_search_api`) follow the real
 servers' code behaviour by behaviour, on a real socket; the tests at the end of this module
 show that they refuse what the real servers refuse (the queries of the portal's first
 version among them). The access matrix runs over every backend, the local NeXus index
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,7 +32,6 @@ from portal.catalogue import (
     Catalogue,
     CatalogueError,
     CatalogueUnavailable,
-    CatalogueUser,
     DatasetNotFound,
     catalogue_class,
 )
@@ -41,93 +39,27 @@ from portal.catalogue.http import CatalogueCredentialsRejected, HttpCatalogue
 from portal.catalogue.local import LocalCatalogue
 from portal.catalogue.scicat import SciCatCatalogue
 from portal.catalogue.search_api import SearchApiCatalogue
-from tests.catalogue_servers import PID_PREFIX, Example, JsonServer
-from tests.fake_scicat import SciCatServer, SciCatUser, scicat_record
-from tests.fake_search_api import search_api_server
-
-TODAY = datetime.now(UTC).date()
-PAST, FUTURE = date(2021, 1, 1), TODAY + timedelta(days=365)
-SAXS, POWDER, XRF, TOMO = "PaNET01188", "PaNET01101", "PaNET01177", "PaNET01207"
-
-ALICE = CatalogueUser(
-    "alice",
-    "sub-alice",
-    frozenset({"tomo-team"}),
-    frozenset({"MA1234"}),
-    access_token="umbrella-access-alice",
-    email="alice@example-facility.eu",
-    id_token="id-token-alice",
+from tests.support.catalogue_examples import (
+    ALICE,
+    BOB,
+    FACILITY,
+    FUTURE,
+    MATRIX,
+    PAST,
+    POWDER,
+    SCANS,
+    TODAY,
+    TRUST,
+    XRF,
+    at,
+    scicat_server,
 )
-BOB = CatalogueUser(
-    "bob",
-    "sub-bob",
-    frozenset(),
-    frozenset({"IH2002", "ES1001"}),
-    access_token="umbrella-access-bob",
-    email="bob@example-facility.eu",
-    id_token="id-token-bob",
-)
+from tests.support.catalogue_servers import PID_PREFIX, Example, JsonServer
+from tests.support.fake_scicat import SciCatUser
+from tests.support.fake_search_api import search_api_server
+from tests.support.net import closed_port
 
-
-def at(day: int) -> datetime:
-    return datetime(2024, 3, day, 9, 30, tzinfo=UTC)
-
-
-# Who may read what, one dataset per case of the access matrix.
-MATRIX = {
-    "member": Example("xrf_map_0001", "MA1234", "ID21", XRF, "XRF map of a leaf", at(1)),
-    "non-member": Example("phantom_tomo_0001", "IH2002", "ID19", TOMO, "Phantom tomography", at(2)),
-    "open data": Example(
-        "agbh_saxs_0001", "OD2019", "ID02", SAXS, "AgBh SAXS reference", at(3), public=PAST
-    ),
-    "embargoed": Example(
-        "ceo2_powder_0001", "ES1001", "ID22", POWDER, "CeO2 powder", at(4), public=FUTURE
-    ),
-    "group": Example(
-        "team_tomo_0001", "IN5678", "ID19", TOMO, "Team tomography", at(5), groups=("tomo-team",)
-    ),
-    "shared": Example(
-        "shared_xrf_0001",
-        "IN9999",
-        "ID21",
-        XRF,
-        "XRF shared with alice",
-        at(6),
-        shared=("alice@example-facility.eu",),
-    ),
-}
-# More of alice's data, so that listings span several pages and filters have work to do.
-SCANS = [
-    Example(
-        f"scan_{i:04d}",
-        "MA1234",
-        ["ID02", "ID22", "ID21"][i % 3],
-        [SAXS, POWDER, XRF][i % 3],
-        f"Scan {i} of the leaf",
-        at(10 + i),
-    )
-    for i in range(9)
-]
-FACILITY = [*MATRIX.values(), *SCANS]
 PAGE = 3  # records per request: every listing needs several pages
-
-
-def scicat_server(examples: list[Example] = FACILITY) -> SciCatServer:
-    """alice's and bob's groups at SciCat are their proposals (SciCat's usual ownerGroup)."""
-    return SciCatServer(
-        datasets=[scicat_record(e) for e in examples],
-        users={
-            "alice": SciCatUser("alice", ALICE.email, frozenset({"MA1234", "tomo-team"})),
-            "bob": SciCatUser("bob", BOB.email, frozenset({"IH2002", "ES1001"})),
-            "portal": SciCatUser(
-                "portal", "portal@example-facility.eu", frozenset({"admin"}), "pw"
-            ),
-        },
-        id_tokens={"id-token-alice": "alice", "id-token-bob": "bob"},
-    )
-
-
-TRUST = ["ingestor"]  # the SciCat account that writes the facility's datasets
 
 #: Each way the portal can be configured against a remote catalogue.
 REMOTES: dict[str, tuple[Callable[[], JsonServer], Callable[[str], HttpCatalogue]]] = {
@@ -506,12 +438,6 @@ def test_retries_stop_at_the_deadline(remote: Remote) -> None:
         remote.catalogue.datasets_for(ALICE)
     assert time.monotonic() - started < 0.6
     assert len(remote.server.seen) < 6
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("cls", [SciCatCatalogue, SearchApiCatalogue])

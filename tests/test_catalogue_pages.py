@@ -1,7 +1,7 @@
 """What a researcher sees when the catalogue is down or answers nonsense: a clear page.
 
 A real hub and a real OIDC provider; the catalogue is SciCat, first unreachable, then the
-test SciCat server (:mod:`tests.fake_scicat`) serving a record the portal cannot read.
+test SciCat server (:mod:`tests.support.fake_scicat`) serving a record the portal cannot read.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 from portal.demo.sampledata import DEMO_USERS
-from tests.conftest import free_port
-from tests.fake_scicat import SciCatServer, SciCatUser, scicat_record
-from tests.portal_client import PortalClient
-from tests.test_catalogue_http import FACILITY, closed_port
-from tests.umbrella import Hub, Provider
+from tests.support.catalogue_examples import FACILITY
+from tests.support.fake_scicat import SciCatServer, SciCatUser, scicat_record
+from tests.support.net import closed_port, free_port
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from portal import render, settings
 from portal.cli import main
 from portal.course import CHECK_LABEL, CourseError, load_course, notebook_problems
 from spawner.environments import Environment
-from tests.docker_support import engine, ensure_images
-from tests.test_course_sync import notebook
+from tests.support.docker_support import engine, ensure_images
+from tests.support.notebooks import notebook
 
 TOUR = "MA1234/ID21/nexus_tour_0001"
 

@@ -20,9 +20,9 @@ from PIL import Image
 from playwright.sync_api import Browser
 
 from portal.demo.sampledata import DEMO_USERS, generate
-from tests.accessibility import assert_accessible
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, demo_provider, local_hub
+from tests.support.accessibility import assert_accessible
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, demo_provider, local_hub
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ import yaml
 
 from portal import render, settings
 from portal.demo import run
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 DOCKER = {"backend": "docker", "docker": {"hub_connect_ip": "172.17.0.1", "hub_api_port": 18081}}
 

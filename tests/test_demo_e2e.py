@@ -17,7 +17,7 @@ import pytest
 from jupyterhub.crypto import CryptKeeper, decrypt
 
 from portal.demo.sampledata import DEMO_USERS
-from tests.portal_client import PortalClient
+from tests.support.portal_client import PortalClient
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,14 @@ import yaml
 
 from portal.demo.run import STOP_TIMEOUT
 from portal.demo.sampledata import DEMO_USERS
-from tests.conftest import start_demo
-from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
-from tests.portal_client import PortalClient
+from tests.support.demo import start_demo
+from tests.support.docker_support import (
+    engine,
+    ensure_images,
+    portal_containers,
+    remove_user_servers,
+)
+from tests.support.portal_client import PortalClient
 
 pytestmark = pytest.mark.e2e
 

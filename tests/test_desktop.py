@@ -17,10 +17,15 @@ from playwright.sync_api import Browser, Page, expect
 
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.docker import bridge_gateway
-from tests.conftest import free_port
-from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.support.docker_support import (
+    engine,
+    ensure_images,
+    portal_containers,
+    remove_user_servers,
+)
+from tests.support.net import free_port
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.browser]
 

@@ -18,10 +18,15 @@ from playwright.sync_api import expect
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.docker import bridge_gateway
 from spawner.environments import DATA_FILE, load_environments
-from tests.conftest import free_port
-from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.support.docker_support import (
+    engine,
+    ensure_images,
+    portal_containers,
+    remove_user_servers,
+)
+from tests.support.net import free_port
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

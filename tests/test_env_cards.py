@@ -42,8 +42,8 @@ from spawner.software import (
     software_for,
     software_note,
 )
-from tests.conftest import ROOT
-from tests.test_kube_spawner import KUBECONFIG, Hubs
+from tests.support.kube import KUBECONFIG, Hubs
+from tests.support.paths import ROOT
 
 ENVS = load_environments()
 POWDER_XRD = "PaNET01101"  # x-ray powder diffraction

@@ -43,8 +43,9 @@ from spawner.environments import (
     load_environments,
     load_images,
 )
-from tests.conftest import ARTIFACTS, ROOT, free_port, wait_http
-from tests.test_helm_chart import CI, full, hub_portal_yaml, pod_specs, render
+from tests.support.helm import CI, full, hub_portal_yaml, pod_specs, render
+from tests.support.net import free_port, wait_http
+from tests.support.paths import ARTIFACTS, ROOT
 
 IMAGES = load_images()
 ENVIRONMENTS = load_environments()

@@ -26,10 +26,7 @@ from typing import Any
 import kubernetes_asyncio.config.kube_config as kube_config
 import pytest
 import yaml
-from jupyterhub import orm
-from jupyterhub.objects import Hub
 from jupyterhub.spawner import SpawnException
-from jupyterhub.user import User
 from kubernetes_asyncio.client import ApiClient
 from kubespawner import KubeSpawner
 from traitlets import TraitError
@@ -44,22 +41,14 @@ from spawner import kube, mounts
 from spawner.environments import load_environments
 from spawner.kube import PortalKubeSpawner
 from spawner.options import SpawnRefused
-from tests.test_helm_chart import BIN, CI, KUBERNETES, hub_portal_yaml, render, selector
+from tests.support.helm import BIN, CI, KUBERNETES, hub_portal_yaml, render, selector
+from tests.support.kube import KUBECONFIG, Hubs
 
 XRF = "MA1234/ID21/xrf_map_0001"
 CEO2 = "ES1001/ID22/ceo2_powder_0001"
 TOMO = "IH2002/ID19/phantom_tomo_0001"  # embargoed; alice is not a member
 ESCAPE = "MA1234/ID21/escape_0001"  # a dataset folder that is a symlink out of the root
 HOME = "/home/jovyan"
-
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
-users: [{name: none, user: {token: none}}]
-contexts: [{name: none, context: {cluster: none, user: none}}]
-current-context: none
-"""
 
 
 @pytest.fixture(scope="module")
@@ -98,35 +87,6 @@ def site_config(facility: Path) -> Config:
         str(facility / "processed"): {"nfs": {"server": "nfs.example.eu", "path": "/processed"}},
     }
     return config
-
-
-class Hubs:
-    """Real JupyterHub users of one hub configuration, in an in-memory hub database."""
-
-    def __init__(self, config: Config) -> None:
-        PortalCatalogue.clear_instance()  # one catalogue per hub, and this is a new hub
-        self.config = config
-        self.db = orm.new_session_factory("sqlite://")()
-        self.hub = Hub(base_url="/hub/", connect_url="http://portal-panosc-portal-hub:8081")
-
-    def spawner(self, username: str, server: str, options: dict[str, Any]) -> PortalKubeSpawner:
-        found = self.db.query(orm.User).filter_by(name=username).first()
-        if found is None:
-            found = orm.User(name=username)
-            self.db.add(found)
-            self.db.commit()
-        user = User(
-            found,
-            settings={
-                "spawner_class": PortalKubeSpawner,
-                "config": self.config,
-                "hub": self.hub,
-                "allow_named_servers": True,
-            },
-        )
-        spawner = user.get_or_create_spawner(server, server)
-        spawner.user_options = options
-        return spawner
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from playwright.sync_api import Browser, expect
 
 from portal.handlers import PAGE_SIZE
 from spawner.form import FORM_LIMIT
-from tests.conftest import free_port
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.support.net import free_port
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ import pytest
 
 from portal.course import load_course, notebook_problems, run_course
 from portal.demo.sampledata import generate
-from tests.conftest import ROOT
-from tests.docker_support import ensure_images
+from tests.support.docker_support import ensure_images
+from tests.support.paths import ROOT
 
 NOTEBOOKS = ROOT / "notebooks"
 COURSES = sorted(p.parent.name for p in NOTEBOOKS.glob("*/course.yaml"))

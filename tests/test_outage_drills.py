@@ -8,7 +8,7 @@ once the component is back, without restarting the hub.
 Real components: oidc-provider-mock (stopped to be down, SIGSTOPped to hang: the kernel
 still accepts connections, nothing answers), a hub started from portal.yaml with the
 sandboxed local backend or the Docker engine. The catalogue is the test SciCat server
-(:mod:`tests.fake_scicat`, which follows SciCat's backend) made to hang by its ``delay``.
+(:mod:`tests.support.fake_scicat`, which follows SciCat's backend) made to hang by its ``delay``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,17 @@ import requests
 
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.docker import bridge_gateway
-from tests.conftest import free_port
-from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
-from tests.fake_scicat import SciCatServer, SciCatUser, scicat_record
-from tests.portal_client import PortalClient
-from tests.test_catalogue_http import FACILITY
-from tests.umbrella import Hub, Provider
+from tests.support.catalogue_examples import FACILITY
+from tests.support.docker_support import (
+    engine,
+    ensure_images,
+    portal_containers,
+    remove_user_servers,
+)
+from tests.support.fake_scicat import SciCatServer, SciCatUser, scicat_record
+from tests.support.net import free_port
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 pytestmark = pytest.mark.e2e
 

@@ -33,10 +33,15 @@ from spawner.provenance import (
     program_arguments,
     read_records,
 )
-from tests.conftest import free_port
-from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.support.docker_support import (
+    engine,
+    ensure_images,
+    portal_containers,
+    remove_user_servers,
+)
+from tests.support.net import free_port
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 XRF = "MA1234/ID21/xrf_map_0001"
 CEO2 = "ES1001/ID22/ceo2_powder_0001"

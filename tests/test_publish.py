@@ -21,8 +21,8 @@ from portal.publish import (
     scicat_derived,
 )
 from spawner.provenance_record import crate, folder_name, write
-from tests.fake_scicat import SciCatServer, derived_problems
-from tests.test_catalogue_http import ALICE, BOB, MATRIX, TRUST, scicat_server
+from tests.support.catalogue_examples import ALICE, BOB, MATRIX, TRUST, scicat_server
+from tests.support.fake_scicat import SciCatServer, derived_problems
 
 INPUT = MATRIX["member"]  # MA1234's XRF map: alice may read it
 EMBARGOED = MATRIX["non-member"]  # IH2002: alice may not
@@ -297,7 +297,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory):
     import shutil
 
     from portal.demo.sampledata import generate
-    from tests.umbrella import demo_provider, local_hub
+    from tests.support.umbrella import demo_provider, local_hub
 
     folder = tmp_path_factory.mktemp("publish")
     data = folder / "data"
@@ -320,7 +320,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory):
 
 def client(hub, who: str):
     from portal.demo.sampledata import DEMO_USERS
-    from tests.portal_client import PortalClient
+    from tests.support.portal_client import PortalClient
 
     c = PortalClient(hub.url)
     assert c.login(DEMO_USERS[who]["sub"]).status_code == 200
@@ -389,7 +389,7 @@ def test_publish_through_the_form_in_the_browser(hub, browser, artifacts: Path) 
 
     from portal.catalogue.model import Dataset
     from portal.demo.sampledata import DEMO_USERS
-    from tests.accessibility import assert_accessible
+    from tests.support.accessibility import assert_accessible
 
     xrf = Dataset(XRF, "XRF map", "MA1234", "ID21", "")
     name = record(hub.area, [xrf], server="lab-xrf")

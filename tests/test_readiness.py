@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from spawner.common import until_answering
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 
 async def test_returns_as_soon_as_a_late_server_answers() -> None:

@@ -38,7 +38,7 @@ from spawner.courses import (
 )
 from spawner.environments import SERVER_TYPES
 from spawner.local import PortalLocalSpawner
-from tests.test_course_sync import notebook
+from tests.support.notebooks import notebook
 
 #: Every name ``portal.yaml`` and ``CourseLibrary`` accept for a course.
 COURSE_NAMES = st.from_regex(NAME, fullmatch=True)

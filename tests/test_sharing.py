@@ -23,11 +23,13 @@ from portal.settings import SettingsError, parse
 from spawner.docker import bridge_gateway
 from spawner.environments import load_environments
 from spawner.shares import NoClaims, grantee_user
-from tests.accessibility import assert_accessible
-from tests.conftest import ROOT, free_port, sign_in
-from tests.docker_support import engine, ensure_images, remove_user_servers
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.support.accessibility import assert_accessible
+from tests.support.browser import sign_in
+from tests.support.docker_support import engine, ensure_images, remove_user_servers
+from tests.support.net import free_port
+from tests.support.paths import ROOT
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 CEO2 = "ES1001/ID22/ceo2_powder_0001"  # alice and bob (ES1001); embargoed for others
 SAXS = "OD2019/ID02/agbh_saxs_0001"  # open data

@@ -22,10 +22,15 @@ from portal.demo.run import demo_courses
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.courses import SERVER_PREFIX, server_name
 from spawner.docker import bridge_gateway
-from tests.conftest import free_port
-from tests.docker_support import engine, ensure_images, portal_containers, remove_user_servers
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.support.docker_support import (
+    engine,
+    ensure_images,
+    portal_containers,
+    remove_user_servers,
+)
+from tests.support.net import free_port
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.browser]
 

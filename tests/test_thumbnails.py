@@ -706,7 +706,7 @@ def data_uri(kind: str, data: bytes) -> str:
 
 def test_scicat_datasets_show_their_attachments_thumbnail_and_nothing_else() -> None:
     from portal.catalogue.scicat import SciCatCatalogue
-    from tests.test_catalogue_http import ALICE, MATRIX, TRUST, scicat_server
+    from tests.support.catalogue_examples import ALICE, MATRIX, TRUST, scicat_server
 
     png = render_png()
     mine, shared, group, other = (
@@ -768,7 +768,7 @@ def test_a_huge_scicat_thumbnail_is_refused_while_it_is_read(monkeypatch) -> Non
 
     from portal.catalogue.http import HttpCatalogue
     from portal.catalogue.scicat import SciCatCatalogue
-    from tests.test_catalogue_http import ALICE, MATRIX, TRUST, scicat_server
+    from tests.support.catalogue_examples import ALICE, MATRIX, TRUST, scicat_server
 
     mine = MATRIX["member"].pid
     server = scicat_server()

@@ -14,7 +14,7 @@ from kubespawner import KubeSpawner
 from oauthenticator.generic import GenericOAuthenticator
 
 from portal.upstream import apply_kube_profile, request_by_token, token_to_auth_model
-from tests.test_kube_spawner import KUBECONFIG
+from tests.support.kube import KUBECONFIG
 
 
 class Claims(GenericOAuthenticator):

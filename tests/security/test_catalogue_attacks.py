@@ -14,8 +14,8 @@ from portal.catalogue.local import LocalCatalogue
 from portal.catalogue.scicat import SciCatCatalogue
 from portal.demo.sampledata import generate
 from spawner.mounts import MountError, StorageRoot, plan_mounts
-from tests.catalogue_servers import Example
-from tests.fake_scicat import SciCatServer, SciCatUser, scicat_record
+from tests.support.catalogue_servers import Example
+from tests.support.fake_scicat import SciCatServer, SciCatUser, scicat_record
 
 TOUR = "MA1234/ID21/nexus_tour_0001"  # open data by a per-dataset public date
 TWIN = "MA1234/ID16/nexus_tour_0001"  # same folder name on another instrument: embargoed

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from portal.demo.sampledata import generate
-from tests.conftest import free_port
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider
+from tests.support.net import free_port
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider
 
 pytestmark = pytest.mark.e2e
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from portal.demo.sampledata import DEMO_USERS, generate
-from tests.conftest import ROOT
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, demo_provider, local_hub
+from tests.support.paths import ROOT
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, demo_provider, local_hub
 
 pytestmark = pytest.mark.e2e
 

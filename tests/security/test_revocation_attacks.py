@@ -16,8 +16,8 @@ import pytest
 
 from portal.auth import IdentityUnavailable, UmbrellaOAuthenticator
 from portal.demo.sampledata import DEMO_USERS, generate
-from tests.portal_client import PortalClient
-from tests.umbrella import Hub, Provider, demo_provider, local_hub
+from tests.support.portal_client import PortalClient
+from tests.support.umbrella import Hub, Provider, demo_provider, local_hub
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from portal.demo.sampledata import DEMO_USERS
-from tests.portal_client import PortalClient
+from tests.support.portal_client import PortalClient
 
 pytestmark = pytest.mark.e2e
 

@@ -40,7 +40,7 @@ from urllib.parse import unquote
 
 from portal.catalogue import techniques
 from portal.catalogue.techniques import IRI_PREFIX
-from tests.catalogue_servers import PID_PREFIX, Answer, Example, JsonServer, iso
+from tests.support.catalogue_servers import PID_PREFIX, Answer, Example, JsonServer, iso
 
 #: model -> relation -> (target model, kind): belongsTo, hasMany, through
 RELATIONS = {

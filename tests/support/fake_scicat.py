@@ -57,7 +57,7 @@ follows (paths under ``src/``):
   (``checkPermissionsForObsoleteDatasetCreate``), else 403. Created datasets are kept.
 
 Knobs beyond SciCat: ``leaky`` ignores access (a broken server the portal must not trust),
-and ``delay``/``fail_next`` (:class:`tests.catalogue_servers.JsonServer`).
+and ``delay``/``fail_next`` (:class:`tests.support.catalogue_servers.JsonServer`).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ from urllib.parse import unquote
 
 from portal.catalogue import techniques
 from portal.catalogue.techniques import IRI_PREFIX
-from tests.catalogue_servers import Answer, Example, JsonServer, iso
+from tests.support.catalogue_servers import Answer, Example, JsonServer, iso
 
 #: Stored fields of a dataset (``datasets/schemas/dataset.schema.ts``, ``ownable``...).
 FIELDS = {

@@ -1,8 +1,8 @@
 """What the test catalogue servers share: a JSON server on a real socket, and one facility.
 
 The servers themselves follow the real servers' code, behaviour by behaviour:
-:mod:`tests.fake_scicat` (SciCat's NestJS backend, which needs MongoDB and cannot run
-here) and :mod:`tests.fake_search_api` (the PaNOSC Search API reference implementation,
+:mod:`tests.support.fake_scicat` (SciCat's NestJS backend, which needs MongoDB and cannot run
+here) and :mod:`tests.support.fake_search_api` (the PaNOSC Search API reference implementation,
 which runs here by hand but not in CI, which cannot fetch it). This module gives both the
 socket, the request log and the failure knobs (``delay``, ``fail_next``), and the facility
 (:class:`Example`) they publish, each in its own shape.

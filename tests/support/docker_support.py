@@ -10,6 +10,11 @@ import pytest
 
 from spawner.environments import load_environments
 
+#: The images a test session builds: all seven, since a clean build of them all takes about
+#: 5 minutes on CI's 2 cores (benchmarks/images_build.py). PANOSC_TEST_IMAGES="base xrf"
+#: narrows it for a quicker local run; each name still pulls in the images it is built on.
+TEST_IMAGES_ENV = "PANOSC_TEST_IMAGES"
+
 
 def engine() -> docker.DockerClient:
     """The local engine; a missing engine fails the test run (scripts/test starts one)."""

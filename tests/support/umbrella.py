@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.conftest import free_port, wait_http
+from tests.support.net import free_port, wait_http
 
 
 @dataclass
