@@ -19,17 +19,11 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from portal.demo.sampledata import DEMO_USERS, generate
-from spawner.docker import bridge_gateway
-from tests.support.docker_support import (
-    engine,
-    ensure_images,
-    portal_containers,
-    remove_user_servers,
-)
-from tests.support.net import free_port
+from tests.support.docker_hub import docker_hub
+from tests.support.docker_support import engine, ensure_images, portal_containers
 from tests.support.notebooks import notebook
 from tests.support.portal_client import PortalClient
-from tests.support.umbrella import Hub, Provider
+from tests.support.umbrella import Hub, demo_provider
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -97,37 +91,18 @@ def hub(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         )
     )
     (embargoed / "t.ipynb").write_bytes(notebook(("a", "1")))
-    provider = Provider(free_port(), tmp_path_factory.mktemp("op") / "op.log")
-    provider.start()
-    for user in USERS:
-        claims = {k: v for k, v in DEMO_USERS[user].items() if k != "sub"}
-        provider.set_user(DEMO_USERS[user]["sub"], **claims)
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "portal-course-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
-            "spawner": {
-                "backend": "docker",
-                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
-            },
-            "courses": {
-                "trainer_groups": ["trainers"],
-                "update_interval": 0,
-                "sources": {"intro": {"git": f"file://{repo}"}, "bones": str(embargoed)},
-            },
-        },
-        tmp_path_factory.mktemp("hub"),
-    )
-    h.start()
-    yield h
-    h.stop()
-    provider.stop()
-    remove_user_servers(engine(), *USERS)
+    provider = demo_provider(tmp_path_factory.mktemp("op"), *USERS)
+    courses = {
+        "trainer_groups": ["trainers"],
+        "update_interval": 0,
+        "sources": {"intro": {"git": f"file://{repo}"}, "bones": str(embargoed)},
+    }
+    folder = tmp_path_factory.mktemp("hub")
+    try:
+        with docker_hub(provider, folder, data, images=["base"], users=USERS, courses=courses) as h:
+            yield h
+    finally:
+        provider.stop()
 
 
 @pytest.fixture(scope="module")

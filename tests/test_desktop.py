@@ -16,16 +16,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from portal.demo.sampledata import DEMO_USERS, generate
-from spawner.docker import bridge_gateway
-from tests.support.docker_support import (
-    engine,
-    ensure_images,
-    portal_containers,
-    remove_user_servers,
-)
-from tests.support.net import free_port
+from tests.support.docker_hub import docker_hub
+from tests.support.docker_support import engine, portal_containers
 from tests.support.portal_client import PortalClient
-from tests.support.umbrella import Hub, Provider
+from tests.support.umbrella import Hub, demo_provider
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.browser]
 
@@ -36,35 +30,17 @@ IDLE_TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    ensure_images("desktop")
     folder = tmp_path_factory.mktemp("desktop-hub")
     generate(folder / "data")
-    provider = Provider(free_port(), folder / "op.log")
-    provider.start()
-    claims = {k: v for k, v in DEMO_USERS["alice"].items() if k != "sub"}
-    provider.set_user(DEMO_USERS["alice"]["sub"], **claims)
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "desktop-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(folder / "data")}},
-            "spawner": {
-                "backend": "docker",
-                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
-            },
-            "cull": {"timeout": IDLE_TIMEOUT, "every": 5},
-        },
-        folder,
-    )
-    h.start()
-    yield h
-    h.stop()
-    provider.stop()
-    remove_user_servers(engine(), "alice")
+    provider = demo_provider(folder, "alice")
+    cull = {"timeout": IDLE_TIMEOUT, "every": 5}
+    try:
+        with docker_hub(
+            provider, folder, folder / "data", images=["desktop"], users=["alice"], cull=cull
+        ) as h:
+            yield h
+    finally:
+        provider.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,11 @@ import yaml
 from playwright.sync_api import expect
 
 from portal.demo.sampledata import DEMO_USERS, generate
-from spawner.docker import bridge_gateway
 from spawner.environments import DATA_FILE, load_environments
-from tests.support.docker_support import (
-    engine,
-    ensure_images,
-    portal_containers,
-    remove_user_servers,
-)
-from tests.support.net import free_port
+from tests.support.docker_hub import docker_hub
+from tests.support.docker_support import engine, portal_containers
 from tests.support.portal_client import PortalClient
-from tests.support.umbrella import Hub, Provider
+from tests.support.umbrella import Hub, Provider, demo_provider
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -59,10 +53,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
-    p = Provider(free_port(), tmp_path_factory.mktemp("op") / "op.log")
-    p.start()
-    claims = {k: v for k, v in DEMO_USERS["alice"].items() if k != "sub"}
-    p.set_user(DEMO_USERS["alice"]["sub"], **claims)
+    p = demo_provider(tmp_path_factory.mktemp("op"), "alice")
     # rita's membership comes only from the catalogue's proposals.yaml
     p.set_user("rita@umbrella.demo", preferred_username="rita", groups=["researchers"])
     yield p
@@ -71,36 +62,20 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 
 @pytest.fixture(scope="module")
 def hub(provider: Provider, data: Path, tmp_path_factory) -> Iterator[Hub]:
-    ensure_images(*load_environments())  # datasets pick their technique's environment
-    client = engine()
     folder = tmp_path_factory.mktemp("hub")
     table = yaml.safe_load(DATA_FILE.read_text())
     table["environments"].append(GHOST)
     (folder / "environments.yaml").write_text(yaml.safe_dump(table))
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "portal-docker-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
-            "spawner": {
-                "backend": "docker",
-                "processed_root": str(folder / "processed"),
-                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
-            },
-            "extra_config": {
-                "PortalSpawner": {"environments_file": str(folder / "environments.yaml")}
-            },
-        },
+    with docker_hub(
+        provider,
         folder,
-    )
-    h.start()
-    yield h
-    h.stop()
-    remove_user_servers(client, *USERS)
+        data,
+        images=load_environments(),  # datasets pick their technique's environment
+        users=USERS,
+        spawner={"processed_root": str(folder / "processed")},
+        extra_config={"PortalSpawner": {"environments_file": str(folder / "environments.yaml")}},
+    ) as h:
+        yield h
 
 
 @pytest.fixture(scope="module")

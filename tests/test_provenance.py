@@ -23,7 +23,6 @@ import pytest
 
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner import provenance_record
-from spawner.docker import bridge_gateway
 from spawner.environments import load_environments
 from spawner.provenance import (
     MAX_CRATE_BYTES,
@@ -33,15 +32,10 @@ from spawner.provenance import (
     program_arguments,
     read_records,
 )
-from tests.support.docker_support import (
-    engine,
-    ensure_images,
-    portal_containers,
-    remove_user_servers,
-)
-from tests.support.net import free_port
+from tests.support.docker_hub import docker_hub
+from tests.support.docker_support import engine, portal_containers
 from tests.support.portal_client import PortalClient
-from tests.support.umbrella import Hub, Provider
+from tests.support.umbrella import Hub, Provider, demo_provider
 
 XRF = "MA1234/ID21/xrf_map_0001"
 CEO2 = "ES1001/ID22/ceo2_powder_0001"
@@ -201,40 +195,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
-    p = Provider(free_port(), tmp_path_factory.mktemp("op") / "op.log")
-    p.start()
-    claims = {k: v for k, v in DEMO_USERS["alice"].items() if k != "sub"}
-    p.set_user(DEMO_USERS["alice"]["sub"], **claims)
+    p = demo_provider(tmp_path_factory.mktemp("op"), "alice")
     yield p
     p.stop()
 
 
 @pytest.fixture(scope="module")
 def hub(provider: Provider, data: Path, tmp_path_factory) -> Iterator[Hub]:
-    ensure_images(*load_environments())
-    client = engine()
     folder = tmp_path_factory.mktemp("hub")
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "portal-provenance-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
-            "spawner": {
-                "backend": "docker",
-                "processed_root": str(folder / "processed"),
-                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
-            },
-        },
-        folder,
-    )
-    h.start()
-    yield h
-    h.stop()
-    remove_user_servers(client, "alice")
+    processed = {"processed_root": str(folder / "processed")}
+    images, users = load_environments(), ["alice"]
+    with docker_hub(provider, folder, data, images=images, users=users, spawner=processed) as h:
+        yield h
 
 
 @pytest.fixture(scope="module")

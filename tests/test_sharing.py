@@ -20,16 +20,14 @@ from playwright.sync_api import Browser, expect
 from portal.demo.sampledata import DEMO_USERS, generate
 from portal.render import SHARING_SERVICE, render_config
 from portal.settings import SettingsError, parse
-from spawner.docker import bridge_gateway
 from spawner.environments import load_environments
 from spawner.shares import NoClaims, grantee_user
 from tests.support.accessibility import assert_accessible
 from tests.support.browser import sign_in
-from tests.support.docker_support import engine, ensure_images, remove_user_servers
-from tests.support.net import free_port
+from tests.support.docker_hub import docker_hub
 from tests.support.paths import ROOT
 from tests.support.portal_client import PortalClient
-from tests.support.umbrella import Hub, Provider
+from tests.support.umbrella import Hub, Provider, demo_provider
 
 CEO2 = "ES1001/ID22/ceo2_powder_0001"  # alice and bob (ES1001); embargoed for others
 SAXS = "OD2019/ID02/agbh_saxs_0001"  # open data
@@ -80,12 +78,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
-    p = Provider(free_port(), tmp_path_factory.mktemp("op") / "op.log")
-    p.start()
-    for name in ("alice", "bob", "carol"):
-        p.set_user(
-            DEMO_USERS[name]["sub"], **{k: v for k, v in DEMO_USERS[name].items() if k != "sub"}
-        )
+    p = demo_provider(tmp_path_factory.mktemp("op"), "alice", "bob", "carol")
     # rita's membership comes only from the catalogue's proposals.yaml, which tests edit
     p.set_user("rita@umbrella.demo", preferred_username="rita", groups=["researchers"])
     p.set_user(
@@ -100,31 +93,17 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 
 @pytest.fixture(scope="module")
 def hub(provider: Provider, data: Path, tmp_path_factory) -> Iterator[Hub]:
-    ensure_images(*load_environments())
     folder = tmp_path_factory.mktemp("hub")
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "portal-sharing-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
-            "spawner": {
-                "backend": "docker",
-                "processed_root": str(folder / "processed"),
-                "audit_interval": AUDIT,
-                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
-            },
-            "sharing": {"support_groups": ["local-contacts"], "auth_cache": AUTH_CACHE},
-        },
+    with docker_hub(
+        provider,
         folder,
-    )
-    h.start()
-    yield h
-    h.stop()
-    remove_user_servers(engine(), *USERS)
+        data,
+        images=load_environments(),
+        users=USERS,
+        spawner={"processed_root": str(folder / "processed"), "audit_interval": AUDIT},
+        sharing={"support_groups": ["local-contacts"], "auth_cache": AUTH_CACHE},
+    ) as h:
+        yield h
 
 
 @pytest.fixture(scope="module")

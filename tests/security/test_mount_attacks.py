@@ -24,15 +24,10 @@ from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.docker import GATE, bridge_gateway, check_mounted, gated, identity_command
 from spawner.environments import load_environments
 from spawner.mounts import MountError, StorageRoot, plan_mounts, verify_mount
-from tests.support.docker_support import (
-    engine,
-    ensure_images,
-    portal_containers,
-    remove_user_servers,
-)
-from tests.support.net import free_port
+from tests.support.docker_hub import docker_hub
+from tests.support.docker_support import engine, ensure_images, portal_containers
 from tests.support.portal_client import PortalClient
-from tests.support.umbrella import Hub, Provider
+from tests.support.umbrella import Hub, demo_provider
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -57,36 +52,17 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def hub(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    ensure_images("base", "xrf")
-    provider = Provider(free_port(), tmp_path_factory.mktemp("op") / "op.log")
-    provider.start()
-    for name in ("alice", "bob"):
-        claims = {k: v for k, v in DEMO_USERS[name].items() if k != "sub"}
-        provider.set_user(DEMO_USERS[name]["sub"], **claims)
+    provider = demo_provider(tmp_path_factory.mktemp("op"), "alice", "bob")
     provider.set_user("rita@umbrella.demo", preferred_username="rita", groups=["researchers"])
     folder = tmp_path_factory.mktemp("hub")
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "portal-security-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
-            "spawner": {
-                "backend": "docker",
-                "processed_root": str(folder / "processed"),
-                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
-            },
-        },
-        folder,
-    )
-    h.start()
-    yield h
-    h.stop()
-    provider.stop()
-    remove_user_servers(engine(), *USERS)
+    processed = {"processed_root": str(folder / "processed")}
+    try:
+        with docker_hub(
+            provider, folder, data, images=("base", "xrf"), users=USERS, spawner=processed
+        ) as h:
+            yield h
+    finally:
+        provider.stop()
 
 
 def login(hub: Hub, sub: str) -> PortalClient:

@@ -8,6 +8,7 @@ Test modules import from here, never from ``conftest`` or from one another:
 - :mod:`~tests.support.accessibility`: axe-core checks of a page;
 - :mod:`~tests.support.demo`: the ``panosc-portal demo`` command as a user runs it;
 - :mod:`~tests.support.umbrella`: an OIDC provider and a JupyterHub process to sign in to;
+- :mod:`~tests.support.docker_hub`: a hub on the Docker backend for the tests of one module;
 - :mod:`~tests.support.portal_client`: a signed-in HTTP client of the portal;
 - :mod:`~tests.support.docker_support`: the Docker engine, the test images, cleaning up;
 - :mod:`~tests.support.helm`: rendering the Helm chart and reading what it renders;

@@ -126,9 +126,12 @@ def demo_provider(folder: Path, *names: str) -> Provider:
     return provider
 
 
-def local_hub(provider: Provider, folder: Path, data: Path, **sections: dict) -> Hub:
-    """A hub with the local backend and catalogue over ``data``; ``sections`` of
-    portal.yaml are merged over these defaults (``auth`` key by key)."""
+def hub_config(
+    provider: Provider, folder: Path, data: Path, spawner: dict, **sections: dict
+) -> dict:
+    """portal.yaml of a test hub: sign-in at ``provider`` for the researchers group, the local
+    catalogue over ``data`` and this ``spawner`` section; ``sections`` are merged over these
+    defaults (``auth`` key by key)."""
     auth = {
         "issuer": provider.issuer,
         "client_id": f"portal-{folder.name}",
@@ -136,10 +139,16 @@ def local_hub(provider: Provider, folder: Path, data: Path, **sections: dict) ->
         "allowed_groups": ["researchers"],
         **sections.pop("auth", {}),
     }
-    config = {
+    return {
         "auth": auth,
         "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
-        "spawner": {"home_dir": str(folder / "homes/{username}"), **sections.pop("spawner", {})},
+        "spawner": spawner,
         **sections,
     }
-    return Hub(config, folder)
+
+
+def local_hub(provider: Provider, folder: Path, data: Path, **sections: dict) -> Hub:
+    """A hub with the local backend and catalogue over ``data``; ``sections`` of
+    portal.yaml are merged over these defaults (``auth`` and ``spawner`` key by key)."""
+    spawner = {"home_dir": str(folder / "homes/{username}"), **sections.pop("spawner", {})}
+    return Hub(hub_config(provider, folder, data, spawner, **sections), folder)
