@@ -50,7 +50,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from portal.demo.sampledata import generate
-from spawner.courses import server_name
+from spawner.course_format import server_name
 from tests.support.net import free_port, wait_http
 from tests.support.portal_client import PortalClient
 from tests.support.umbrella import Hub, Provider

@@ -1,4 +1,5 @@
-"""The ``panosc-portal`` command: check and render settings, run the demo, index a catalogue.
+"""The ``panosc-portal`` command: check and render settings, run the demo, index a catalogue,
+check courses.
 
 Every failure a person can fix is printed as one clear message and exit code 1 or 2,
 never as a traceback.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 
 from portal import __version__
@@ -71,6 +73,35 @@ def _catalogue_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _course_check(args: argparse.Namespace) -> int:
+    """Validate each course folder and run its notebooks; 1 if anything failed."""
+    from portal.course_check import run_course
+    from portal.demo.sampledata import generate
+    from spawner.course_format import CourseError, load_course
+
+    failures, data_root = 0, args.data
+    with tempfile.TemporaryDirectory(prefix="panosc-course-data-") as scratch:
+        for folder in args.folders:
+            try:
+                course = load_course(folder)
+                print(
+                    f"{folder}: {course.title!r}, {len(course.notebooks)} notebook(s) in the"
+                    f" {course.environment} environment"
+                )
+                if not args.execute:
+                    continue
+                if data_root is None:
+                    data_root = Path(scratch) / "sample-data"
+                    generate(data_root)
+                for result in run_course(course, data_root, args.timeout):
+                    print("  " + result.describe(), flush=True)
+                    failures += not result.ok
+            except CourseError as e:
+                print("\n".join(e.problems), file=sys.stderr)
+                failures += 1
+    return 1 if failures else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="panosc-portal", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"panosc-portal {__version__}")
@@ -120,9 +151,33 @@ def parser() -> argparse.ArgumentParser:
     from portal.images import add_parser as add_images_parser
 
     add_images_parser(sub)  # images build
-    from portal.course import add_parser as add_course_parser
 
-    add_course_parser(sub)  # course check
+    course = sub.add_parser("course", help="check notebook courses").add_subparsers(
+        dest="action", required=True
+    )
+    c = course.add_parser(
+        "check",
+        help="validate course folders and run their notebooks in their environments",
+        description="Validate each course folder (course.yaml, notebooks stored without"
+        " outputs), then run every notebook with nbclient in a container of the course's"
+        " environment, with its datasets mounted under ~/datasets as the portal mounts them.",
+    )
+    c.add_argument("folders", nargs="+", type=Path, help="course folders (with course.yaml)")
+    c.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data tree the datasets come from, laid out <root>/<proposal>/<instrument>/"
+        "<dataset>/ (default: freshly generated sample data)",
+    )
+    c.add_argument("--timeout", type=int, default=600, help="seconds a cell may run (600)")
+    c.add_argument(
+        "--no-execute",
+        dest="execute",
+        action="store_false",
+        help="only validate the folders and notebooks (no Docker needed)",
+    )
+    c.set_defaults(func=_course_check)
     return p
 
 

@@ -26,9 +26,9 @@ from tornado import web
 from portal.catalogue import CatalogueError, Dataset, DatasetNotFound, PortalCatalogue, techniques
 from portal.catalogue.base import Catalogue, DatasetPage
 from portal.catalogue.model import CatalogueUser, Thumbnail
-from portal.course import CourseError, load_course
 from spawner.common import spawn_query, trusted_navigation, user_from_auth_state
-from spawner.courses import SERVER_PREFIX, CourseLibrary, CourseUnavailable, server_name
+from spawner.course_format import SERVER_PREFIX, CourseError, load_course, server_name
+from spawner.course_library import CourseLibrary, CourseUnavailable
 from spawner.environments import SERVER_TYPES, load_environments
 from spawner.form import human_size
 from spawner.options import pick_environment
@@ -329,11 +329,11 @@ class CourseHandler(PortalPage):
     """``/hub/course/<name>``: a trainer's course, for a student, in one click.
 
     Starts (or reuses) the student's server for the course (``course-<name>``, shortened by
-    :func:`~spawner.courses.server_name` if JupyterHub needs it) in the course's environment
+    :func:`~spawner.course_format.server_name` if JupyterHub needs it) in the course's environment
     with the course's datasets, and opens its first notebook. The spawner delivers the course
     into ``~/courses/<name>/`` when the server starts; opening the link again fetches a git
     course and delivers the trainer's updates to a running server too, merged with the
-    student's edits (:mod:`spawner.courses`). The local and Docker backends deliver courses.
+    student's edits (:mod:`spawner.course_library`). The local and Docker backends deliver courses.
     """
 
     @web.authenticated

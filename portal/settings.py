@@ -19,8 +19,7 @@ from pydantic import (
 )
 
 from portal.yamlfile import Document, Strict, YamlFileError
-from spawner.courses import NAME as COURSE_NAME
-from spawner.courses import server_names
+from spawner.course_format import CourseSource, check_names
 
 
 class SettingsError(YamlFileError):
@@ -266,8 +265,58 @@ class KubeSettings(Section):
         return volumes
 
 
+class SlurmPartition(Section):
+    """A partition users may pick, with the most a job there may ask for."""
+
+    max_minutes: int = Field(ge=1, description="The longest time limit a user may ask for.")
+    max_cpus: int | None = Field(None, ge=1, description="CPUs a job may ask for at most.")
+    max_memory: str | None = Field(
+        None, pattern=r"^[1-9][0-9]*[KMGT]$", description="Memory a job may ask for, like 16G."
+    )
+    label: str | None = Field(None, description="What the spawn form shows for it.")
+
+
+class SlurmSettings(Section):
+    """The Slurm backend: each server is a batch job on the cluster, in a sandbox."""
+
+    hub_connect_ip: str = Field(
+        description="The hub's address as the compute nodes reach it; its API listens there."
+    )
+    hub_api_port: int = Field(8081, ge=1, le=65535, description="Port of the hub's API.")
+    partitions: dict[str, SlurmPartition] = Field(
+        min_length=1, description="Partitions users may pick; the first is the default."
+    )
+    default_walltime: int = Field(120, ge=1, description="Minutes a job asks for by default.")
+    account: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", description="Slurm account to charge.")
+    extra_sbatch: list[str] = Field(
+        default_factory=list, description="Site lines added to every job, each '#SBATCH ...'."
+    )
+    slurm_conf: Path | None = Field(None, description="slurm.conf, if not the default one.")
+    environments_dir: Path = Field(
+        Path("/srv/panosc/environments"),
+        description="Shared folder of the unpacked environments (panosc-portal images export).",
+    )
+    node_python: str = Field("/usr/bin/python3", pattern=r"^/", description="Nodes' python3.")
+    home_dir: str = Field(
+        "/home/panosc/{username}",
+        pattern=r"^/",
+        description="Each user's home on the shared filesystem; {username} is the user.",
+    )
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _sbatch_lines(cls, lines: list[str]) -> list[str]:
+        for line in lines:
+            if not line.startswith("#SBATCH --") or any(c in line for c in "\n\r'"):
+                raise ValueError(
+                    f"extra_sbatch line {line!r} must be one '#SBATCH --option' line"
+                    " (no line break, no quote)"
+                )
+        return lines
+
+
 class SpawnerSettings(Section):
-    backend: Literal["local", "docker", "kube"] = "local"
+    backend: Literal["local", "docker", "kube", "slurm"] = "local"
     storage_roots: dict[str, Path] = Field(default_factory=dict)
     processed_root: Path | None = None
     default_datasets: Literal["all", "none"] = "all"
@@ -283,6 +332,7 @@ class SpawnerSettings(Section):
     )
     docker: DockerSettings = Field(default_factory=DockerSettings)
     kube: KubeSettings = Field(default_factory=KubeSettings)
+    slurm: SlurmSettings | None = None
 
     @field_validator("storage_roots")
     @classmethod
@@ -291,6 +341,15 @@ class SpawnerSettings(Section):
             if not prefix.startswith("/"):
                 raise ValueError(f"storage root prefix {prefix!r} must be an absolute path")
         return roots
+
+    @model_validator(mode="after")
+    def _slurm_section(self) -> SpawnerSettings:
+        if self.backend == "slurm" and self.slurm is None:
+            raise ValueError(
+                "backend 'slurm' needs a 'slurm:' section (at least hub_connect_ip and"
+                " partitions), see README 'Deploy on a Slurm cluster'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kube_volumes(self) -> SpawnerSettings:
@@ -322,30 +381,6 @@ class CullSettings(Section):
     max_age: int = Field(0, ge=0, description="Stop any server this old (s); 0: no limit.")
 
 
-class CourseSource(Section):
-    """Where a course folder is: a folder on the hub (also written as a plain path) or git."""
-
-    folder: Path | None = Field(None, description="The course folder, with its course.yaml.")
-    git: str | None = Field(None, description="A git repository: URL, or path on the hub.")
-    ref: str | None = Field(None, description="Branch or tag (default: the repository's).")
-    subdir: str = Field("", description="The course folder inside the repository.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _plain_path(cls, value: Any) -> Any:
-        return {"folder": value} if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> CourseSource:
-        if (self.folder is None) == (self.git is None):
-            raise ValueError("give a folder (a path) or a git repository (git: URL), not both")
-        if self.folder is not None and (self.ref or self.subdir):
-            raise ValueError("ref and subdir go with git, not with a folder")
-        if PurePosixPath(self.subdir).is_absolute() or ".." in PurePosixPath(self.subdir).parts:
-            raise ValueError(f"subdir {self.subdir!r} must be a relative path in the repository")
-        return self
-
-
 class CourseSettings(Section):
     """Notebook courses: /hub/course/<name> starts one for a student in one click."""
 
@@ -362,12 +397,7 @@ class CourseSettings(Section):
     @field_validator("sources")
     @classmethod
     def _course_names(cls, sources: dict[str, CourseSource]) -> dict[str, CourseSource]:
-        for name in sources:
-            if not COURSE_NAME.fullmatch(name):
-                raise ValueError(
-                    f"course name {name!r}: use lower-case letters, digits and '-' (40 at most)"
-                )
-        server_names(sources)  # any such name makes a server name; two must not make one
+        check_names(sources)
         return sources
 
 

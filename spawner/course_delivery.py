@@ -2,10 +2,10 @@
 
 It runs where the student's files are, as the student: inside their container (Docker,
 Kubernetes) or their sandbox (local), started by the hub as
-``python -I -S -c <this file's text> sync SOURCE DEST``. Isolated mode and no site-packages:
-nothing the student can write (their home, a virtualenv they own) is imported, so this
-module uses the standard library only. ``course check`` also runs it, with the image's
-Python, to execute a course's notebooks with nbclient (:func:`execute`).
+``python -I -S -c <this file's text> sync SOURCE DEST`` (:mod:`spawner.course_library`
+builds that command; ``course check`` delivers a course with it too). Isolated mode and no
+site-packages: nothing the student can write (their home, a virtualenv they own) is
+imported, so this module imports the standard library only (a test holds it to that).
 
 Delivery merges, the way nbgitpuller does, so that a student never loses an edit.
 ``~/courses/<name>/.course/`` keeps each file as it was last delivered (the merge base), and
@@ -32,8 +32,6 @@ import os
 import shutil
 import stat
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -199,59 +197,17 @@ def sync(source: Path, dest: Path, now: datetime | None = None) -> SyncReport:
     return report
 
 
-def execute(folder: Path, notebooks: list[str], timeout: int) -> Iterator[dict[str, Any]]:
-    """Run each notebook in ``folder`` with nbclient, in order; one result per notebook.
-
-    A failing notebook stops at its first failing cell, which the result names (1-based, as a
-    person counts cells) with the error and the cell's source. Used by ``course check``.
-    """
-    import nbformat  # the image's, imported here: the hub never runs notebooks
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    for name in notebooks:
-        path = folder / name
-        started = time.monotonic()
-        result: dict[str, Any] = {"notebook": name, "ok": True}
-        nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(
-            nb,
-            timeout=timeout,
-            kernel_name="python3",
-            resources={"metadata": {"path": str(path.parent)}},
-        )
-        cell_number = None
-        try:
-            with client.setup_kernel():
-                for index, cell in enumerate(nb.cells):
-                    cell_number = index + 1
-                    client.execute_cell(cell, index)
-        except Exception as e:  # a failing cell, a timeout, a dead kernel: all name the cell
-            error = (
-                f"{e.ename}: {e.evalue}"
-                if isinstance(e, CellExecutionError)
-                else f"{type(e).__name__}: {e}"
-            )
-            source = nb.cells[cell_number - 1].source if cell_number else ""
-            result.update(ok=False, cell=cell_number, error=error, source=source)
-        result["seconds"] = round(time.monotonic() - started, 1)
-        yield result
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``sync SOURCE DEST`` or ``run SOURCE DEST NOTEBOOK...``: what the hub execs in a container.
+    """``sync SOURCE DEST``: what the hub execs in a user's server.
 
-    Prints the :class:`SyncReport` as one JSON line, then (``run``) one JSON line per notebook.
-    A SOURCE under :data:`STAGING` is the hub's unpacked copy, removed once delivered.
+    Prints the :class:`SyncReport` as one JSON line. A SOURCE under :data:`STAGING` is the
+    hub's unpacked copy, removed once delivered.
     """
     parser = argparse.ArgumentParser(description="Deliver a course into a student's folder.")
     actions = parser.add_subparsers(dest="action", required=True)
-    deliver, run = actions.add_parser("sync"), actions.add_parser("run")
-    for action in (deliver, run):
-        action.add_argument("source", type=Path)
-        action.add_argument("dest", type=Path)
-    run.add_argument("notebooks", nargs="+")
-    run.add_argument("--timeout", type=int, default=600, help="seconds a cell may run")
+    deliver = actions.add_parser("sync")
+    deliver.add_argument("source", type=Path)
+    deliver.add_argument("dest", type=Path)
     args = parser.parse_args(argv)
     dest = args.dest.expanduser()
     try:
@@ -260,9 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.source.resolve().is_relative_to(STAGING):
             shutil.rmtree(args.source, ignore_errors=True)
     print(json.dumps(asdict(report)), flush=True)
-    if args.action == "run":
-        for result in execute(dest, args.notebooks, args.timeout):
-            print(json.dumps(result), flush=True)
     return 0
 
 

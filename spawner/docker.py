@@ -34,13 +34,13 @@ from spawner.common import (
     until_answering,
 )
 from spawner.course_delivery import STAGING
-from spawner.courses import (
+from spawner.course_library import (
     SYSTEM_PYTHON,
     CourseLibrary,
     CourseUnavailable,
-    container_command,
     course_archive,
     course_of_server,
+    delivery_command,
     read_sync_report,
 )
 from spawner.docker_network import NetworkError, ensure_user_network, guard_host
@@ -393,7 +393,7 @@ class PortalDockerSpawner(ProvenanceRecorder, PortalSpawner, DockerSpawner):
         archive = await asyncio.to_thread(course_archive, folder, staging, 0, 0)
         try:
             await asyncio.to_thread(self.client.put_archive, self.container_id, "/", archive)
-            command = container_command("sync", course, staging=staging)
+            command = delivery_command(course, staging=staging)
             code, out, err = await self.run_in_container(command)
         finally:
             remove = ["/bin/rm", "-rf", "--", str(STAGING / staging)]

@@ -30,7 +30,12 @@ from traitlets import Integer, Unicode, default
 from spawner import course_delivery, provenance_record, sandbox_init
 from spawner.common import PortalSpawner
 from spawner.course_delivery import STAGING
-from spawner.courses import CourseLibrary, CourseUnavailable, course_of_server, read_sync_report
+from spawner.course_library import (
+    CourseLibrary,
+    CourseUnavailable,
+    course_of_server,
+    read_sync_report,
+)
 from spawner.mounts import Mount, MountError, MountPlan, proposal_folder
 from spawner.options import SpawnRefused
 from spawner.provenance import ProvenanceRecorder, local_environment, processed_area

@@ -1,18 +1,23 @@
-"""The course format (course.yaml), its checks, ``panosc-portal course check``, and courses: in
-portal.yaml. The check runs notebooks in a real image (base) on a real Docker engine.
+"""The course format (course.yaml, spawner.course_format), its checks, ``panosc-portal course
+check`` (portal.course_check, portal.notebook_runner), and courses: in portal.yaml. The check
+runs notebooks in a real image (base) on a real Docker engine.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from portal import render, settings
+from portal import notebook_runner, render, settings
 from portal.cli import main
-from portal.course import CHECK_LABEL, CourseError, load_course, notebook_problems
+from portal.course_check import CHECK_LABEL
+from portal.notebook_runner import execute
+from spawner.course_format import CourseError, load_course, notebook_problems
 from spawner.environments import Environment
 from tests.support.docker_support import engine, ensure_images
 from tests.support.notebooks import notebook
@@ -140,7 +145,35 @@ def test_course_check_catches_a_notebook_saved_with_outputs(tmp_path, capsys) ->
 
 # -- running notebooks in the environment's image ---------------------------------------------
 
+
+def test_execute_names_the_failing_cell(tmp_path: Path) -> None:
+    (tmp_path / "good.ipynb").write_bytes(notebook(("a", "x = 2"), ("b", "assert x == 2")))
+    (tmp_path / "bad.ipynb").write_bytes(
+        notebook(("a", "x = 2"), ("b", "y = x"), ("c", "1 / 0"), ("d", "z = 1"))
+    )
+    good, bad = execute(tmp_path, ["good.ipynb", "bad.ipynb"], timeout=60)
+    assert good["ok"] and good["notebook"] == "good.ipynb"
+    assert (bad["ok"], bad["cell"], bad["source"]) == (False, 3, "1 / 0")
+    assert bad["error"] == "ZeroDivisionError: division by zero"
+
+
+def test_the_notebook_runner_prints_a_json_line_per_notebook(tmp_path: Path) -> None:
+    """As course check runs it in the container: ``python -I -c <its text> FOLDER NOTEBOOK...``."""
+    (tmp_path / "a.ipynb").write_bytes(notebook(("a", "x = 1")))
+    program = Path(notebook_runner.__file__).read_text(encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", program, str(tmp_path), "a.ipynb", "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [line] = done.stdout.splitlines()
+    assert json.loads(line)["notebook"] == "a.ipynb" and json.loads(line)["ok"]
+
+
 CHECKS_DATA = f"""import json
+import subprocess
+import sys
 from pathlib import Path
 manifest = json.loads((Path.home() / "datasets" / "datasets.json").read_text())
 [tour] = [d for d in manifest["datasets"] if d["pid"] == "{TOUR}"]
@@ -186,7 +219,8 @@ def test_course_check_names_a_dataset_the_data_has_not(tmp_path, capsys) -> None
 @pytest.mark.docker
 def test_course_check_names_a_missing_image(tmp_path, monkeypatch, capsys) -> None:
     ghost = Environment("ghost", "panosc/ghost:0.0.0", None, "x", (), ("lab",), 1.0, "1G")
-    monkeypatch.setattr("portal.course.load_environments", lambda: {"ghost": ghost})
+    for module in ("spawner.course_format", "portal.course_check"):
+        monkeypatch.setattr(f"{module}.load_environments", lambda: {"ghost": ghost})
     folder = make_course(tmp_path / "c", {"a.ipynb": notebook()}, environment="ghost")
     assert main(["course", "check", str(folder)]) == 1
     assert (

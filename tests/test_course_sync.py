@@ -1,4 +1,5 @@
-"""Course delivery: the merge rule (spawner.courses.sync), the container program, git courses.
+"""Course delivery: the merge rule (spawner.course_delivery.sync), the container program, git
+courses (spawner.course_library).
 
 Everything here runs on the host, without Docker: the program is run the way the spawner runs
 it in a container (``python -c <module text> sync ...``), by this Python.
@@ -6,6 +7,7 @@ it in a container (``python -c <module text> sync ...``), by this Python.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -19,12 +21,13 @@ from pathlib import Path
 import pytest
 from traitlets import TraitError
 
-from spawner.course_delivery import BASE_DIR, STAGING, deliverable_files, execute, sync
-from spawner.courses import (
+from spawner import course_delivery
+from spawner.course_delivery import BASE_DIR, STAGING, deliverable_files, sync
+from spawner.course_library import (
     CourseLibrary,
     CourseUnavailable,
-    container_command,
     course_archive,
+    delivery_command,
     read_sync_report,
 )
 from tests.support.notebooks import notebook
@@ -221,7 +224,7 @@ def test_the_container_program_delivers_and_consumes_its_staging_copy(course, tm
         tar.extractall("/", filter="data")
     staging = STAGING / name
     assert Path(staging, "intro.ipynb").is_file()
-    command = container_command("sync", name)
+    command = delivery_command(name)
     env = {**os.environ, "HOME": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, *command[1:]], env=env, capture_output=True, text=True, check=True
@@ -233,7 +236,7 @@ def test_the_container_program_delivers_and_consumes_its_staging_copy(course, tm
 
 
 def test_the_program_never_removes_a_source_outside_staging(course, tmp_path) -> None:
-    command = container_command("sync", "x")
+    command = delivery_command("x")
     program = command[command.index("-c") + 1]
     subprocess.run(
         [sys.executable, "-c", program, "sync", str(course), str(tmp_path / "out")], check=True
@@ -241,18 +244,20 @@ def test_the_program_never_removes_a_source_outside_staging(course, tmp_path) ->
     assert (course / "intro.ipynb").is_file()
 
 
-def test_execute_names_the_failing_cell(tmp_path: Path) -> None:
-    write(
-        tmp_path,
-        {
-            "good.ipynb": notebook(("a", "x = 2"), ("b", "assert x == 2")),
-            "bad.ipynb": notebook(("a", "x = 2"), ("b", "y = x"), ("c", "1 / 0"), ("d", "z = 1")),
-        },
-    )
-    good, bad = execute(tmp_path, ["good.ipynb", "bad.ipynb"], timeout=60)
-    assert good["ok"] and good["notebook"] == "good.ipynb"
-    assert (bad["ok"], bad["cell"], bad["source"]) == (False, 3, "1 / 0")
-    assert bad["error"] == "ZeroDivisionError: division by zero"
+def test_the_delivery_program_imports_the_standard_library_only() -> None:
+    """Every import, at the top or in a function: it runs as ``python -I -S`` in a user's server,
+    where any other module would be the student's. (The delivery tests above run it so, without
+    site-packages, which a top-level import of anything else would fail.)"""
+    tree = ast.parse(Path(course_delivery.__file__).read_text(encoding="utf-8"))
+    imported = {
+        alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names
+    }
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    outside = {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names}
+    assert not outside, f"spawner/course_delivery.py imports {sorted(outside)}"
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert "importlib" not in imported and "__import__" not in names, "no import by name"
 
 
 # -- the course library: folders and git repositories -----------------------------------------

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from portal.course import load_course, notebook_problems, run_course
+from portal.course_check import run_course
 from portal.demo.sampledata import generate
+from spawner.course_format import load_course, notebook_problems
 from tests.support.docker_support import ensure_images
 from tests.support.paths import ROOT
 

@@ -28,14 +28,8 @@ from portal.catalogue import Dataset
 from portal.cli import main
 from portal.demo.run import demo_courses
 from portal.handlers import server_name_for
-from spawner.courses import (
-    NAME,
-    SERVER_PREFIX,
-    CourseLibrary,
-    course_of_server,
-    server_name,
-    server_names,
-)
+from spawner.course_format import NAME, SERVER_PREFIX, server_name, server_names
+from spawner.course_library import CourseLibrary, course_of_server
 from spawner.environments import SERVER_TYPES
 from spawner.local import PortalLocalSpawner
 from tests.support.notebooks import notebook
@@ -92,7 +86,7 @@ def test_short_names_are_kept_and_long_or_unsafe_ones_shortened_with_a_hash() ->
 
 def test_server_names_are_the_same_in_every_process() -> None:
     """Not Python's per-process hash(): a hub restart must find the students' servers again."""
-    code = f"from spawner.courses import server_name; print(server_name({LONG!r}))"
+    code = f"from spawner.course_format import server_name; print(server_name({LONG!r}))"
     env = {**os.environ, "PYTHONHASHSEED": "random"}
     for _ in range(2):
         done = subprocess.run(

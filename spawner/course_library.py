@@ -1,11 +1,12 @@
-"""Courses on the hub: where a course's files come from, and the servers they run in.
+"""The hub's course library: where each course's files are, and how they reach a server.
 
-A course is a folder of notebooks with a ``course.yaml`` (:mod:`portal.course` reads it). The
-hub knows each course a trainer lists in ``portal.yaml`` (:class:`CourseLibrary`): a folder, or
-a git repository the hub checks out and fetches again when a student opens the course link.
-Starting the course's server (:func:`server_name`) delivers the course into the student's home,
-and opening the link again delivers the trainer's updates: the hub hands the files over as a tar and
-:mod:`spawner.course_delivery` merges them, where the student's files are, as the student.
+A course is a folder of notebooks with a ``course.yaml`` (:mod:`spawner.course_format` holds the
+rules). The hub knows each course a trainer lists in ``portal.yaml`` (:class:`CourseLibrary`): a
+folder, or a git repository the hub checks out and fetches again when a student opens the course
+link. Starting the course's server (:func:`~spawner.course_format.server_name`) delivers the
+course into the student's home, and opening the link again delivers the trainer's updates: the
+hub hands the files over as a tar (:func:`course_archive`) and :mod:`spawner.course_delivery`
+merges them, where the student's files are, as the student (:func:`delivery_command`).
 """
 
 from __future__ import annotations
@@ -14,26 +15,22 @@ import functools
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jupyterhub.slugs import is_valid_safe_slug, safe_slug
+from pydantic import ValidationError
 from traitlets import Dict, Float, List, TraitError, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
 
 from spawner import course_delivery
 from spawner.course_delivery import COURSE_FILE, STAGING, SyncReport, deliverable_files
+from spawner.course_format import CourseSource, check_names, server_names
 
-SERVER_PREFIX = "course-"
-#: A course name: part of a URL and a folder name, and the start of its server's name.
-NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 #: A Python no user can replace in a server image (its virtualenv belongs to the user).
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -42,30 +39,22 @@ class CourseUnavailable(Exception):
     """A course cannot be found or fetched; the message names the course and the cause."""
 
 
-# -- the hub side -----------------------------------------------------------------------------
-
-
 @functools.cache
 def _program() -> str:
     """The delivery program's text (:mod:`spawner.course_delivery`), run as ``python -c``."""
     return Path(course_delivery.__file__).read_text(encoding="utf-8")
 
 
-def container_command(
-    action: str, course: str, *args: str, python: str = SYSTEM_PYTHON, staging: str = ""
-) -> list[str]:
-    """The command that delivers (``sync``) or checks (``run NOTEBOOK...``) a course in a container.
+def delivery_command(course: str, staging: str = "") -> list[str]:
+    """The command that delivers a course in a container, as whoever runs it.
 
     It expects the course unpacked from :func:`course_archive` (into ``STAGING/<staging>``,
-    by default the course's name) and delivers it into ``~/courses/<course>/`` of whoever
-    runs it. Always in isolated mode (``-I``: no current folder, user site or ``PYTHON*``
-    variables); a delivery also without site-packages (``-S``), so that nothing the student
-    wrote runs in it. ``run`` needs the image's nbclient, so ``course check``, which runs it
-    in a fresh container, passes the image's ``python``.
+    by default the course's name) and delivers it into ``~/courses/<course>/``. The image's
+    system Python in isolated mode (``-I``: no current folder, user site or ``PYTHON*``
+    variables) and without site-packages (``-S``), so that nothing the student wrote runs in it.
     """
-    flags = ["-I", "-S"] if action == "sync" else ["-I"]
     source, target = str(STAGING / (staging or course)), f"~/courses/{course}"
-    return [python, *flags, "-c", _program(), action, source, target, *args]
+    return [SYSTEM_PYTHON, "-I", "-S", "-c", _program(), "sync", source, target]
 
 
 def course_archive(folder: Path, course: str, uid: int, gid: int) -> bytes:
@@ -126,37 +115,6 @@ def update_checkout(url: str, ref: str | None, folder: Path) -> None:
     _git("clean", "--quiet", "-ffdx", cwd=folder)
 
 
-def server_name(course: str) -> str:
-    """The named server a course runs in, one per course and student: ``course-<name>``.
-
-    JupyterHub 6 takes a server name only if it is a safe slug (30 characters at most; lower-case
-    letters, digits and single hyphens; a letter first, no hyphen last) and answers 400 to a
-    link to any other. A course name that would break that rule (over 23 characters, or with
-    ``--``) gets JupyterHub's own shortening instead: a readable start and a hash of the whole
-    name, ``course-tomography-rec-88075728``. So every course name works; since a hash cannot
-    be read back, :func:`course_of_server` looks the course up rather than parsing the name.
-    """
-    return safe_slug(SERVER_PREFIX + course, is_valid=is_valid_safe_slug)
-
-
-def server_names(courses: Iterable[str]) -> dict[str, str]:
-    """Server name -> course, for each of ``courses``: how a server leads back to its course.
-
-    Raises :class:`ValueError`, naming both, when two courses would share a server: in practice
-    only when a trainer names a course after another one's shortened name.
-    """
-    found: dict[str, str] = {}
-    for course in courses:
-        server = server_name(course)
-        other = found.setdefault(server, course)
-        if other != course:
-            raise ValueError(
-                f"courses {other!r} and {course!r} would both run in the server {server!r};"
-                " rename one of them"
-            )
-    return found
-
-
 def course_of_server(server: str) -> str | None:
     """The course a server belongs to, or ``None`` for every other server.
 
@@ -202,19 +160,19 @@ class CourseLibrary(SingletonConfigurable):
 
     @validate("courses")
     def _valid_courses(self, proposal: dict[str, Any]) -> dict[str, dict[str, str]]:
-        for name, source in proposal["value"].items():
-            if not NAME.fullmatch(name):
-                raise TraitError(f"course name {name!r}: use lower-case letters, digits and '-'")
-            keys = set(source)
-            if keys != {"folder"} and not ("git" in keys and keys <= {"git", "ref", "subdir"}):
-                raise TraitError(
-                    f"course {name!r}: give {{'folder': path}} or {{'git': url, 'ref': ..., "
-                    f"'subdir': ...}}, not {source!r}"
-                )
         try:
-            server_names(proposal["value"])
+            check_names(proposal["value"])
         except ValueError as e:
             raise TraitError(str(e)) from None
+        for name, source in proposal["value"].items():
+            try:
+                CourseSource.model_validate(source)
+            except ValidationError as e:
+                problems = "; ".join(
+                    ": ".join([*map(str, err["loc"]), err["msg"].removeprefix("Value error, ")])
+                    for err in e.errors()
+                )
+                raise TraitError(f"course {name!r} ({source!r}): {problems}") from None
         return proposal["value"]
 
     def __init__(self, **kwargs: Any) -> None:
