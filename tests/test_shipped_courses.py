@@ -17,10 +17,9 @@ import pytest
 from jupyterhub.slugs import is_valid_safe_slug
 from playwright.sync_api import Browser, expect
 
-from portal.course import Course, load_course
 from portal.demo.run import demo_courses
 from portal.demo.sampledata import DEMO_USERS, generate
-from spawner.courses import SERVER_PREFIX, server_name
+from spawner.course_format import SERVER_PREFIX, Course, load_course, server_name
 from spawner.docker import bridge_gateway
 from tests.support.docker_support import (
     engine,
