@@ -39,5 +39,5 @@ def test_kubespawner_and_our_entry_points() -> None:
 
 
 def test_git_for_courses_from_a_repository() -> None:
-    """The hub clones and fetches courses given as git repositories (spawner/courses.py)."""
+    """The hub clones and fetches courses given as git repositories (spawner/course_library.py)."""
     assert run("git", "--version").startswith("git version")
