@@ -4,15 +4,18 @@ The user names a proposal, a folder of its processed area (relative to it), the
 provenance records of the sessions that produced it, a title and a description. Nothing
 the browser sends is trusted as a path: the folder is resolved here, component by
 component without following a symlink, inside ``<processed_root>/<proposal>``, and the
-proposal's membership is asked of the catalogue at publish time. Nothing of the user's
-files is copied or moved: the catalogue gets a description of the folder (inputs from the
-records, software from their environment and image digest, the files with sizes).
+proposal's membership is asked of the catalogue at publish time. A refusal copies and moves
+nothing. The catalogue gets a description of the folder (inputs from the records, software
+from their environment and image digest, the files with sizes).
 
 Backends: SciCat gets a derived dataset through ``POST /api/v3/Datasets`` as its DTOs
-validate it (``CreateDerivedDatasetObsoleteDto``); the PaNOSC Search API is read-only and
-publishing there is refused with a message saying so. The local catalogue gets a
-``derived.json`` the portal writes in ``<data_root>/<proposal>/derived/<name>/``, then
-re-indexes (:func:`publish_local`).
+validate it (``CreateDerivedDatasetObsoleteDto``), its ``sourceFolder`` the results where
+they are, as SciCat's ingestors register data. The PaNOSC Search API is read-only and
+publishing there is refused with a message saying so. The local catalogue gets a frozen copy:
+the results are copied into ``<data_root>/<proposal>/derived/<name>/`` beside the portal's
+``derived.json`` and re-indexed (:func:`publish_local`), so what is published, cited and
+mounted is what was published, whatever the members later do in their shared, writable
+processed area, and "Open" mounts it as any other dataset, through its storage root.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +38,7 @@ from tornado import web
 from portal.catalogue.base import Catalogue, CatalogueError, DatasetNotFound
 from portal.catalogue.model import CatalogueUser, Dataset
 from portal.handlers import PortalPage
-from spawner.mounts import proposal_folder
+from spawner.mounts import open_folder, proposal_folder
 from spawner.provenance import Record, read_records
 
 #: The most files a published folder may list (a SciCat OrigDatablock is one document).
@@ -304,37 +308,121 @@ def refuse_read_only(backend: str) -> None:
     )
 
 
-def publish_local(catalogue: Any, publication: Publication) -> str:
-    """Register ``publication`` in the local catalogue: the portal writes
-    ``<data_root>/<proposal>/derived/<name>/derived.json`` (only that file: the results stay
-    where they are) and re-indexes; returns the new dataset's pid.
+def copy_results(source: Path, target: Path) -> tuple[PublishedFile, ...]:
+    """Copy the regular files below ``source`` into the new folder ``target``; what was copied.
 
-    The dataset belongs to the proposal, so its members read it; it is embargoed like its
-    inputs (:func:`portal.catalogue.local.derived_public_date`).
+    ``source`` is in a processed area every member of the proposal may write while this runs,
+    and the hub may read more than they may. So nothing is reached by a path that a link
+    could redirect: the walk starts from a descriptor of ``source`` opened with no symlink
+    anywhere on its way (:func:`spawner.mounts.open_folder`), goes on with :func:`os.fwalk`
+    (each folder opened relative to its parent and checked to be the one listed, so a folder
+    swapped for a link is not entered), and each file is opened with ``O_NOFOLLOW`` and
+    copied only if it is a regular file once open, up to the size it had then. Links are
+    neither followed nor copied, as :func:`list_files` does not list them.
+    """
+    try:
+        top = open_folder(source)
+    except OSError:
+        raise PublishRefused(
+            "folder",
+            f"Folder {source.name!r} now goes through a symbolic link or is gone; publish the"
+            " folder itself, inside the processed area.",
+        ) from None
+    copied: list[PublishedFile] = []
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        for folder, _dirs, names, dir_fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            here = PurePosixPath(folder)
+            (target / here).mkdir(exist_ok=True)
+            for name in sorted(names):
+                try:
+                    fd = os.open(name, flags, dir_fd=dir_fd)
+                except OSError:  # a link (ELOOP), or gone since the listing
+                    continue
+                with os.fdopen(fd, "rb") as src:
+                    info = os.fstat(src.fileno())
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
+                    if len(copied) >= MAX_FILES:
+                        raise PublishRefused(
+                            "folder",
+                            f"The folder holds more than {MAX_FILES:,} files: pick a smaller one.",
+                        )
+                    out = os.open(
+                        target / here / name,
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o444,
+                    )
+                    with os.fdopen(out, "wb") as dst:
+                        size = 0
+                        while size < info.st_size:
+                            chunk = src.read(min(1 << 20, info.st_size - size))
+                            if not chunk:
+                                break
+                            dst.write(chunk)
+                            size += len(chunk)
+                    rel = (here / name).as_posix()
+                    copied.append(PublishedFile(rel, size, info.st_mtime))
+    finally:
+        os.close(top)
+    return tuple(sorted(copied, key=lambda f: f.path))
+
+
+def publish_local(catalogue: Any, publication: Publication) -> str:
+    """Register ``publication`` in the local catalogue; returns the new dataset's pid.
+
+    The results are copied (:func:`copy_results`) into a hidden folder of
+    ``<data_root>/<proposal>/derived/``, which the indexer skips, the portal's
+    :data:`~portal.catalogue.local.DERIVED_FILE` is written beside them, and the folder is
+    renamed into place and indexed: a failure anywhere removes the copy, so nothing is
+    half-registered. The dataset belongs to the proposal, so its members read it; it is
+    embargoed like its inputs (:func:`portal.catalogue.local.derived_public_date`).
     """
     from portal.catalogue.local import DERIVED_FILE
 
+    if any(f.path == DERIVED_FILE for f in publication.files):
+        raise PublishRefused(
+            "folder",
+            f"Folder {publication.relative!r} holds a file named {DERIVED_FILE} at its top,"
+            " the name of the portal's own description of published results: rename it.",
+        )
     stem = re.sub(r"[^a-z0-9]+", "-", publication.title.lower()).strip("-")[:40] or "results"
     digest = hashlib.sha256(
         f"{publication.proposal}\0{publication.folder}\0{datetime.now(UTC).isoformat()}".encode()
     ).hexdigest()[:8]
     name = f"{stem}-{digest}"
-    target = Path(catalogue.data_root) / proposal_folder(publication.proposal) / "derived" / name
-    target.mkdir(parents=True, exist_ok=False)
-    document = {
-        "title": publication.title,
-        "description": publication.description,
-        "inputs": [d.pid for d in publication.inputs],
-        "software": list(publication.software),
-        "published_by": publication.user.username,
-        "published": datetime.now(UTC).isoformat(),
-        "results_folder": str(publication.folder),
-        "provenance": [str(r.path) for r in publication.records],
-        "files": [{"path": f.path, "size": f.size} for f in publication.files],
-    }
-    partial = target / f".{DERIVED_FILE}.partial"
-    partial.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    partial.replace(target / DERIVED_FILE)
+    derived = Path(catalogue.data_root) / proposal_folder(publication.proposal) / "derived"
+    derived.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(derived).free
+    if publication.size >= free:
+        raise PublishRefused(
+            "folder",
+            f"The results take {publication.size:,} bytes and the catalogue's storage has"
+            f" {free:,} free: ask the facility for room, or publish a smaller folder.",
+        )
+    partial = derived / f".{name}.partial"
+    partial.mkdir()
+    try:
+        files = copy_results(publication.folder, partial)
+        document = {
+            "title": publication.title,
+            "description": publication.description,
+            "inputs": [d.pid for d in publication.inputs],
+            "software": list(publication.software),
+            "published_by": publication.user.username,
+            "published": datetime.now(UTC).isoformat(),
+            "copied_from": f"processed/{publication.relative}",
+            "provenance": [r.path.name for r in publication.records],
+            "files": [{"path": f.path, "size": f.size} for f in files],
+        }
+        (partial / DERIVED_FILE).write_text(json.dumps(document, indent=2) + "\n", "utf-8")
+        partial.rename(derived / name)
+    except OSError as e:
+        raise PublishRefused(
+            "folder", f"Copying the results failed ({e.strerror or e}); nothing was published."
+        ) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     catalogue.index()
     return f"{publication.proposal}/derived/{name}"
 

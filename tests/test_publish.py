@@ -282,9 +282,10 @@ def test_local_publish_is_a_dataset_of_the_proposal_embargoed_like_its_inputs(
     with pytest.raises(DatasetNotFound):
         catalogue.get(pid, BOB)
     assert [d.pid for d in catalogue.search(BOB, text="Fitted")] == []  # open proposal or not
-    # nothing of the results moved: the tree holds only the portal's description
+    # the results stay where they were; the tree holds a copy beside the portal's description
     assert (root / "MA1234" / "results" / "fit-1" / "peaks.csv").exists()
-    assert [p.name for p in (data / pid).iterdir()] == ["derived.json"]
+    assert sorted(p.name for p in (data / pid).iterdir()) == ["derived.json", "peaks.csv"]
+    assert (found.file_count, found.size) == (1, len("energy,counts\n1,2\n"))
 
 
 # -- end to end: a real hub with the local catalogue, a real provider, Chromium ----------
@@ -381,6 +382,59 @@ def test_publish_on_the_local_catalogue_end_to_end(hub) -> None:
     assert bob.click(path).status_code == 404
     assert path.removeprefix("/hub/datasets/") not in bob.click("/hub/datasets?q=Fitted").text
     assert (hub.area / "results" / "fit-1" / "peaks.csv").exists()  # nothing moved
+
+
+@pytest.mark.e2e
+def test_members_open_published_results_read_only(hub) -> None:
+    """Open mounts the published copy of the results, read-only, with the inputs beside
+    them; bob (no member, inputs embargoed) can neither start a server with it nor open it."""
+    import re
+
+    from portal.catalogue.model import Dataset
+
+    name = record(hub.area, [Dataset(XRF, "XRF map", "MA1234", "ID21", "")], server="lab-open")
+    alice, bob = client(hub, "alice"), client(hub, "bob")
+    done = post(
+        alice,
+        proposal="MA1234",
+        folder="results/fit-1",
+        records=name,
+        title="Peaks to open",
+        description="",
+    )
+    assert done.status_code == 302, done.text[-800:]
+    pid = done.headers["Location"].removeprefix("/hub/datasets/")
+    page = alice.click(f"/hub/datasets/{pid}").text
+    assert re.search(r"Files</dt><dd[^>]*>1</dd>", page), "the page counts the results' files"
+    alice.spawn("derived", {"type": "lab", "datasets": [pid]})
+    try:
+        out = alice.run_python(
+            "import json, os\n"
+            "listed = json.load(open('datasets/datasets.json'))['datasets']\n"
+            f"[folder] = [d['path'] for d in listed if d['pid'] == {pid!r}]\n"
+            "print(sorted(os.listdir(folder)))\n"
+            "print(open(folder + '/peaks.csv').read().splitlines())\n"
+            "print(json.load(open(folder + '/derived.json'))['inputs'])\n"
+            "for target in ('peaks.csv', 'new.txt'):\n"
+            "    try:\n"
+            "        open(os.path.join(folder, target), 'a').write('x')\n"
+            "        print('written', target)\n"
+            "    except OSError as e:\n"
+            "        print('refused', target, e.errno)\n",
+            server="derived",
+        )
+    finally:
+        alice.stop("derived")
+    assert out.splitlines() == [
+        "['derived.json', 'peaks.csv']",
+        "['energy,counts', '1,2']",
+        f"['{XRF}']",
+        "refused peaks.csv 13",  # EACCES: the copy is read-only (0444, the hub's)
+        "refused new.txt 30",  # EROFS: and so is the mount
+    ]
+    refused = bob.api("POST", "hub/api/users/bob/servers/peek", json={"datasets": [pid]})
+    assert refused.status_code == 403 and "was not found" in refused.json()["message"]
+    assert bob.click(f"/hub/datasets/{pid}").status_code == 404
 
 
 @pytest.mark.e2e

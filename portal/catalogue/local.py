@@ -52,7 +52,8 @@ NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5", ".hdf")
 #: by the next indexing run (it holds nothing that is not in the data tree).
 SCHEMA_VERSION = 4
 #: The file the portal writes in a published (derived) dataset's folder of the tree
-#: (``<root>/<proposal>/derived/<name>/``): title, description, inputs, software, files.
+#: (``<root>/<proposal>/derived/<name>/``, beside the copy of the results): title,
+#: description, inputs, software, files. Not counted in the dataset's size and files.
 DERIVED_FILE = "derived.json"
 MAX_DERIVED_BYTES = 4 << 20
 
@@ -548,8 +549,10 @@ class LocalCatalogue(Catalogue):
         for folder, meta in zip(scanned.changed, metadata, strict=True):
             row = self._row(proposal, folder, meta, location)
             derived = derived_fields(root / folder.pid, folder)
-            if derived:  # the title the publisher gave
-                row = (row[0], json.loads(derived)["title"] or row[1], *row[2:])
+            if derived:  # the publisher's title; the results' size and files, not the portal's
+                results = [info.st_size for rel, info in folder.files if rel != DERIVED_FILE]
+                title = json.loads(derived)["title"] or row[1]
+                row = (row[0], title, *row[2:9], sum(results), len(results), *row[11:])
             scanned.rows.append((*row, derived))
             if meta.thumbnail or meta.tree:
                 tree = json.dumps([e.as_list() for e in meta.tree])
@@ -941,8 +944,9 @@ def derived_fields(folder: Path, scanned: _Folder) -> str | None:
     :data:`DERIVED_FILE` at its top, else ``None``: what makes it published results."""
     if not any(rel == DERIVED_FILE for rel, _ in scanned.files):
         return None
-    try:
-        with open(folder / DERIVED_FILE, "rb") as f:
+    try:  # never through a link: the file is the portal's, in the folder itself
+        fd = os.open(folder / DERIVED_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
             doc = json.loads(f.read(MAX_DERIVED_BYTES))
         inputs = [str(p) for p in doc.get("inputs") or []]
         software = [str(s) for s in doc.get("software") or []]
