@@ -290,13 +290,26 @@ def publish_scicat(catalogue: Any, publication: Publication, source_folder: str)
     body = scicat_derived(publication, source_folder)
     url = catalogue.endpoint("/api/v3/Datasets")
     headers = {"Accept": "application/json", **catalogue.auth_headers(publication.user)}
-    response = catalogue.send(url, headers, json_body=body)
+    response = catalogue.send(url, headers, json_body=body)  # 5xx: retried, then unavailable
     if response.status_code not in (200, 201):
-        raise CatalogueError(
+        raise PublishRefused(
+            "catalogue",
             f"SciCat refused the derived dataset (HTTP {response.status_code}):"
-            f" {response.text[:300]}"
+            f" {scicat_reason(response)}. Nothing was registered.",
         )
     return response.json()
+
+
+def scicat_reason(response: Any) -> str:
+    """SciCat's own words for a refusal: its ``message`` (NestJS puts the DTO's problems
+    there as a list), else the start of the body."""
+    try:
+        message = response.json().get("message")
+    except (ValueError, AttributeError):
+        message = None
+    if isinstance(message, list):
+        message = "; ".join(str(m) for m in message)
+    return str(message or response.text[:300] or response.reason)
 
 
 def refuse_read_only(backend: str) -> None:
@@ -460,6 +473,7 @@ class PublishHandler(PortalPage):
         problem: str = "",
         field: str = "",
         values: dict[str, Any] | None = None,
+        published: str = "",
     ) -> None:
         values = values or {}
         user = await self.catalogue_user()
@@ -504,6 +518,8 @@ class PublishHandler(PortalPage):
             field=field,
             values=values,
             can_publish=backend in ("local", "scicat") and bool(self.processed_root),
+            backend=backend,
+            published=published,
         )
         self.finish(html)
 
@@ -535,9 +551,11 @@ class PublishHandler(PortalPage):
                 created = await asyncio.to_thread(
                     publish_scicat, catalogue, publication, str(publication.folder)
                 )
-                pid = str(created.get("pid") or "")
         except PublishRefused as e:
             return await self.form(400, str(e), e.field, values)
         except CatalogueError as e:
             return await self.form(503, f"The catalogue cannot answer right now: {e}", "", values)
-        self.redirect(f"{self.hub.base_url}datasets/{quote(pid, safe='/')}")
+        if backend == "local":  # indexed already: its page lists it with its inputs
+            return self.redirect(f"{self.hub.base_url}datasets/{quote(pid, safe='/')}")
+        # SciCat's pid, said on the form: its page follows once SciCat lets the reader see it
+        await self.form(201, published=str(created.get("pid") or ""))
