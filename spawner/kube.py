@@ -14,6 +14,15 @@ Docker backend's binds:
   (:data:`MANIFEST_ANNOTATION` says why not a ConfigMap);
 - processed areas are writable mounts of the processed root's volume.
 
+Provenance: the pod writes its own record. A ``postStart`` hook runs the record program
+(:mod:`spawner.provenance_record`, its text and the hub's facts in the hook's command, as the
+Docker backend passes them to ``docker exec``) as jovyan when the container starts, and a
+``preStop`` hook runs it again to add the end and the files saved: no exec through the API
+server, no object beside the pod. The hooks never fail (a failing ``postStart`` would kill the
+server) and are killed after :attr:`~spawner.provenance.ProvenanceRecorder.provenance_timeout`;
+the pod's grace period leaves the ``preStop`` hook that long. The image digest is the one the
+image reference pins (``name@sha256:...``): inside a pod nothing else tells which build runs.
+
 Home is one PersistentVolumeClaim per user, shared by their named servers (a lab and a
 desktop side by side). Images come only from the environments table, as kubespawner profiles.
 """
@@ -23,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path, PurePosixPath
 
 from jupyterhub.spawner import SpawnException
 from kubernetes_asyncio.client import (
     V1Affinity,
+    V1Lifecycle,
     V1Pod,
     V1PodAffinity,
     V1PodAffinityTerm,
@@ -42,9 +53,11 @@ from traitlets import Dict, Float, Unicode, default
 
 from portal.upstream import apply_kube_profile
 from spawner.common import HOME, JOVYAN_GID, JOVYAN_UID, PortalSpawner, SpawnPlan
+from spawner.course_library import SYSTEM_PYTHON
 from spawner.environments import Environment
 from spawner.mounts import DATASETS_DIR, MANIFEST_NAME, MountError, MountPlan
 from spawner.options import SpawnRefused
+from spawner.provenance import ProvenanceRecorder, program, program_arguments
 
 LABEL_PREFIX = "portal.panosc.eu"
 USER_LABEL = f"{LABEL_PREFIX}/user"
@@ -145,7 +158,22 @@ def pod_volumes(
     return volumes, mounts
 
 
-class PortalKubeSpawner(PortalSpawner, KubeSpawner):
+def image_digest(image: str) -> str:
+    """The digest an image reference pins (``registry/name:tag@sha256:...``), else empty."""
+    _, at, digest = image.partition("@")
+    return digest if at else ""
+
+
+def hook_command(action: str, facts: dict, seconds: int) -> list[str]:
+    """A lifecycle hook's command: the record program as jovyan with the image's system
+    Python in isolated mode, killed after ``seconds``, and never a failure (kubelet kills a
+    container whose ``postStart`` hook fails: a record is not worth a session)."""
+    script = f'/usr/bin/timeout -s KILL {seconds} "$@"; exit 0'
+    python = [SYSTEM_PYTHON, "-I", "-S", "-c", program(), *program_arguments(action, facts)]
+    return ["/bin/sh", "-c", script, "panosc-provenance", *python]
+
+
+class PortalKubeSpawner(ProvenanceRecorder, PortalSpawner, KubeSpawner):
     """Single-user pods in the environment's image, with exactly the approved datasets."""
 
     storage_volumes = Dict(
@@ -288,9 +316,19 @@ class PortalKubeSpawner(PortalSpawner, KubeSpawner):
     def _default_notebook_dir(self) -> str:
         return str(HOME)
 
+    @default("delete_grace_period")
+    def _default_delete_grace_period(self) -> int:
+        """Long enough for the ``preStop`` hook to complete the record (kubespawner's 1 s
+        is not), and the hook is killed at ``provenance_timeout``, so no longer than that."""
+        return self.provenance_timeout + 5
+
+    def record_home(self) -> str:
+        return str(HOME)
+
     _spawn: SpawnPlan | None = None  # this start's plan and the pod volumes realising it
     _plan_volumes: tuple[list[dict], list[dict]] | None = None
     _pod_requested = False  # the portal's steps are done; the pod's own events follow
+    _started = 0.0  # when this start began: the provenance record's start
 
     def image_for(self, environment: Environment) -> str:
         """The environment's image, from the site's registry when one is configured."""
@@ -310,6 +348,7 @@ class PortalKubeSpawner(PortalSpawner, KubeSpawner):
         environment the plan chose selects its profile. The hub's own storage is touched
         only in worker threads: a slow GPFS or NFS must not freeze the hub for everyone.
         """
+        self._started = time.time()  # the session's start, as the Docker backend states it
         if "ReadWriteOncePod" in self.storage_access_modes:
             raise SpawnException(
                 READ_WRITE_ONCE_POD_REFUSED, reason="configuration", status_code=500
@@ -383,7 +422,34 @@ class PortalKubeSpawner(PortalSpawner, KubeSpawner):
         )
         if "ReadWriteMany" not in self.storage_access_modes:
             colocate_with_user(pod, user)
+        self.add_provenance_hooks(pod, spawn)
         return pod
+
+    def add_provenance_hooks(self, pod: V1Pod, spawn: SpawnPlan) -> None:
+        """The ``postStart`` and ``preStop`` hooks that write and complete the record, and a
+        grace period that lets the second finish (:func:`hook_command`)."""
+        facts = self.session_facts(spawn, self._started)
+        digest = image_digest(self.image)
+        facts.update(
+            image=self.image,
+            digest=digest,
+            environment_description=f"Kubernetes pod image {self.image}"
+            + ("" if digest else "; not pinned by a digest, so the build that ran is unknown"),
+        )
+        container = pod.spec.containers[0]
+        if container.lifecycle is not None:
+            self.log.warning(
+                "%s: KubeSpawner.lifecycle_hooks replaced by the provenance hooks", self._log_name
+            )
+        seconds = self.provenance_timeout
+        container.lifecycle = get_k8s_model(
+            V1Lifecycle,
+            {
+                "postStart": {"exec": {"command": hook_command("start", facts, seconds)}},
+                "preStop": {"exec": {"command": hook_command("stop", facts, seconds)}},
+            },
+        )
+        pod.spec.termination_grace_period_seconds = self.delete_grace_period
 
     async def progress(self) -> AsyncIterator[dict]:
         """The portal's steps (catalogue, mounts) as they happen, then the pod's events.
