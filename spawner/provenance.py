@@ -9,9 +9,10 @@ itself, and the user's tokens never leave it. A failure to write a record is log
 never blocks a start or a stop.
 
 Backends: Docker (the image digest as Docker reports it for the container) and local (the
-hub's Python and a digest of its distributions). Kubernetes records nothing yet: writing
-needs an exec into the pod through the API server (kubespawner has no helper for it), and no
-cluster is available to test one, so it is left undone rather than shipped untried.
+hub's Python and a digest of its distributions). Kubernetes needs no exec through the API
+server: the pod runs the same program itself, from ``postStart`` and ``preStop`` hooks whose
+commands carry the program and the facts (:mod:`spawner.kube`); its digest is the one the
+image reference pins, the only one a pod can know.
 
 :func:`read_records` is the other direction, for publishing: it reads the crates under a
 folder the hub can see (a processed area on the host), trusting nothing in them.
