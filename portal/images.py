@@ -576,3 +576,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="rebuild every layer (e.g. for the latest Debian security updates)",
     )
     b.set_defaults(func=_build_command)
+
+    from portal.image_export import add_export_parser
+
+    add_export_parser(images)

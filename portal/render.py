@@ -51,6 +51,7 @@ def render_config(settings: PortalSettings) -> Config:
                 (r"/course/([a-z0-9-]+)/students", "portal.handlers.CourseStudentsHandler"),
                 ("/sharing", "portal.sharing.SharingHandler"),
                 ("/support", "portal.sharing.SupportHandler"),
+                ("/api/batchspawner", "portal.slurm_port.PortHandler"),
             ],
             "named_server_limit_per_user": spawner.named_server_limit,
         },
@@ -129,6 +130,26 @@ def render_config(settings: PortalSettings) -> Config:
         }
     if spawner.backend == "kube":
         config["PortalKubeSpawner"] = render_kube(settings, config)
+    if spawner.backend == "slurm" and spawner.slurm is not None:
+        slurm = spawner.slurm
+        hub_api = f"http://{slurm.hub_connect_ip}:{slurm.hub_api_port}"
+        # Compute nodes reach the hub's API; jobs outlive a hub restart.
+        config["JupyterHub"].update(
+            hub_bind_url=hub_api, hub_connect_url=hub_api, cleanup_servers=False
+        )
+        config["PortalSlurmSpawner"] = {
+            "partitions": {
+                name: p.model_dump(exclude_none=True) for name, p in slurm.partitions.items()
+            },
+            "default_partition": slurm.default_partition or next(iter(slurm.partitions)),
+            "default_walltime": slurm.default_walltime,
+            "slurm_account": slurm.account,
+            "extra_sbatch": slurm.extra_sbatch,
+            "slurm_conf": str(slurm.slurm_conf or ""),
+            "environments_dir": str(slurm.environments_dir),
+            "node_python": slurm.node_python,
+            "home_dir_template": slurm.home_dir,
+        }
     if spawner.home_dir:
         config["PortalLocalSpawner"] = {"home_dir_template": spawner.home_dir}
 

@@ -265,8 +265,70 @@ class KubeSettings(Section):
         return volumes
 
 
+class SlurmPartition(Section):
+    """A partition users may pick, with the most a job there may ask for."""
+
+    max_minutes: int = Field(ge=1, description="The longest time limit a user may ask for.")
+    max_cpus: int | None = Field(None, ge=1, description="CPUs a job may ask for at most.")
+    max_memory: str | None = Field(
+        None, pattern=r"^[1-9][0-9]*[KMGT]$", description="Memory a job may ask for, like 16G."
+    )
+    label: str | None = Field(None, description="What the spawn form shows for it.")
+
+
+class SlurmSettings(Section):
+    """The Slurm backend: each server is a batch job on the cluster, in a sandbox."""
+
+    hub_connect_ip: str = Field(
+        description="The hub's address as the compute nodes reach it; its API listens there."
+    )
+    hub_api_port: int = Field(8081, ge=1, le=65535, description="Port of the hub's API.")
+    partitions: dict[str, SlurmPartition] = Field(
+        min_length=1, description="Partitions users may pick; the first is the default."
+    )
+    default_partition: str | None = Field(
+        None, description="The partition offered first; default: the first one listed."
+    )
+    default_walltime: int = Field(120, ge=1, description="Minutes a job asks for by default.")
+    account: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", description="Slurm account to charge.")
+    extra_sbatch: list[str] = Field(
+        default_factory=list, description="Site lines added to every job, each '#SBATCH ...'."
+    )
+    slurm_conf: Path | None = Field(None, description="slurm.conf, if not the default one.")
+    environments_dir: Path = Field(
+        Path("/srv/panosc/environments"),
+        description="Shared folder of the unpacked environments (panosc-portal images export).",
+    )
+    node_python: str = Field("/usr/bin/python3", pattern=r"^/", description="Nodes' python3.")
+    home_dir: str = Field(
+        "/home/panosc/{username}",
+        pattern=r"^/",
+        description="Each user's home on the shared filesystem; {username} is the user.",
+    )
+
+    @model_validator(mode="after")
+    def _known_default(self) -> SlurmSettings:
+        if self.default_partition and self.default_partition not in self.partitions:
+            raise ValueError(
+                f"default_partition {self.default_partition!r} is not one of the partitions"
+                f" ({', '.join(self.partitions)})"
+            )
+        return self
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _sbatch_lines(cls, lines: list[str]) -> list[str]:
+        for line in lines:
+            if not line.startswith("#SBATCH --") or any(c in line for c in "\n\r'"):
+                raise ValueError(
+                    f"extra_sbatch line {line!r} must be one '#SBATCH --option' line"
+                    " (no line break, no quote)"
+                )
+        return lines
+
+
 class SpawnerSettings(Section):
-    backend: Literal["local", "docker", "kube"] = "local"
+    backend: Literal["local", "docker", "kube", "slurm"] = "local"
     storage_roots: dict[str, Path] = Field(default_factory=dict)
     processed_root: Path | None = None
     default_datasets: Literal["all", "none"] = "all"
@@ -282,6 +344,7 @@ class SpawnerSettings(Section):
     )
     docker: DockerSettings = Field(default_factory=DockerSettings)
     kube: KubeSettings = Field(default_factory=KubeSettings)
+    slurm: SlurmSettings | None = None
 
     @field_validator("storage_roots")
     @classmethod
@@ -290,6 +353,15 @@ class SpawnerSettings(Section):
             if not prefix.startswith("/"):
                 raise ValueError(f"storage root prefix {prefix!r} must be an absolute path")
         return roots
+
+    @model_validator(mode="after")
+    def _slurm_section(self) -> SpawnerSettings:
+        if self.backend == "slurm" and self.slurm is None:
+            raise ValueError(
+                "backend 'slurm' needs a 'slurm:' section (at least hub_connect_ip and"
+                " partitions), see README 'Deploy on a Slurm cluster'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kube_volumes(self) -> SpawnerSettings:

@@ -45,3 +45,16 @@ def apply_kube_profile(spawner: Any, name: str) -> None:
     profiles = spawner._sorted_dict_values(spawner.profile_list)
     profiles = spawner._get_initialized_profile_list(profiles)
     spawner._load_profile(name, profiles)
+
+
+def drop_batchspawner_api() -> None:
+    """Take batchspawner's (1.3) ``/api/batchspawner`` handler out of the hub's API.
+
+    Importing batchspawner appends it to JupyterHub's ``apihandlers.default_handlers``, a
+    module list that is not an API: it sets any attribute of the spawner the job's token
+    names (``exec_prefix``, ``batch_script``...), so user code holding its server's token
+    could make the hub run anything. :class:`portal.slurm_port.PortHandler` takes its path.
+    """
+    from jupyterhub.apihandlers import default_handlers
+
+    default_handlers[:] = [h for h in default_handlers if h[0] != r"/api/batchspawner"]

@@ -88,6 +88,8 @@ setup_portal() {
     apt_need bubblewrap util-linux passwd
     if [ "$purpose" = test ]; then
         apt_need chromium procps
+        # the Slurm tests' cluster: controller, compute nodes, munge, network namespaces
+        apt_need slurmctld slurmd slurm-client munge iproute2
         setup_docker
         setup_helm
     fi

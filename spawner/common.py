@@ -160,6 +160,8 @@ class PortalSpawner(Configurable):
 
     #: The server types a backend can run (the local backend has no desktop).
     supported_server_types: tuple[str, ...] = ("lab", "desktop")
+    #: User options a backend checks itself (Slurm: partition, walltime), besides ours.
+    backend_options: tuple[str, ...] = ()
 
     storage_roots = Dict(
         key_trait=Unicode(),
@@ -205,6 +207,10 @@ class PortalSpawner(Configurable):
     @default("options_form")
     def _options_form_default(self) -> Callable:
         return options_form
+
+    def backend_form_context(self) -> dict[str, Any]:
+        """What the spawn form shows of this backend's own options (none by default)."""
+        return {}
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         """Form fields as user options; the form always states its datasets (none is a choice)."""
@@ -420,7 +426,8 @@ class PortalSpawner(Configurable):
         """
         self._events: list[dict] = []
         environments = self.environments
-        options = parse_options(self.user_options or {}, environments, self.resource_presets)
+        raw = {k: v for k, v in (self.user_options or {}).items() if k not in self.backend_options}
+        options = parse_options(raw, environments, self.resource_presets)
         if options.server_type not in self.supported_server_types:
             raise SpawnRefused(
                 f"this portal's {type(self).__name__} cannot run a {options.server_type}"

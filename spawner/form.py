@@ -164,5 +164,6 @@ async def options_form(spawner: Any) -> str:
             "problem": problem,
             "chosen_type": chosen,
             "software_note": software_note(spawner),
+            **spawner.backend_form_context(),
         }
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from portal.catalogue.model import Dataset
+from spawner.nofollow import open_folder
 
 DATASETS_DIR = PurePosixPath("datasets")
 MANIFEST_NAME = "datasets.json"
@@ -73,26 +74,6 @@ def safe_name(name: str) -> str:
     """A path component made only of ``[A-Za-z0-9._-]``, never empty, ``.`` or ``..``."""
     cleaned = _UNSAFE.sub("_", name).strip("._") or "_"
     return cleaned[:100]
-
-
-def open_folder(path: Path) -> int:
-    """An ``O_PATH`` descriptor of the folder ``path`` names, reached without any symlink.
-
-    Each component is opened with ``O_NOFOLLOW`` relative to its parent, so what is opened
-    is what the path names now, not what a symlink points to; a symlink or a non-folder
-    anywhere raises :class:`OSError`. A backend that mounts from the descriptor (bubblewrap's
-    ``--bind-fd``) mounts exactly this folder, whatever is renamed afterwards.
-    """
-    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
-    try:
-        for part in path.parts[1:]:
-            child = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def identity_of(path: Path) -> tuple[int, int]:

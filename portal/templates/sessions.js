@@ -24,7 +24,8 @@
     return m >= 120 ? `${Math.round(m / 60)} h` : m >= 1 ? `${m} min` : `${Math.round(seconds)} s`;
   }
 
-  // Time left: the sooner of the idle culler's timeout and the maximum session age.
+  // Time left: the soonest of the idle culler's timeout, the maximum session age and a
+  // batch job's time limit.
   function countdown() {
     const table = document.getElementById("portal-sessions");
     const timeout = Number(table.dataset.cullTimeout), maxAge = Number(table.dataset.cullMaxAge);
@@ -37,6 +38,9 @@
       }
       if (maxAge && row.dataset.started) {
         limits.push([Date.parse(row.dataset.started) / 1000 + maxAge - now, "maximum age"]);
+      }
+      if (row.dataset.jobEnd) {  // a batch job's time limit, from the cluster
+        limits.push([Number(row.dataset.jobEnd) - now, "time limit"]);
       }
       const cell = row.querySelector(".portal-remaining");
       if (!limits.length) {

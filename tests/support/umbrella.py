@@ -74,7 +74,7 @@ class Hub:
     def write_config(self) -> Path:
         """portal.yaml for this hub; its ports stay the same across restarts."""
         internal = {"ConfigurableHTTPProxy": {"api_url": f"http://127.0.0.1:{self.proxy_api_port}"}}
-        if self.config.get("spawner", {}).get("backend") != "docker":  # docker sets its own
+        if self.config.get("spawner", {}).get("backend") not in ("docker", "slurm"):  # own
             internal["JupyterHub"] = {"hub_bind_url": f"http://127.0.0.1:{self.hub_api_port}"}
         extra = self.config.get("extra_config", {})
         config = {

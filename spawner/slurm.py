@@ -1,0 +1,539 @@
+"""The Slurm backend: each server is a batch job on the facility's cluster, in a sandbox.
+
+Built on batchspawner's ``SlurmSpawner`` (its job state machine: submit, wait while
+pending, poll, cancel, the job id kept in the hub's state), rather than on jupyterhub-moss,
+which adds ESRF's own spawn form on top of it: the portal has a form of its own. Three
+parts of batchspawner are replaced, each because it would open the data boundary:
+
+- the job script is made here (:func:`job_script`), never from a template filled with
+  ``user_options`` (batchspawner substitutes them into the script, so a forged option
+  ``cmd`` or ``prologue`` would run anything outside the sandbox);
+- Slurm's commands run without a shell, with a timeout, ``sbatch`` as the user's account;
+- the hub takes only a port from the job (:mod:`portal.slurm_port`; batchspawner's handler
+  sets any attribute of the spawner the request names).
+
+The job runs :mod:`spawner.slurm_job` on the compute node as the user's own account: it
+opens every planned folder again there and starts the server in bubblewrap, with the
+environment (an image unpacked by ``panosc-portal images export``) as its root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchspawner import JobStatus, SlurmSpawner
+from traitlets import Dict, Float, Integer, List, Unicode, default
+
+from portal.image_export import ENVIRONMENT_FILE
+from portal.upstream import drop_batchspawner_api
+from spawner import nofollow, slurm_job
+from spawner.common import PortalSpawner, SpawnPlan
+from spawner.mounts import MountError
+from spawner.options import SpawnRefused
+from spawner.sandbox import Account, SandboxError, ensure_account, ensure_processed, take_home
+from spawner.seccomp import sandbox_filter
+
+drop_batchspawner_api()  # importing batchspawner added it to the hub's API
+
+#: The user options this backend adds to the portal's own.
+SLURM_OPTIONS = ("partition", "walltime")
+_MEMORY = re.compile(r"^([0-9]+)([KMGT]?)$")
+#: Slurm's states of a job that has ended, and what the user is told.
+ENDED = {
+    "CANCELLED": "the job was cancelled on the cluster",
+    "TIMEOUT": "the job reached its time limit",
+    "NODE_FAIL": "the compute node running it failed",
+    "FAILED": "the job failed",
+    "OUT_OF_MEMORY": "the job ran out of memory",
+    "PREEMPTED": "the job was preempted by the cluster",
+    "BOOT_FAIL": "the compute node could not be started",
+    "DEADLINE": "the job reached its deadline",
+    "COMPLETED": "the server exited",
+}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What the user chose for the job, checked against the site's partitions."""
+
+    partition: str
+    minutes: int
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One line of ``squeue``: state, reason, node and time left."""
+
+    state: str
+    reason: str
+    node: str
+    time_left: str
+
+    @classmethod
+    def parse(cls, line: str) -> JobState | None:
+        parts = line.strip().split("|")
+        return cls(*parts) if len(parts) == 4 else None
+
+
+def parse_job_options(
+    raw: Mapping[str, Any], partitions: Mapping[str, Mapping[str, Any]], default: str, minutes: int
+) -> JobOptions:
+    """Check the partition and time limit a user asked for; refuse naming what is allowed."""
+
+    def single(key: str) -> str | None:
+        value = raw.get(key)
+        if isinstance(value, list):
+            value = value[0] if len(value) == 1 else value
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise SpawnRefused(f"server option {key!r} must be a single string", 400)
+        return value
+
+    partition = single("partition") or default
+    if partition not in partitions:
+        raise SpawnRefused(
+            f"unknown partition {partition!r}; choose one of {', '.join(partitions)}", 400
+        )
+    limit = int(partitions[partition].get("max_minutes", minutes))
+    walltime = single("walltime")
+    if walltime is None:
+        return JobOptions(partition, min(minutes, limit))
+    if not walltime.isdigit() or not 1 <= int(walltime) <= limit:
+        raise SpawnRefused(
+            f"time limit {walltime!r} is not allowed on partition {partition}: give a whole"
+            f" number of minutes from 1 to {limit}",
+            400,
+        )
+    return JobOptions(partition, int(walltime))
+
+
+def memory_mb(memory: str) -> int:
+    """``4G`` -> 4096: Slurm's ``--mem`` in megabytes."""
+    match = _MEMORY.match(memory.strip().upper().removesuffix("I").removesuffix("B"))
+    if not match:
+        raise SpawnRefused(f"memory {memory!r} is not a size like 4G", 500)
+    number, unit = int(match[1]), match[2]
+    return max(1, number * {"": 1, "K": 1, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit] >> 20)
+
+
+def node_modules() -> str:
+    """Python that makes :mod:`spawner.nofollow` and :mod:`spawner.slurm_job` importable
+    from their sources, for the node's own ``python3 -I -S``. Only base64 text between
+    double quotes, so the job script can hold it in single quotes as it is."""
+    modules = {
+        "spawner.nofollow": Path(nofollow.__file__).read_bytes(),
+        "spawner.slurm_job": Path(slurm_job.__file__).read_bytes(),
+    }
+    encoded = {name: base64.b64encode(source).decode() for name, source in modules.items()}
+    return "\n".join(
+        [
+            "import base64, sys, types",
+            'sys.modules["spawner"] = types.ModuleType("spawner")',
+            f"modules = {json.dumps(encoded)}",
+            "for name, source in modules.items():",
+            "    module = sys.modules[name] = types.ModuleType(name)",
+            '    exec(compile(base64.b64decode(source), name, "exec"), module.__dict__)',
+        ]
+    )
+
+
+def node_program(plan: dict[str, Any]) -> str:
+    """The Python the job runs on the node: the modules, then ``slurm_job.main(plan)``."""
+    return node_modules() + f'\nsys.modules["spawner.slurm_job"].main("{_b64(plan)}")'
+
+
+def _b64(data: Any) -> str:
+    return base64.b64encode(json.dumps(data).encode()).decode()
+
+
+def job_script(
+    *,
+    name: str,
+    job: JobOptions,
+    cpus: int,
+    memory: int,
+    account: str,
+    output: str,
+    extra: list[str],
+    python: str,
+    plan: dict[str, Any],
+) -> str:
+    """The batch script: ``#SBATCH`` lines from checked values only, then the node program."""
+    lines = [
+        "#!/bin/sh",
+        f"#SBATCH --job-name={name}",
+        f"#SBATCH --partition={job.partition}",
+        f"#SBATCH --time={job.minutes}",
+        f"#SBATCH --cpus-per-task={cpus}",
+        f"#SBATCH --mem={memory}M",
+        f"#SBATCH --output={output}",
+        "#SBATCH --chdir=/",
+        "#SBATCH --export=ALL",
+        "#SBATCH --no-requeue",
+    ]
+    if account:
+        lines.append(f"#SBATCH --account={account}")
+    lines += extra
+    lines.append(f"exec {python} -I -S -c '{node_program(plan)}'")
+    return "\n".join(lines) + "\n"
+
+
+class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
+    """A server per Slurm job, as the user's own account, in a bubblewrap sandbox."""
+
+    supported_server_types = ("lab", "desktop")
+    backend_options = SLURM_OPTIONS
+
+    partitions = Dict(
+        default_value={"short": {"max_minutes": 480}},
+        config=True,
+        help="""Partitions users may pick -> {"max_minutes": .., "max_cpus": ..,
+        "max_memory": "8G", "label": ".."}; the first is the default.""",
+    )
+    default_partition = Unicode(
+        "", config=True, help="The partition the form offers first; empty: the first one."
+    )
+    default_walltime = Integer(120, min=1, config=True, help="Minutes a job asks by default.")
+    slurm_account = Unicode("", config=True, help="Slurm account jobs are charged to.")
+    extra_sbatch = List(
+        Unicode(), config=True, help="Extra '#SBATCH ...' lines of the site, one per entry."
+    )
+    slurm_conf = Unicode("", config=True, help="slurm.conf for the hub's Slurm commands.")
+    environments_dir = Unicode(
+        "/srv/panosc/environments",
+        config=True,
+        help="Shared folder of the unpacked environments (panosc-portal images export).",
+    )
+    node_python = Unicode("/usr/bin/python3", config=True, help="Python on the compute nodes.")
+    home_dir_template = Unicode(
+        "/home/panosc/{username}",
+        config=True,
+        help="Each user's home on the shared filesystem the compute nodes mount.",
+    )
+    account_prefix = Unicode("panosc-", config=True, help="Prefix of the users' accounts.")
+    command_timeout = Float(30.0, config=True, help="Seconds a Slurm command may take.")
+    startup_poll_interval = Float(1.0, config=True, help="Seconds between two squeue calls.")
+    port_timeout = Float(
+        60.0, config=True, help="Seconds a running job may take to report its server's port."
+    )
+
+    @default("start_timeout")
+    def _start_timeout_default(self) -> int:
+        return 3600  # a job may wait in the queue: the user watches its progress
+
+    job_end = 0.0  # when Slurm will end the running job (epoch), for the home page
+    ended = ""  # why the job ended by itself, as the last query found it
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self.job_end:
+            state["walltime_end"] = self.job_end
+        if self.ip:
+            state["node_ip"] = self.ip
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.job_end = float(state.get("walltime_end") or 0)
+        self.ip = state.get("node_ip", self.ip)
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.job_end = 0.0
+
+    # -- running Slurm's commands -------------------------------------------------------
+
+    def slurm_env(self) -> dict[str, str]:
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+        }
+        if self.slurm_conf:
+            env["SLURM_CONF"] = self.slurm_conf
+        return env
+
+    async def slurm(self, *argv: str, stdin: str = "", env: dict | None = None) -> str:
+        """Run a Slurm command (no shell); its output, or :class:`RuntimeError` with its
+        error. A command that hangs (controller down) ends at ``command_timeout``."""
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**self.slurm_env(), **(env or {})},
+            )
+        except OSError as e:
+            raise RuntimeError(
+                f"{argv[0]} cannot run on the hub ({e.strerror}): install slurm-client there"
+            ) from None
+        try:
+            out, err = await asyncio.wait_for(
+                process.communicate(stdin.encode()), self.command_timeout
+            )
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise RuntimeError(f"{argv[0]} did not answer in {self.command_timeout:g} s") from None
+        if process.returncode:
+            raise RuntimeError(err.decode(errors="replace").strip()[-500:] or f"{argv[0]} failed")
+        return out.decode(errors="replace").strip()
+
+    async def query_job_status(self) -> JobStatus:
+        """The job's state as ``squeue`` reports it, ended jobs included (``--states=all``)."""
+        if not self.job_id:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        try:
+            self.job_status = await self.slurm(
+                "squeue", "-h", "-j", self.job_id, "--states=all", "-o", "%T|%r|%N|%L"
+            )
+        except RuntimeError as e:
+            self.job_status = str(e)
+            if "Invalid job id" in self.job_status:
+                self.ended = "the job is no longer known to the cluster"
+                return JobStatus.NOTFOUND
+            return JobStatus.UNKNOWN  # the controller did not answer: nothing is known
+        state = JobState.parse(self.job_status)
+        if state is None:
+            return JobStatus.NOTFOUND
+        if state.state == "RUNNING":
+            return JobStatus.RUNNING
+        if state.state in ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"):
+            return JobStatus.PENDING
+        self.ended = self.ended_because()
+        return JobStatus.NOTFOUND
+
+    def ended_because(self) -> str:
+        state = JobState.parse(self.job_status)
+        if state is None:
+            return "the job is no longer known to the cluster"
+        reason = ENDED.get(state.state, f"the job ended ({state.state.lower()})")
+        detail = f" ({state.reason})" if state.reason not in ("", "None") else ""
+        return reason + detail
+
+    async def cancel_batch_job(self) -> None:
+        self.log.info("%s: cancelling job %s", self._log_name, self.job_id)
+        await self.slurm("scancel", self.job_id)
+
+    async def node_address(self, node: str) -> str:
+        """The address the hub reaches ``node`` at, as slurm.conf gives it (``NodeAddr``)."""
+        address = await self.slurm("sinfo", "-h", "-N", "-n", node, "-o", "%o")
+        return address.splitlines()[0].strip() if address else node
+
+    async def queue_position(self, partition: str) -> int:
+        """Where the job stands among the partition's pending jobs, by Slurm's priority."""
+        out = await self.slurm(
+            "squeue", "-h", "-t", "PENDING", "-p", partition, "--sort=-p,i", "-o", "%i"
+        )
+        jobs = out.split()
+        return jobs.index(self.job_id) + 1 if self.job_id in jobs else 0
+
+    # -- the spawn ----------------------------------------------------------------------
+
+    @property
+    def first_partition(self) -> str:
+        return self.default_partition or next(iter(self.partitions))
+
+    def backend_form_context(self) -> dict[str, Any]:
+        names = [self.first_partition, *(n for n in self.partitions if n != self.first_partition)]
+        partitions = [
+            {
+                "name": n,
+                "label": self.partitions[n].get("label")
+                or f"{n} (up to {self.partitions[n]['max_minutes']} min)",
+            }
+            for n in names
+        ]
+        first = self.partitions[self.first_partition]
+        return {
+            "batch": {
+                "partitions": partitions,
+                "walltime": min(self.default_walltime, int(first["max_minutes"])),
+                "max": max(int(p["max_minutes"]) for p in self.partitions.values()),
+            }
+        }
+
+    async def account(self) -> Account:
+        try:
+            return await asyncio.to_thread(ensure_account, self.user.name, self.account_prefix)
+        except SandboxError as e:
+            raise SpawnRefused(str(e), 500) from e
+
+    def environment_root(self, name: str) -> tuple[Path, dict[str, Any]]:
+        """The unpacked environment ``name`` and what ``images export`` wrote about it."""
+        root = Path(self.environments_dir) / name
+        try:
+            info = json.loads((root / ENVIRONMENT_FILE).read_text())
+        except (OSError, ValueError):
+            raise SpawnRefused(
+                f"the environment {name} is not unpacked on the cluster's shared storage"
+                f" ({root}): run `panosc-portal images export --to {self.environments_dir}"
+                f" {name}` on the hub",
+                503,
+            ) from None
+        return root, info
+
+    def job_plan(
+        self, spawn: SpawnPlan, account: Account, home: Path, root: Path, info: dict
+    ) -> dict[str, Any]:
+        """What the node program needs: every path with the inode the hub checked."""
+        mounts = [
+            {
+                "source": str(m.source),
+                "target": str(m.target),
+                "read_only": m.read_only,
+                "pid": m.pid,
+                "inode": m.identity[1] if m.identity else None,
+            }
+            for m in spawn.mounts.mounts
+        ]
+        server = [*self.cmd, *self.get_args()]
+        return {
+            "rootfs": str(root),
+            "path": info.get("path") or "/usr/local/bin:/usr/bin:/bin",
+            "home": str(home),
+            "home_inode": home.lstat().st_ino,
+            "home_target": str(account.home),
+            "mounts": mounts,
+            "manifest": spawn.mounts.manifest_json(),
+            "seccomp": base64.b64encode(sandbox_filter()).decode(),
+            "command": server,
+            "env": {"USER": account.name, "LANG": "C.UTF-8"},
+        }
+
+    async def start(self) -> tuple[str, int]:
+        """Check everything, submit, then report the queue until the job runs and its
+        server has told the hub its port."""
+        job = parse_job_options(
+            self.user_options or {}, self.partitions, self.first_partition, self.default_walltime
+        )
+        spawn = await self.prepare_spawn()
+        limits = self.partitions[job.partition]
+        cpus, memory = math.ceil(spawn.resources.cpu), memory_mb(spawn.resources.memory)
+        if cpus > int(limits.get("max_cpus", cpus)) or memory > memory_mb(
+            str(limits.get("max_memory", f"{memory}M"))
+        ):
+            raise SpawnRefused(
+                f"{spawn.resources.cpu:g} CPU and {spawn.resources.memory} memory do not fit"
+                f" partition {job.partition} (at most {limits.get('max_cpus', '?')} CPU,"
+                f" {limits.get('max_memory', '?')}): choose smaller resources",
+                400,
+            )
+        root, info = self.environment_root(spawn.environment.name)
+        account = await self.account()
+        home = Path(self.home_dir_template.format(username=self.user.name))
+        try:
+            await asyncio.to_thread(take_home, home, account)
+            for mount in spawn.mounts.mounts:
+                if not mount.read_only:
+                    await asyncio.to_thread(ensure_processed, mount.source)
+        except (MountError, SandboxError, OSError) as e:
+            raise SpawnRefused(str(e)) from e
+        self.default_url = spawn.default_url
+        self.ip, self.port, self.job_end = "", 0, 0.0
+        script = job_script(
+            name=f"portal-{account.name}-{self.name or 'default'}"[:60],
+            job=job,
+            cpus=cpus,
+            memory=memory,
+            account=self.slurm_account,
+            output=str(home / ".panosc-portal-job.log"),
+            extra=list(self.extra_sbatch),
+            python=self.node_python,
+            plan=self.job_plan(spawn, account, home, root, info),
+        )
+        env = {k: v for k, v in self.get_env().items() if k.startswith("JUPYTERHUB_")}
+        try:
+            out = await self.slurm(
+                "runuser", "-u", account.name, "--", "sbatch", "--parsable",
+                stdin=script, env=env,
+            )  # fmt: skip
+            self.job_id = self.parse_job_id(out)
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise SpawnRefused(f"the cluster refused the job: {e}", 503) from e
+        self.progress_event(f"Submitted job {self.job_id} to partition {job.partition}", 40)
+        await self.until_running(job.partition)
+        return self.ip, self.port
+
+    async def until_running(self, partition: str) -> None:
+        """Follow the job: queued (with Slurm's reason and the position), starting on node
+        N, then wait for the port the node program reports. A job that ends first raises
+        a message saying why; the hub then shows it and keeps nothing pending."""
+        said = ""
+        deadline = 0.0
+        while True:
+            status = await self.query_job_status()
+            state = JobState.parse(self.job_status)
+            if status == JobStatus.NOTFOUND:
+                why = self.ended
+                self.clear_state()
+                raise SpawnRefused(f"Your session did not start: {why}.", 503)
+            if status == JobStatus.PENDING and state is not None:
+                position = await self.queue_position(partition)
+                where = f", position {position} in the queue" if position else ""
+                why = f": {state.reason}" if state.reason not in ("", "None") else ""
+                message = f"Queued on the cluster (job {self.job_id}{why}{where})"
+                if message != said:
+                    self.progress_event(message, 50)
+                    said = message
+            if status == JobStatus.RUNNING and state is not None and not self.ip:
+                self.ip = await self.node_address(state.node)
+                self.job_end = time.time() + time_left(state.time_left)
+                self.progress_event(f"Starting on {state.node} ({self.ip})", 70)
+                deadline = time.monotonic() + self.port_timeout
+            if self.ip and self.port:
+                self.progress_event(f"Server listening on {state.node}:{self.port}", 90)
+                return
+            if deadline and time.monotonic() > deadline:
+                await self.cancel_batch_job()
+                raise SpawnRefused(
+                    f"Your session did not start: job {self.job_id} runs but its server did"
+                    f" not report in {self.port_timeout:g} s; see ~/.panosc-portal-job.log",
+                    503,
+                )
+            await asyncio.sleep(self.startup_poll_interval)
+
+    async def poll(self) -> int | None:
+        """batchspawner's poll (and the portal's audit); a job that ended by itself leaves
+        the home page a line saying why (kept in the state the audit's reasons use)."""
+        self.ended = ""
+        status = await super().poll()
+        if status is not None and self.ended and not getattr(self, "_stop_pending", False):
+            self.access_revoked = f"Your session {self.name or 'default'} ended: {self.ended}."
+        return status
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The job's environment is the node program's to set (batchspawner would look the
+        portal's user name up as a system account)."""
+        return env
+
+    async def stop(self, now: bool = False) -> None:
+        """Cancel the job (scancel), and wait for Slurm to end it unless ``now``."""
+        if self.job_id:
+            await super().stop(now=now)
+
+
+def time_left(text: str) -> float:
+    """Seconds in squeue's ``%L`` (``[days-]hours:minutes:seconds``, or ``UNLIMITED``)."""
+    if not text or not text[0].isdigit():
+        return 365 * 86400.0
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+__all__ = ["PortalSlurmSpawner", "job_script", "parse_job_options"]

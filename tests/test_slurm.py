@@ -1,0 +1,369 @@
+"""The Slurm backend on a real Slurm cluster: munged, slurmctld and two compute nodes, each
+a network namespace with its own address and hostname (:mod:`tests.support.slurm`).
+
+The hub runs outside the nodes and reaches each server at its node's address, as on a
+real cluster; the users log in through the real OIDC provider; the environment is the
+base image, unpacked by ``panosc-portal images export`` as a site would.
+"""
+
+from __future__ import annotations
+
+import json
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from portal.demo.sampledata import DEMO_USERS, generate
+from tests.support.net import free_port
+from tests.support.portal_client import PortalClient
+from tests.support.slurm import CONTROLLER_IP, SlurmCluster
+from tests.support.umbrella import Hub, Provider, demo_provider
+
+pytestmark = pytest.mark.slurm
+
+XRF = "MA1234/ID21/xrf_map_0001"
+CEO2 = "ES1001/ID22/ceo2_powder_0001"
+EMBARGOED = "IH0042/BM31/ptni_catalyst_0001"  # in-house: alice is no member
+#: Shared storage of the site: world-traversable, as the nodes' users must reach their homes.
+SITE = Path("/var/tmp/panosc-slurm-tests")
+ENVIRONMENTS = Path("/var/tmp/panosc-environments")
+
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    shutil.rmtree(SITE, ignore_errors=True)
+    SITE.mkdir(parents=True)
+    SITE.chmod(0o755)
+    return SITE  # left for its logs after the run; the next run starts afresh
+
+
+@pytest.fixture(scope="module")
+def cluster(site: Path) -> Iterator[SlurmCluster]:
+    c = SlurmCluster(site / "cluster").start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def environments() -> Path:
+    """The base environment unpacked as a site does it (reused while the image is the same)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "portal.cli", "images", "export", "--to", str(ENVIRONMENTS), "base"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return ENVIRONMENTS
+
+
+@pytest.fixture(scope="module")
+def data(site: Path) -> Path:
+    root = site / "data"
+    generate(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def provider(site: Path) -> Iterator[Provider]:
+    p = demo_provider(site, "alice", "bob")
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def hub(provider, cluster, environments, data, site) -> Iterator[Hub]:
+    folder = site / "hub"
+    folder.mkdir(mode=0o700)
+    config = {
+        "auth": {
+            "issuer": provider.issuer,
+            "client_id": "portal-slurm-tests",
+            "client_secret": "s",
+            "allowed_groups": ["researchers"],
+        },
+        "catalogue": {"backend": "local", "local": {"data_root": str(data)}},
+        "spawner": {
+            "backend": "slurm",
+            "audit_interval": 3,  # the hub polls the jobs every 3 s
+            "processed_root": str(site / "processed"),
+            "slurm": {
+                "hub_connect_ip": CONTROLLER_IP,
+                "hub_api_port": free_port(),
+                "partitions": {
+                    "short": {"max_minutes": 60, "max_cpus": 2, "max_memory": "8G"},
+                    "long": {"max_minutes": 600, "max_cpus": 2, "max_memory": "8G"},
+                },
+                "default_partition": "short",
+                "default_walltime": 30,
+                "slurm_conf": str(cluster.conf),
+                "environments_dir": str(environments),
+                "home_dir": str(site / "homes" / "{username}"),
+            },
+        },
+    }
+    h = Hub(config, folder)
+    h.start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def alice(hub: Hub) -> PortalClient:
+    client = PortalClient(hub.url)
+    client.login(DEMO_USERS["alice"]["sub"])
+    return client
+
+
+def jobs(cluster: SlurmCluster, user: str = "panosc-alice") -> list[str]:
+    """The user's jobs that have not ended."""
+    out = cluster.slurm("squeue", "-h", "-u", user, "-o", "%i %T")
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def progress(client: PortalClient, server: str, until: str, timeout: float = 120) -> list[str]:
+    """The spawn's progress messages, read from the hub's event stream until one contains
+    ``until`` (or the spawn ends)."""
+    url = f"{client.hub_url}/hub/api/users/{client.username()}/servers/{server}/progress"
+    headers = {"Authorization": f"token {client.api_token()}"}
+    messages: list[str] = []
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                messages.append(event.get("message", ""))
+                if until in messages[-1] or event.get("ready") or event.get("failed"):
+                    break
+    return messages
+
+
+def home_page(client: PortalClient) -> str:
+    return client.click("/hub/home").text
+
+
+# -- refusals: nothing reaches the cluster -------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("options", "status", "words"),
+    [
+        ({"partition": "gpu"}, 400, "unknown partition 'gpu'; choose one of long, short"),
+        ({"walltime": "61"}, 400, "from 1 to 60"),
+        ({"partition": "long", "walltime": "601"}, 400, "from 1 to 600"),
+        ({"walltime": "30\n#SBATCH --uid=0"}, 400, "whole number of minutes"),
+        ({"walltime": ["10", "20"]}, 400, "single string"),
+        ({"cmd": "cat /etc/shadow"}, 400, "unknown server option(s) cmd"),
+        ({"prologue": "id"}, 400, "unknown server option(s) prologue"),
+        ({"datasets": [EMBARGOED]}, 403, EMBARGOED),
+        ({"resources": "large"}, 400, "do not fit partition short"),
+    ],
+)
+def test_forged_job_options_are_refused_before_anything_is_submitted(
+    alice: PortalClient, cluster: SlurmCluster, options: dict, status: int, words: str
+) -> None:
+    r = alice.api("POST", "hub/api/users/alice/servers/forged", json={"type": "lab", **options})
+    assert r.status_code == status, r.text
+    assert words in r.json()["message"]
+    assert jobs(cluster) == []
+
+
+# -- a session on a compute node -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def session(alice: PortalClient, cluster: SlurmCluster) -> Iterator[str]:
+    alice.spawn("lab", {"type": "lab", "environment": "base", "datasets": [XRF, CEO2]}, 180)
+    yield "lab"
+    if "lab" in alice.api("GET", "hub/api/users/alice").json()["servers"]:
+        alice.stop("lab")
+
+
+@pytest.mark.e2e
+def test_the_session_runs_on_a_compute_node_as_the_user_in_jupyterlab(
+    alice: PortalClient, session: str, cluster: SlurmCluster, hub: Hub
+) -> None:
+    [job] = jobs(cluster)
+    assert job.endswith("RUNNING")
+    r = alice.click(f"/user/alice/{session}/lab")
+    assert r.status_code == 200 and "JupyterLab" in r.text  # through the proxy, to the node
+    out = alice.run_python(
+        "import os, socket\nprint(socket.gethostname(), os.getuid(), os.getgid())", session
+    )
+    host, uid, gid = out.split()
+    account = pwd.getpwnam("panosc-alice")
+    assert host in ("node1", "node2")  # a compute node, not the hub's host
+    assert (int(uid), int(gid)) == (account.pw_uid, account.pw_gid)
+
+
+INSPECT = """
+import json, os, sys
+home = os.path.expanduser("~")
+top = home + "/datasets"
+mounted = sorted(p + "/" + d for p in os.listdir(top) if os.path.isdir(top + "/" + p)
+                 for d in os.listdir(top + "/" + p))
+manifest = json.load(open(top + "/datasets.json"))["datasets"]
+hidden = {path: os.path.exists(path) for path in json.loads(sys.argv[1])}
+try:
+    open(top + "/" + mounted[0] + "/planted.txt", "w")
+    write = "written"
+except OSError as e:
+    write = e.errno
+print(json.dumps([mounted, sorted(d["pid"] for d in manifest), hidden, write]))
+"""
+
+
+@pytest.mark.e2e
+def test_inside_the_job_only_the_two_approved_datasets_are_visible_read_only(
+    alice: PortalClient, session: str, data: Path, site: Path, hub: Hub, cluster: SlurmCluster
+) -> None:
+    secret = [data, data / "IH0042", site / "homes" / "bob", hub.folder, cluster.folder]
+    argv = json.dumps([*map(str, secret), "/etc/munge/munge.key"])
+    code = f"import sys\nsys.argv = ['inspect', {argv!r}]\n{INSPECT}"
+    mounted, manifest, hidden, write = json.loads(alice.run_python(code, session))
+    assert manifest == sorted([XRF, CEO2])
+    # the two datasets, and the processed areas of the two proposals alice is a member of
+    assert mounted == [
+        "ES1001/ceo2_powder_0001",
+        "ES1001/processed",
+        "MA1234/processed",
+        "MA1234/xrf_map_0001",
+    ]
+    assert not any(hidden.values()), hidden  # the data tree, bob's home, the hub, Slurm
+    assert write == 30  # EROFS: the dataset is read-only
+
+
+@pytest.mark.e2e
+def test_the_job_token_sets_a_port_and_nothing_else(alice: PortalClient, session: str) -> None:
+    """User code holds its server's token: batchspawner's handler would let it set any
+    attribute of the spawner (exec_prefix, batch_script...); the portal's takes a port,
+    once, while the server starts."""
+    code = """
+import json, os, urllib.request, urllib.error
+def post(body):
+    r = urllib.request.Request(os.environ["JUPYTERHUB_API_URL"] + "/batchspawner",
+        data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]})
+    try:
+        return urllib.request.urlopen(r, timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+print(post({"exec_prefix": "", "batch_script": "#!/bin/sh\\nid"}), post({"port": 2222}))
+"""
+    assert alice.run_python(code, session).split() == ["400", "409"]
+
+
+@pytest.mark.e2e
+def test_the_home_page_shows_the_jobs_time_limit(alice: PortalClient, session: str) -> None:
+    page = home_page(alice)
+    row = page.split('data-server-name="lab"')[1].split(">")[0]
+    end = float(row.split('data-job-end="')[1].split('"')[0])
+    assert 25 * 60 < end - time.time() <= 30 * 60  # default_walltime: 30 minutes
+
+
+@pytest.mark.e2e
+def test_a_hub_restart_finds_the_running_job_and_stop_cancels_it(
+    alice: PortalClient, session: str, hub: Hub, cluster: SlurmCluster
+) -> None:
+    [before] = jobs(cluster)
+    hub.stop()
+    hub.start()
+    assert alice.wait_ready(session)["ready"]
+    assert alice.run_python("print(6 * 7)", session).strip() == "42"
+    assert jobs(cluster) == [before]
+    alice.stop(session)
+    deadline = time.monotonic() + 30
+    while jobs(cluster) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert jobs(cluster) == []
+
+
+# -- the queue and the ends of a job -------------------------------------------------------
+
+
+def wait_home_says(client: PortalClient, words: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    page = ""
+    while time.monotonic() < deadline:
+        page = home_page(client)
+        if words in page:
+            return page
+        time.sleep(1)
+    raise AssertionError(f"the home page never said {words!r}: {page[-2000:]}")
+
+
+@pytest.mark.e2e
+def test_a_full_cluster_queues_the_spawn_with_its_reason_and_position(
+    alice: PortalClient, cluster: SlurmCluster
+) -> None:
+    blockers = [
+        cluster.slurm("sbatch", "--parsable", "-w", node, "-c", "2", "--wrap", "sleep 600")
+        for node in cluster.names()
+    ]
+    try:
+        r = alice.api("POST", "hub/api/users/alice/servers/queued", json={"environment": "base"})
+        assert r.status_code == 202, r.text
+        said = progress(alice, "queued", "Resources")
+        assert said[-1].startswith("Queued on the cluster (job "), said
+        assert said[-1].endswith(": Resources, position 1 in the queue)"), said
+        cluster.slurm("scancel", blockers[0].strip())
+        state = alice.wait_ready("queued", timeout=120)
+        assert state["ready"]
+    finally:
+        cluster.slurm("scancel", *[b.strip() for b in blockers], check=False)
+    alice.stop("queued")
+
+
+@pytest.mark.e2e
+def test_a_job_cancelled_on_the_cluster_ends_with_a_clear_message(
+    alice: PortalClient, cluster: SlurmCluster
+) -> None:
+    alice.spawn("cancelled", {"environment": "base"}, 180)
+    [job] = jobs(cluster)
+    cluster.slurm("scancel", job.split()[0])
+    wait_home_says(alice, "Your session cancelled ended: the job was cancelled on the cluster")
+    assert (
+        "cancelled" not in alice.api("GET", "hub/api/users/alice").json()["servers"]
+        or not (alice.api("GET", "hub/api/users/alice").json()["servers"]["cancelled"]["pending"])
+    )
+
+
+@pytest.mark.e2e
+def test_a_node_taken_down_ends_the_session_with_a_clear_message(
+    alice: PortalClient, cluster: SlurmCluster
+) -> None:
+    alice.spawn("lost", {"environment": "base"}, 180)
+    node = cluster.slurm("squeue", "-h", "-u", "panosc-alice", "-o", "%N").strip()
+    cluster.slurm("scontrol", "update", f"nodename={node}", "state=down", "reason=test")
+    try:
+        wait_home_says(alice, "Your session lost ended: the compute node running it failed")
+    finally:
+        cluster.slurm("scontrol", "update", f"nodename={node}", "state=resume", check=False)
+    assert jobs(cluster) == []
+
+
+@pytest.mark.e2e
+def test_an_environment_not_unpacked_is_refused_with_the_command_that_fixes_it(
+    alice: PortalClient, cluster: SlurmCluster
+) -> None:
+    r = alice.api("POST", "hub/api/users/alice/servers/xrf", json={"environment": "xrf"})
+    assert r.status_code == 503
+    assert "panosc-portal images export --to" in r.json()["message"]
+    assert jobs(cluster) == []
+
+
+def test_the_node_program_imports_only_the_standard_library() -> None:
+    """It runs with the node's own python3, isolated (-I -S: no site-packages), before any
+    of the user's code: its modules must load there with nothing but the standard library."""
+    from spawner.slurm import node_modules
+
+    check = node_modules() + "\nprint(sys.modules['spawner.slurm_job'].main.__name__)"
+    done = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", check], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["main"]
