@@ -20,16 +20,10 @@ from playwright.sync_api import Browser, expect
 from portal.demo.run import demo_courses
 from portal.demo.sampledata import DEMO_USERS, generate
 from spawner.course_format import SERVER_PREFIX, Course, load_course, server_name
-from spawner.docker import bridge_gateway
-from tests.support.docker_support import (
-    engine,
-    ensure_images,
-    portal_containers,
-    remove_user_servers,
-)
-from tests.support.net import free_port
+from tests.support.docker_hub import docker_hub
+from tests.support.docker_support import engine, portal_containers
 from tests.support.portal_client import PortalClient
-from tests.support.umbrella import Hub, Provider
+from tests.support.umbrella import Hub, demo_provider
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.browser]
 
@@ -56,36 +50,18 @@ def first_heading(course: Course) -> str:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     """A Docker hub publishing every shipped course, as ``demo --spawner docker`` does."""
-    ensure_images(*sorted({load_course(Path(f)).environment for f in COURSES.values()}))
+    images = sorted({load_course(Path(f)).environment for f in COURSES.values()})
     folder = tmp_path_factory.mktemp("shipped-courses")
     generate(folder / "data")
-    provider = Provider(free_port(), folder / "op.log")
-    provider.start()
-    for user in STUDENTS:
-        claims = {k: v for k, v in DEMO_USERS[user].items() if k != "sub"}
-        provider.set_user(DEMO_USERS[user]["sub"], **claims)
-    h = Hub(
-        {
-            "auth": {
-                "issuer": provider.issuer,
-                "client_id": "shipped-courses-tests",
-                "client_secret": "s",
-                "allowed_groups": ["researchers"],
-            },
-            "catalogue": {"backend": "local", "local": {"data_root": str(folder / "data")}},
-            "spawner": {
-                "backend": "docker",
-                "docker": {"hub_connect_ip": bridge_gateway(), "hub_api_port": free_port()},
-            },
-            "courses": {"sources": COURSES},
-        },
-        folder,
-    )
-    h.start()
-    yield h
-    h.stop()
-    provider.stop()
-    remove_user_servers(engine(), *STUDENTS)
+    provider = demo_provider(folder, *STUDENTS)
+    courses = {"sources": COURSES}
+    try:
+        with docker_hub(
+            provider, folder, folder / "data", images=images, users=STUDENTS, courses=courses
+        ) as h:
+            yield h
+    finally:
+        provider.stop()
 
 
 @pytest.fixture(scope="module")
