@@ -398,7 +398,9 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
             }
             for m in spawn.mounts.mounts
         ]
-        server = [*self.cmd, *self.get_args()]
+        # Every job on a node shares its network: kernels talk over Unix sockets in the
+        # user's runtime folder, not TCP ports anyone on the node could subscribe to.
+        server = [*self.cmd, *self.get_args(), "--KernelManager.transport=ipc"]
         return {
             "rootfs": str(root),
             "path": info.get("path") or "/usr/local/bin:/usr/bin:/bin",

@@ -98,6 +98,27 @@ def memfd(name: str, data: bytes) -> int:
     return fd
 
 
+def identity_files(rootfs: str, user: str, home: str) -> dict[str, str]:
+    """The environment's ``passwd``, ``group`` and ``hosts``, with the user's account and
+    this node's name added: tools such as TigerVNC's ``vncserver`` look both up, and the
+    image knows only its own ``jovyan``."""
+    uid, gid, host = os.getuid(), os.getgid(), socket.gethostname()
+
+    def read(name: str) -> str:
+        try:
+            with open(os.path.join(rootfs, "etc", name)) as f:
+                text = f.read()
+        except OSError:
+            return ""
+        return text if not text or text.endswith("\n") else text + "\n"
+
+    return {
+        "passwd": read("passwd") + f"{user}:x:{uid}:{gid}::{home}:/bin/bash\n",
+        "group": read("group") + f"{user}:x:{gid}:\n",
+        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{host}\n",
+    }
+
+
 def sandbox_command(plan: dict, port: int) -> tuple[list[str], dict[str, str]]:
     """The bubblewrap command and the environment the server runs with."""
     home = PurePosixPath(plan["home_target"])
@@ -129,6 +150,8 @@ def sandbox_command(plan: dict, port: int) -> tuple[list[str], dict[str, str]]:
         option = "--ro-bind-fd" if mount["read_only"] else "--bind-fd"
         args += [*parents(target), option, str(fd), str(target)]
         made.add(target)
+    for name, text in identity_files(plan["rootfs"], plan["env"]["USER"], str(home)).items():
+        args += ["--ro-bind-data", str(memfd(name, text.encode())), f"/etc/{name}"]
     manifest = memfd("datasets.json", plan["manifest"].encode())
     args += ["--perms", "0444", "--ro-bind-data", str(manifest), str(datasets / "datasets.json")]
     seccomp = memfd("seccomp", base64.b64decode(plan["seccomp"]))

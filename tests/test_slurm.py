@@ -8,6 +8,7 @@ base image, unpacked by ``panosc-portal images export`` as a site would.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pwd
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
 from portal.demo.sampledata import DEMO_USERS, generate
 from tests.support.net import free_port
@@ -53,9 +56,11 @@ def cluster(site: Path) -> Iterator[SlurmCluster]:
 
 @pytest.fixture(scope="module")
 def environments() -> Path:
-    """The base environment unpacked as a site does it (reused while the image is the same)."""
+    """The base and desktop environments unpacked as a site does it (reused while the
+    images are the same)."""
+    export = ["images", "export", "--to", str(ENVIRONMENTS), "base", "desktop"]
     done = subprocess.run(
-        [sys.executable, "-m", "portal.cli", "images", "export", "--to", str(ENVIRONMENTS), "base"],
+        [sys.executable, "-m", "portal.cli", *export],
         capture_output=True,
         text=True,
     )
@@ -239,6 +244,36 @@ def test_inside_the_job_only_the_two_approved_datasets_are_visible_read_only(
     assert write == 30  # EROFS: the dataset is read-only
 
 
+LISTENING = """
+import glob, json, os
+ports = []
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(table).read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and int(f[7]) == os.getuid():
+            ports.append(f[1])
+runtime = os.path.expanduser("~/.local/share/jupyter/runtime/kernel-*.json")
+transports = [json.load(open(f))["transport"] for f in glob.glob(runtime)]
+print(json.dumps([sorted(ports), transports]))
+"""
+
+
+@pytest.mark.e2e
+def test_nothing_of_the_user_listens_on_the_node_but_their_server(
+    alice: PortalClient, session: str
+) -> None:
+    """Every job on a node shares its network. A kernel's TCP ports would let anyone on the
+    node subscribe to its output (iopub needs no key): kernels use Unix sockets instead."""
+    ports, transports = json.loads(alice.run_python(LISTENING, session))
+    assert transports == ["ipc"]  # the kernel running this very code
+    everywhere = [p for p in ports if p.split(":")[0].strip("0") == ""]
+    loopback = [p for p in ports if p.startswith("0100007F:")]
+    assert len(everywhere) == 1, ports  # the server, which the proxy reaches
+    # and at most ipykernel's output pipe on loopback, which only takes messages tagged
+    # with the kernel's own random id
+    assert len(loopback) <= 1 and len(ports) == len(everywhere) + len(loopback), ports
+
+
 @pytest.mark.e2e
 def test_the_job_token_sets_a_port_and_nothing_else(alice: PortalClient, session: str) -> None:
     """User code holds its server's token: batchspawner's handler would let it set any
@@ -282,6 +317,42 @@ def test_a_hub_restart_finds_the_running_job_and_stop_cancels_it(
     while jobs(cluster) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert jobs(cluster) == []
+
+
+async def vnc_banner(client: PortalClient, server: str) -> bytes:
+    """The first bytes of the desktop's VNC stream, through the proxy and websockify, as
+    the browser's noVNC reads them."""
+    url = f"{client.hub_url.replace('http', 'ws', 1)}/user/alice/{server}/desktop-websockify/"
+    headers = {"Authorization": f"token {client.api_token()}"}
+    ws = await websocket_connect(
+        HTTPRequest(url, headers=headers, connect_timeout=60), subprotocols=["binary"]
+    )
+    try:
+        return await asyncio.wait_for(ws.read_message(), 60)
+    finally:
+        ws.close()
+
+
+@pytest.mark.e2e
+def test_a_remote_desktop_runs_in_the_job_and_its_vnc_listens_on_no_port(
+    alice: PortalClient, cluster: SlurmCluster
+) -> None:
+    """The node's network is shared by every job on it: the desktop's VNC server must be
+    reachable through the user's own server only, never on a port of the node."""
+    alice.spawn("desk", {"type": "desktop", "environment": "desktop"}, 240)
+    try:
+        assert alice.click("/user/alice/desk/desktop/").status_code == 200
+        assert asyncio.run(vnc_banner(alice, "desk")).startswith(b"RFB 003.")
+        code = "print(open('/proc/net/tcp').read() + open('/proc/net/tcp6').read())"
+        table = alice.run_python(code, "desk").splitlines()
+        listening = {
+            int(line.split()[1].rsplit(":", 1)[1], 16)
+            for line in table
+            if len(line.split()) > 3 and line.split()[3] == "0A"
+        }
+        assert not listening & {5900, 5901, 5902, 6080}, listening
+    finally:
+        alice.stop("desk")
 
 
 # -- the queue and the ends of a job -------------------------------------------------------
