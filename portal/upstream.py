@@ -3,7 +3,11 @@
 Each is used because no public API does the same; each is checked by
 ``tests/test_upstream.py`` (it exists, and behaves as the portal assumes), so that raising a
 pin in ``pyproject.toml`` fails there, in one obvious test, rather than somewhere in a login
-or a spawn. Nothing else in the portal touches another library's underscore names.
+or a spawn. Nothing else in the portal touches another library's underscore names, but for
+one override: :class:`spawner.local.PortalLocalSpawner` replaces JupyterHub's
+``LocalProcessSpawner._signal`` (6.1), the one method through which its ``poll`` (signal 0)
+and ``stop`` (SIGINT, SIGTERM, SIGKILL) reach a server's process, so that a sandboxed server
+gets its stop signal inside the sandbox; the test checks that both still go through it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,26 @@ def request_by_token(handler: Any) -> bool:
     if not hasattr(handler, "_token_authenticated"):
         handler._token_authenticated = False
     return bool(handler._token_authenticated)
+
+
+def log_name(spawner: Any) -> str:
+    """How JupyterHub (6.1) names a server in its log: ``alice``, or ``alice:lab`` for a
+    named server (``Spawner._log_name``).
+
+    The portal's log lines about a server use the same name, so that one search follows a
+    server through the hub's log; no public attribute gives it.
+    """
+    return spawner._log_name
+
+
+def stopping(spawner: Any) -> bool:
+    """Whether the hub is stopping this server right now: JupyterHub's (6.1)
+    ``Spawner._stop_pending``, which ``User.stop`` sets for the whole of a stop.
+
+    The public ``Spawner.pending`` does not answer this: it says ``"spawn"`` while a spawn
+    is pending, even when a stop is too (a stop that cancels a spawn).
+    """
+    return bool(spawner._stop_pending)
 
 
 def apply_kube_profile(spawner: Any, name: str) -> None:

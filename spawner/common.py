@@ -30,6 +30,7 @@ from portal.catalogue import (
     DatasetNotFound,
     PortalCatalogue,
 )
+from portal.upstream import log_name, stopping
 from spawner.course_library import CourseLibrary
 from spawner.environments import Environment, load_environments
 from spawner.form import options_form
@@ -325,9 +326,9 @@ class PortalSpawner(Configurable):
             f"Your session {self.name or 'default'} was stopped: you may no longer read"
             f" {', '.join(lost)}."
         )
-        if getattr(self, "_stop_pending", False):
+        if stopping(self):
             return None  # stopping already: the hub's stop ends it
-        self.log.warning("%s: access revoked to %s; stopping", self._log_name, lost)
+        self.log.warning("%s: access revoked to %s; stopping", log_name(self), lost)
         await self.stop(now=True)  # the hub's own stop skips a server that reports an exit
         return await super().poll()
 
@@ -342,7 +343,7 @@ class PortalSpawner(Configurable):
         try:
             model = await current(self.user) if current else {}
         except Exception as e:  # nothing known about the user now: keep what we know
-            self.log.warning("%s: claims not read again (%s)", self._log_name, e)
+            self.log.warning("%s: claims not read again (%s)", log_name(self), e)
             model = {}
         if model is None:  # the provider refuses this user's live token: access ends
             return [*self.mounted_pids, *(f"the processed area of {p}" for p in self.member_of)]
@@ -355,14 +356,14 @@ class PortalSpawner(Configurable):
                 now = await asyncio.to_thread(self.catalogue.member_proposals, user)
                 lost += [f"the processed area of {p}" for p in sorted(self.member_of - now)]
             except CatalogueError as e:
-                self.log.warning("%s: membership audit skipped: %s", self._log_name, e)
+                self.log.warning("%s: membership audit skipped: %s", log_name(self), e)
         for pid in self.mounted_pids:
             try:
                 await asyncio.to_thread(self.catalogue.get, pid, user)
             except DatasetNotFound:
                 lost.append(pid)
             except CatalogueError as e:
-                self.log.warning("%s: access audit skipped for %s: %s", self._log_name, pid, e)
+                self.log.warning("%s: access audit skipped for %s: %s", log_name(self), pid, e)
         return lost
 
     @property
@@ -378,7 +379,7 @@ class PortalSpawner(Configurable):
 
     def progress_event(self, message: str, progress: int) -> None:
         """Tell the user's spawn page what is happening now."""
-        self.log.info("%s: %s", self._log_name, message)
+        self.log.info("%s: %s", log_name(self), message)
         self._events.append({"progress": progress, "message": message})
 
     async def progress(self) -> AsyncIterator[dict]:
@@ -446,7 +447,7 @@ class PortalSpawner(Configurable):
                     listed = await asyncio.to_thread(catalogue.datasets_for, user)
                     datasets, refused = await asyncio.to_thread(mountable, listed, roots)
                     for problem in refused:
-                        self.log.warning("%s: skipping %s", self._log_name, problem)
+                        self.log.warning("%s: skipping %s", log_name(self), problem)
                     if refused:
                         self.progress_event(
                             f"Skipped {len(refused)} dataset(s) that cannot be mounted safely", 20

@@ -25,6 +25,7 @@ from docker.types import Mount
 from dockerspawner import DockerSpawner
 from traitlets import Integer, Unicode, default
 
+from portal.upstream import log_name
 from spawner.common import (
     HOME,
     JOVYAN_GID,
@@ -291,7 +292,7 @@ class PortalDockerSpawner(ProvenanceRecorder, PortalSpawner, DockerSpawner):
                 f"{LABEL_PREFIX}.server-type": spawn.options.server_type,
             }
         }
-        self.log.info("%s: datasets %s", self._log_name, pids or "none")
+        self.log.info("%s: datasets %s", log_name(self), pids or "none")
         self.progress_event(f"Starting environment {spawn.environment.name} ({self.image})", 50)
         try:
             for mount in spawn.mounts.dataset_mounts:
@@ -369,7 +370,7 @@ class PortalDockerSpawner(ProvenanceRecorder, PortalSpawner, DockerSpawner):
         try:
             check_mounted(plan, code, out, err)
         except MountError as e:
-            self.log.warning("%s: %s; stopping it", self._log_name, e)
+            self.log.warning("%s: %s; stopping it", log_name(self), e)
             await self.stop(now=True)
             raise SpawnRefused(str(e)) from e
 

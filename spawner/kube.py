@@ -51,7 +51,7 @@ from kubespawner.slugs import is_valid_label, safe_slug
 from kubespawner.utils import get_k8s_model
 from traitlets import Dict, Float, Unicode, default
 
-from portal.upstream import apply_kube_profile
+from portal.upstream import apply_kube_profile, log_name
 from spawner.common import HOME, JOVYAN_GID, JOVYAN_UID, PortalSpawner, SpawnPlan
 from spawner.course_library import SYSTEM_PYTHON
 from spawner.environments import Environment
@@ -439,7 +439,7 @@ class PortalKubeSpawner(ProvenanceRecorder, PortalSpawner, KubeSpawner):
         container = pod.spec.containers[0]
         if container.lifecycle is not None:
             self.log.warning(
-                "%s: KubeSpawner.lifecycle_hooks replaced by the provenance hooks", self._log_name
+                "%s: KubeSpawner.lifecycle_hooks replaced by the provenance hooks", log_name(self)
             )
         seconds = self.provenance_timeout
         container.lifecycle = get_k8s_model(

@@ -27,6 +27,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import random_port
 from traitlets import Integer, Unicode, default
 
+from portal.upstream import log_name
 from spawner import course_delivery, provenance_record, sandbox_init
 from spawner.common import PortalSpawner
 from spawner.course_delivery import STAGING
@@ -266,7 +267,7 @@ class PortalLocalSpawner(ProvenanceRecorder, PortalSpawner, LocalProcessSpawner)
             self.cleanup(self._run)
             raise SpawnRefused(str(e)) from e
         self.pid = self.proc.pid
-        self.log.info("%s: sandbox %d as %s", self._log_name, self.pid, account.name)
+        self.log.info("%s: sandbox %d as %s", log_name(self), self.pid, account.name)
         await self.until_answering(run)
         await self.record_start(spawn, started)
         return "127.0.0.1", self.port
@@ -343,7 +344,10 @@ class PortalLocalSpawner(ProvenanceRecorder, PortalSpawner, LocalProcessSpawner)
 
     async def _signal(self, sig: int) -> bool:
         """Ask the server to stop through the first process in its sandbox, which passes the
-        signal on (bubblewrap itself would only die, killing everything at once)."""
+        signal on (bubblewrap itself would only die, killing everything at once).
+
+        JupyterHub's private hook (see :mod:`portal.upstream`, whose test checks that
+        ``poll`` and ``stop`` still go through it)."""
         if sig in (signal.SIGINT, signal.SIGTERM):
             for leader in _children(self.pid):
                 for init in _children(leader):

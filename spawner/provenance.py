@@ -36,6 +36,7 @@ from typing import Any
 from traitlets import Integer
 from traitlets.config import Configurable
 
+from portal.upstream import log_name
 from spawner import provenance_record
 from spawner.mounts import DATASETS_DIR, proposal_folder
 from spawner.provenance_record import (
@@ -299,9 +300,9 @@ class ProvenanceRecorder(Configurable):
         )
         if code:
             problem = (err or out).decode(errors="replace").strip()[-500:]
-            self.log.warning("%s: provenance %s not recorded: %s", self._log_name, action, problem)
+            self.log.warning("%s: provenance %s not recorded: %s", log_name(self), action, problem)
         else:
-            self.log.info("%s: provenance %s: %s", self._log_name, action, out.decode().strip())
+            self.log.info("%s: provenance %s: %s", log_name(self), action, out.decode().strip())
 
     async def record_start(self, spawn: Any, started: float | None = None) -> None:
         """Write the record of a server that just answered: who, when, what it runs and reads.
@@ -318,7 +319,7 @@ class ProvenanceRecorder(Configurable):
             # start_timeout, whatever the storage does.
             await self._record("start", facts, min(START_SECONDS, self.provenance_timeout))
         except Exception as e:
-            self.log.warning("%s: provenance start not recorded: %r", self._log_name, e)
+            self.log.warning("%s: provenance start not recorded: %r", log_name(self), e)
 
     async def record_stop(self) -> None:
         """Complete the record of a server about to stop: its end and the files saved in it.
@@ -333,4 +334,4 @@ class ProvenanceRecorder(Configurable):
             stop = {**facts, "stopped": time.time()}
             await self._record("stop", stop, self.provenance_timeout + 10)
         except Exception as e:
-            self.log.warning("%s: provenance stop not recorded: %r", self._log_name, e)
+            self.log.warning("%s: provenance stop not recorded: %r", log_name(self), e)

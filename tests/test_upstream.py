@@ -5,15 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+from jupyterhub import orm
 from jupyterhub.handlers.base import BaseHandler
+from jupyterhub.objects import Hub
+from jupyterhub.spawner import LocalProcessSpawner, Spawner
+from jupyterhub.user import User
 from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
 from oauthenticator.generic import GenericOAuthenticator
+from traitlets.config import Config
 
-from portal.upstream import apply_kube_profile, request_by_token, token_to_auth_model
+from portal.upstream import (
+    apply_kube_profile,
+    log_name,
+    request_by_token,
+    stopping,
+    token_to_auth_model,
+)
 from tests.support.kube import KUBECONFIG
 
 
@@ -74,3 +87,81 @@ def test_a_profile_is_applied_by_its_name(tmp_path: Path, monkeypatch) -> None:
     assert asyncio.run(applied("xrf")) == "x:1"
     with pytest.raises(ValueError):
         asyncio.run(applied("nothing"))
+
+
+# -- JupyterHub's spawner ---------------------------------------------------------------------
+
+
+def hub_user(name: str, spawner_class: type, config: Config | None = None) -> User:
+    """A real JupyterHub user in an in-memory hub database."""
+    db = orm.new_session_factory("sqlite://")()
+    found = orm.User(name=name)
+    db.add(found)
+    db.commit()
+    settings = {
+        "spawner_class": spawner_class,
+        "config": config or Config(),
+        "hub": Hub(base_url="/hub/"),
+        "allow_named_servers": True,
+    }
+    return User(found, settings=settings)
+
+
+def test_a_server_has_the_name_the_hub_logs_it_by() -> None:
+    user = hub_user("alice", Spawner)
+    assert log_name(user.get_or_create_spawner("", "")) == "alice"
+    assert log_name(user.get_or_create_spawner("lab-2", "lab-2")) == "alice:lab-2"
+
+
+def test_a_server_is_stopping_for_the_whole_of_the_hubs_stop_and_only_then() -> None:
+    seen: list[tuple[str, bool]] = []
+
+    class Recording(Spawner):
+        async def start(self) -> str:
+            return "http://127.0.0.1:9"
+
+        async def poll(self) -> int | None:
+            seen.append(("poll", stopping(self)))
+            return None
+
+        async def stop(self, now: bool = False) -> None:
+            seen.append(("stop", stopping(self)))
+
+    async def stop_it() -> None:
+        user = hub_user("alice", Recording)
+        spawner = user.get_or_create_spawner("lab", "lab")
+        spawner.orm_spawner.server = orm.Server()
+        user.db.commit()
+        assert stopping(spawner) is False
+        await user.stop("lab")
+        assert stopping(spawner) is False, "over when the stop is"
+
+    asyncio.run(stop_it())
+    assert seen == [("poll", True), ("stop", True)]
+
+
+def test_the_local_spawner_reaches_its_process_only_through_signal() -> None:
+    """PortalLocalSpawner overrides ``_signal``: JupyterHub's poll and stop must call it."""
+    sent: list[int] = []
+
+    class Recording(LocalProcessSpawner):
+        async def _signal(self, sig: int) -> bool:
+            sent.append(sig)
+            return await super()._signal(sig)
+
+    async def run() -> None:
+        proc = subprocess.Popen(["sleep", "60"])
+        try:
+            spawner = hub_user("alice", Recording).get_or_create_spawner("", "")
+            spawner.pid = proc.pid
+            spawner.interrupt_timeout = spawner.term_timeout = spawner.kill_timeout = 5
+            assert await spawner.poll() is None
+            waiter = asyncio.get_running_loop().run_in_executor(None, proc.wait)
+            await spawner.stop()
+            await waiter
+        finally:
+            proc.kill()
+
+    asyncio.run(run())
+    assert sent[0] == 0, "poll asks whether the process is alive"
+    assert signal.SIGINT in sent, "stop interrupts it"
