@@ -34,7 +34,7 @@ from batchspawner import JobStatus, SlurmSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, default
 
 from portal.image_export import ENVIRONMENT_FILE
-from portal.upstream import drop_batchspawner_api
+from portal.upstream import drop_batchspawner_api, log_name, stopping
 from spawner import nofollow, slurm_job
 from spawner.common import PortalSpawner, SpawnPlan
 from spawner.mounts import MountError
@@ -323,7 +323,7 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
         return reason + detail
 
     async def cancel_batch_job(self) -> None:
-        self.log.info("%s: cancelling job %s", self._log_name, self.job_id)
+        self.log.info("%s: cancelling job %s", log_name(self), self.job_id)
         await self.slurm("scancel", self.job_id)
 
     async def node_address(self, node: str) -> str:
@@ -511,7 +511,7 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
         the home page a line saying why (kept in the state the audit's reasons use)."""
         self.ended = ""
         status = await super().poll()
-        if status is not None and self.ended and not getattr(self, "_stop_pending", False):
+        if status is not None and self.ended and not stopping(self):
             self.access_revoked = f"Your session {self.name or 'default'} ended: {self.ended}."
         return status
 
