@@ -9,9 +9,11 @@ Test modules import from here, never from ``conftest`` or from one another:
 - :mod:`~tests.support.demo`: the ``panosc-portal demo`` command as a user runs it;
 - :mod:`~tests.support.umbrella`: an OIDC provider and a JupyterHub process to sign in to;
 - :mod:`~tests.support.docker_hub`: a hub on the Docker backend for the tests of one module;
+- :mod:`~tests.support.mock_hub`: JupyterHub's test hub serving the portal's pages, no Docker;
 - :mod:`~tests.support.portal_client`: a signed-in HTTP client of the portal;
 - :mod:`~tests.support.docker_support`: the Docker engine, the test images, cleaning up;
 - :mod:`~tests.support.helm`: rendering the Helm chart and reading what it renders;
+- :mod:`~tests.support.slurm`: a real Slurm cluster on this machine for the Slurm backend;
 - :mod:`~tests.support.kube`: JupyterHub users of a Kubernetes hub, without a cluster;
 - :mod:`~tests.support.notebooks`: notebooks written for a test;
 - :mod:`~tests.support.catalogue_examples`: the example facility's people and datasets;
