@@ -24,9 +24,13 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from portal.demo.sampledata import DEMO_USERS, generate
+from portal.settings import SettingsError, parse
+from spawner.environments import load_environments
+from spawner.form import form_context, render_form
+from spawner.slurm import JobOptions, job_script
 from tests.support.net import free_port
 from tests.support.portal_client import PortalClient
-from tests.support.slurm import CONTROLLER_IP, SlurmCluster
+from tests.support.slurm import SlurmCluster
 from tests.support.umbrella import Hub, Provider, demo_provider
 
 pytestmark = pytest.mark.slurm
@@ -99,7 +103,7 @@ def hub(provider, cluster, environments, data, site) -> Iterator[Hub]:
             "audit_interval": 3,  # the hub polls the jobs every 3 s
             "processed_root": str(site / "processed"),
             "slurm": {
-                "hub_connect_ip": CONTROLLER_IP,
+                "hub_connect_ip": cluster.controller_ip,
                 "hub_api_port": free_port(),
                 "partitions": {
                     "short": {"max_minutes": 60, "max_cpus": 2, "max_memory": "8G"},
@@ -438,3 +442,85 @@ def test_the_node_program_imports_only_the_standard_library() -> None:
     done = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", check], capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().split() == ["main"]
+
+
+# -- configuration and the job script, without a cluster ------------------------------------
+
+BASE_YAML = """
+auth: {issuer: "https://auth.example.eu/realms/f", client_id: portal, allowed_groups: [users]}
+catalogue: {backend: local, local: {data_root: /tmp}}
+"""
+
+
+def readme_slurm_yaml() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Deploy on a Slurm cluster")[1].split("\n## ")[0]
+    return section.split("```yaml\n")[1].split("```")[0]
+
+
+def test_the_readmes_slurm_configuration_is_valid_as_pasted() -> None:
+    settings = parse(BASE_YAML + readme_slurm_yaml())
+    assert settings.spawner.backend == "slurm"
+    assert settings.spawner.slurm.default_partition == "interactive"
+
+
+@pytest.mark.parametrize(
+    ("spawner", "words"),
+    [
+        ("{backend: slurm}", "backend 'slurm' needs a 'slurm:' section"),
+        (
+            "{backend: slurm, slurm: {hub_connect_ip: 10.0.0.5, partitions: {a: {max_minutes: 9}},"
+            ' extra_sbatch: ["#SBATCH --qos=x\\nrm -rf /"]}}',
+            "must be one '#SBATCH --option' line",
+        ),
+        (
+            "{backend: slurm, slurm: {hub_connect_ip: 10.0.0.5, partitions: {a: {max_minutes: 9}},"
+            " default_partition: b}}",
+            "default_partition 'b' is not one of the partitions (a)",
+        ),
+        (
+            "{backend: slurm, slurm: {hub_connect_ip: 10.0.0.5, partitions: {}}}",
+            "slurm.partitions",
+        ),
+    ],
+)
+def test_a_bad_slurm_section_is_refused_naming_the_field(spawner: str, words: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        parse(BASE_YAML + f"spawner: {spawner}\n")
+    assert words in str(refused.value)
+
+
+def test_nothing_a_catalogue_or_user_wrote_can_leave_the_job_scripts_quotes() -> None:
+    """The plan carries dataset titles from the catalogue; the script holds the node
+    program in single quotes, so the plan goes in as base64."""
+    title = "O'Brien's powder'; rm -rf ~; echo '"
+    plan = {"manifest": json.dumps({"datasets": [{"title": title}]}), "mounts": []}
+    script = job_script(
+        name="portal-panosc-alice-default",
+        job=JobOptions("short", 30),
+        cpus=1,
+        memory=2048,
+        account="",
+        output="/home/x/.panosc-portal-job.log",
+        extra=["#SBATCH --qos=portal"],
+        python="/usr/bin/python3",
+        plan=plan,
+    )
+    header, _, command = script.partition("\nexec ")
+    directives = header.splitlines()
+    assert all(line.startswith("#") for line in directives)
+    assert command.startswith("/usr/bin/python3 -I -S -c '") and command.count("'") == 2
+    assert command.rstrip().endswith("'") and title not in command
+    assert "#SBATCH --time=30" in directives and "#SBATCH --qos=portal" in directives
+
+
+def test_the_spawn_form_offers_the_sites_partitions_and_a_time_limit() -> None:
+    batch = {
+        "partitions": [{"name": "short", "label": "short (up to 60 min)"}],
+        "walltime": 30,
+        "max": 600,
+    }
+    context = form_context([], load_environments(), ("lab",), {})
+    page = render_form({**context, "problem": "", "chosen_type": "lab", "batch": batch})
+    assert '<option value="short">short (up to 60 min)</option>' in page
+    assert 'name="walltime" id="panosc-walltime"' in page and 'max="600" value="30"' in page

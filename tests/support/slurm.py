@@ -4,7 +4,7 @@ network namespace of its own with its own address and hostname running ``slurmd`
 Debian's packages (``slurmctld``, ``slurmd``, ``slurm-client``, ``munge``; Slurm 22.05)
 started by hand, as on a cluster, with the traps of this machine worked around:
 
-- the controller listens on a bridge (``spbr0``, 10.213.0.1) under this machine's
+- the controller listens on a bridge (``sp213br``, 10.213.0.1) under this machine's
   hostname, as ``SlurmctldHost`` must name the host it runs on;
 - each node's veth end is made under another name and renamed ``eth0`` inside its
   namespace (the host has an ``eth0`` of its own);
@@ -27,11 +27,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BRIDGE = "spbr0"
-SUBNET = "10.213.0"
-CONTROLLER_IP = f"{SUBNET}.1"
-CTLD_PORT = 16817
-SLURMD_PORT = 16818
 PACKAGES = ("slurmctld", "slurmd", "sbatch", "munged", "ip", "bwrap")
 
 
@@ -51,7 +46,19 @@ class SlurmCluster:
     folder: Path
     nodes: int = 2
     max_minutes: int = 60
+    net: int = 213  # 10.<net>.0.0/24, and the names and ports: two clusters can run at once
     processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def controller_ip(self) -> str:
+        return f"10.{self.net}.0.1"
+
+    @property
+    def bridge(self) -> str:
+        return f"sp{self.net}br"
+
+    def netns(self, n: int) -> str:
+        return f"sp{self.net}n{n}"
 
     @property
     def conf(self) -> Path:
@@ -63,7 +70,7 @@ class SlurmCluster:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def node_ip(self, n: int) -> str:
-        return f"{SUBNET}.{10 + n}"
+        return f"10.{self.net}.0.{10 + n}"
 
     def names(self) -> list[str]:
         return [f"node{n}" for n in range(1, self.nodes + 1)]
@@ -87,27 +94,27 @@ class SlurmCluster:
         self._daemon(["slurmctld", "-D", "-f", str(self.conf)], "ctld.log")
         for n, name in enumerate(self.names(), 1):
             slurmd = f"hostname {name}; exec slurmd -D -N {name} -f {self.conf}"
-            netns = ["ip", "netns", "exec", f"spnode{n}", "unshare", "--uts", "sh", "-c"]
+            netns = ["ip", "netns", "exec", self.netns(n), "unshare", "--uts", "sh", "-c"]
             self._daemon([*netns, slurmd], f"slurmd-{name}.log")
         self.wait_idle()
         return self
 
     def _network(self) -> None:
-        run("ip", "link", "add", BRIDGE, "type", "bridge")
-        run("ip", "addr", "add", f"{CONTROLLER_IP}/24", "dev", BRIDGE)
-        run("ip", "link", "set", BRIDGE, "up")
+        run("ip", "link", "add", self.bridge, "type", "bridge")
+        run("ip", "addr", "add", f"{self.controller_ip}/24", "dev", self.bridge)
+        run("ip", "link", "set", self.bridge, "up")
         for n in range(1, self.nodes + 1):
-            ns, host_end, node_end = f"spnode{n}", f"spv{n}", f"spe{n}"
+            ns, host_end, node_end = self.netns(n), f"sp{self.net}v{n}", f"sp{self.net}e{n}"
             run("ip", "netns", "add", ns)
             run("ip", "link", "add", host_end, "type", "veth", "peer", "name", node_end)
             run("ip", "link", "set", node_end, "netns", ns)
             run("ip", "-n", ns, "link", "set", node_end, "name", "eth0")
-            run("ip", "link", "set", host_end, "master", BRIDGE)
+            run("ip", "link", "set", host_end, "master", self.bridge)
             run("ip", "link", "set", host_end, "up")
             run("ip", "-n", ns, "addr", "add", f"{self.node_ip(n)}/24", "dev", "eth0")
             run("ip", "-n", ns, "link", "set", "eth0", "up")
             run("ip", "-n", ns, "link", "set", "lo", "up")
-            run("ip", "-n", ns, "route", "add", "default", "via", CONTROLLER_IP)
+            run("ip", "-n", ns, "route", "add", "default", "via", self.controller_ip)
 
     def _munge(self) -> None:
         key = self.folder / "munge.key"
@@ -132,9 +139,9 @@ class SlurmCluster:
         d = self.folder
         self.conf.write_text(
             f"""ClusterName=portaltest
-SlurmctldHost={socket.gethostname()}({CONTROLLER_IP})
-SlurmctldPort={CTLD_PORT}
-SlurmdPort={SLURMD_PORT}
+SlurmctldHost={socket.gethostname()}({self.controller_ip})
+SlurmctldPort={10000 + 10 * self.net}
+SlurmdPort={10001 + 10 * self.net}
 AuthType=auth/munge
 AuthInfo=socket={d}/munge/munge.socket
 CredType=cred/munge
@@ -210,10 +217,9 @@ PartitionName=long Nodes={names} MaxTime=INFINITE State=UP
         if pid.exists():
             run("kill", pid.read_text().strip(), check=False)
         for n in range(1, self.nodes + 1):
-            run("ip", "netns", "pids", f"spnode{n}", check=False)
-            run("ip", "netns", "del", f"spnode{n}", check=False)
-            run("ip", "link", "del", f"spv{n}", check=False)
-        run("ip", "link", "del", BRIDGE, check=False)
+            run("ip", "netns", "del", self.netns(n), check=False)
+            run("ip", "link", "del", f"sp{self.net}v{n}", check=False)
+        run("ip", "link", "del", self.bridge, check=False)
 
 
 __all__ = ["ClusterError", "SlurmCluster"]
