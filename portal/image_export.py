@@ -22,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from spawner.environments import load_environments
-
-ENVIRONMENT_FILE = ".panosc-environment.json"
+from spawner.environments import UNPACKED_FILE, load_environments
 
 
 class ExportError(Exception):
@@ -57,7 +55,7 @@ def export(name: str, image: str, folder: Path) -> bool:
     facts = image_facts(image)
     target = folder / name
     try:
-        if json.loads((target / ENVIRONMENT_FILE).read_text())["id"] == facts["id"]:
+        if json.loads((target / UNPACKED_FILE).read_text())["id"] == facts["id"]:
             return False
     except (OSError, ValueError, KeyError):
         pass
@@ -76,7 +74,7 @@ def export(name: str, image: str, folder: Path) -> bool:
             raise ExportError(f"unpacking {image} failed: {untar.stderr.decode()[-400:]}")
     finally:
         _docker("rm", container)
-    (partial / ENVIRONMENT_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+    (partial / UNPACKED_FILE).write_text(json.dumps(facts, indent=2) + "\n")
     old = folder / f"{name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

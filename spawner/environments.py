@@ -37,6 +37,11 @@ _DISTRIBUTION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,60}[A-Za-z0-9])?")
 SERVICES = ("hub", "proxy")
 
 
+#: The file ``panosc-portal images export`` writes in each environment it unpacks for the
+#: Slurm backend: the image, its id (the provenance record's digest) and its ``PATH``.
+UNPACKED_FILE = ".panosc-environment.json"
+
+
 class EnvironmentsError(YamlFileError, ValueError):
     """The table is wrong; each problem names the file, the line, the entry and the field."""
 
