@@ -290,7 +290,7 @@ def publish_scicat(catalogue: Any, publication: Publication, source_folder: str)
     body = scicat_derived(publication, source_folder)
     url = catalogue.endpoint("/api/v3/Datasets")
     headers = {"Accept": "application/json", **catalogue.auth_headers(publication.user)}
-    response = catalogue.send(url, headers, json_body=body)  # 5xx: retried, then unavailable
+    response = catalogue.send(url, headers, json_body=body, creates=f"'{publication.title}'")
     if response.status_code not in (200, 201):
         raise PublishRefused(
             "catalogue",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from portal.catalogue import CatalogueUnavailable
 from portal.catalogue.scicat import SciCatCatalogue
 from portal.publish import (
     PublishRefused,
@@ -469,3 +470,18 @@ def test_publish_through_the_form_in_the_browser(hub, browser, artifacts: Path) 
     page.screenshot(path=artifacts / "publish-dataset.png", full_page=True)
     assert_accessible(page)
     page.close()
+
+
+def test_a_failed_registration_is_never_sent_twice(scicat, root: Path) -> None:
+    """A POST that SciCat answered with a 5xx may have created the dataset before failing:
+    sending it again could register the results twice. It is sent once, and the user is
+    told to look before publishing again."""
+    server, catalogue = scicat
+    publication = ask(catalogue, root, records=[record(root / "MA1234", [INPUT])])
+    server.fail_next = 1
+    with pytest.raises(CatalogueUnavailable) as failed:
+        publish_scicat(catalogue, publication, "/gpfs/processed/MA1234/results/fit-1")
+    posted = [s for s in server.seen if s.method == "POST" and s.path == "/api/v3/Datasets"]
+    assert len(posted) == 1
+    assert "may have been registered" in str(failed.value)
+    assert "search the catalogue for 'Fitted peaks' before publishing again" in str(failed.value)

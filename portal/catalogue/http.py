@@ -239,14 +239,23 @@ class HttpCatalogue(Catalogue):
         params: dict[str, str] | None = None,
         json_body: Any = None,
         stream: bool = False,
+        creates: str = "",
     ) -> requests.Response:
         """GET (or POST ``json_body``) with retries on connection errors, timeouts, HTTP 429
-        and 5xx, bounded in count and time; ``stream``: the body is left to the caller."""
+        and 5xx, bounded in count and time; ``stream``: the body is left to the caller.
+
+        ``creates``: what a POST creates, for one that must never be sent twice. Once such
+        a request may have reached the server (a 5xx, a timeout waiting for the answer, a
+        connection lost after sending), it may have created its record before failing, so
+        it is not retried: :class:`CatalogueUnavailable` says so, naming ``creates``. Only a
+        429 or a connection that was never made is retried.
+        """
         started = time.monotonic()
         attempt = 0
         method = "GET" if json_body is None else "POST"
         while True:
             wait = 0.0  # what the server asked for (Retry-After), at least
+            processed = True  # whether the server may have acted on the request
             try:
                 response = self._session().request(
                     method,
@@ -261,11 +270,20 @@ class HttpCatalogue(Catalogue):
                     return response
                 problem = f"it answered HTTP {response.status_code} {response.reason}"
                 if response.status_code == 429:  # SciCat lets a client exchange 1 token/s
-                    wait = _seconds(response.headers.get("Retry-After"))
+                    wait, processed = _seconds(response.headers.get("Retry-After")), False
+            except requests.ConnectTimeout:
+                problem, processed = f"no connection within {self.timeout:g} s", False
             except requests.Timeout:
                 problem = f"no answer within {self.timeout:g} s"
             except requests.ConnectionError as e:
                 problem = f"cannot connect: {_root_cause(e)}"
+                processed = "NewConnectionError" not in repr(e)  # else it was sent
+            if creates and processed:
+                raise CatalogueUnavailable(
+                    f"catalogue {url} failed while registering {creates} ({problem}): it may"
+                    f" have been registered anyway, so it was not sent again; search the"
+                    f" catalogue for {creates} before publishing again"
+                )
             delay = max(wait, self.backoff * 2**attempt)
             attempt += 1
             if attempt > self.retries or time.monotonic() - started + delay > self.retry_deadline:
