@@ -37,9 +37,9 @@ from spawner.course_library import (
     course_of_server,
     read_sync_report,
 )
-from spawner.mounts import Mount, MountError, MountPlan, proposal_folder
+from spawner.mounts import MountError, MountPlan
 from spawner.options import SpawnRefused
-from spawner.provenance import ProvenanceRecorder, local_environment, processed_area
+from spawner.provenance import ProvenanceRecorder, local_environment, processed_mounts
 from spawner.sandbox import (
     RUN,
     Account,
@@ -285,20 +285,11 @@ class PortalLocalSpawner(ProvenanceRecorder, PortalSpawner, LocalProcessSpawner)
         home and processed areas and nothing else of theirs, as a course delivery runs: the
         hub never writes into a home itself."""
         account = await self.account()
-        areas = tuple(
-            Mount(
-                Path(self.processed_root).resolve() / proposal_folder(proposal),
-                PurePosixPath(processed_area(proposal)),
-                read_only=False,
-            )
-            for proposal in sorted(self.member_of)
-            if self.processed_root
-        )
         box = await asyncio.to_thread(
             Sandbox,
             account=account,
             home=Path(self.home_dir),
-            plan=MountPlan(areas, ()),
+            plan=MountPlan(processed_mounts(self.processed_root, self.member_of), ()),
             environment=environment_paths(),
             binds=[(Path(provenance_record.__file__), RECORD)],
         )

@@ -12,7 +12,10 @@ Backends: Docker (the image digest as Docker reports it for the container) and l
 hub's Python and a digest of its distributions). Kubernetes needs no exec through the API
 server: the pod runs the same program itself, from ``postStart`` and ``preStop`` hooks whose
 commands carry the program and the facts (:mod:`spawner.kube`); its digest is the one the
-image reference pins, the only one a pod can know.
+image reference pins, the only one a pod can know. Slurm (:mod:`spawner.slurm`) runs it in a
+step of the session's own job, as the user's account, in a sandbox the node program builds
+like the server's (the home and the processed areas only); its digest is the id of the image
+the environment was unpacked from, as ``images export`` wrote it beside the unpacked root.
 
 :func:`read_records` is the other direction, for publishing: it reads the crates under a
 folder the hub can see (a processed area on the host), trusting nothing in them.
@@ -27,6 +30,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -38,7 +42,7 @@ from traitlets.config import Configurable
 
 from portal.upstream import log_name
 from spawner import provenance_record
-from spawner.mounts import DATASETS_DIR, proposal_folder
+from spawner.mounts import DATASETS_DIR, Mount, proposal_folder
 from spawner.provenance_record import (
     AGENT_ID,
     CRATE_FILE,
@@ -206,6 +210,19 @@ def program_arguments(action: str, facts: dict[str, Any]) -> list[str]:
 def processed_area(proposal: str) -> str:
     """A proposal's processed area, relative to the home: ``datasets/<proposal>/processed``."""
     return str(PurePosixPath(DATASETS_DIR) / proposal_folder(proposal) / "processed")
+
+
+def processed_mounts(processed_root: str, proposals: Iterable[str]) -> tuple[Mount, ...]:
+    """The processed areas of ``proposals``, writable where the server sees them: all a
+    record program's sandbox mounts besides the home (it writes the crate in the first and
+    walks them all for results), never the datasets it only reads."""
+    if not processed_root:
+        return ()
+    root = Path(processed_root).resolve()
+    return tuple(
+        Mount(root / proposal_folder(p), PurePosixPath(processed_area(p)), read_only=False)
+        for p in sorted(proposals)
+    )
 
 
 @cache

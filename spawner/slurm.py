@@ -15,6 +15,11 @@ parts of batchspawner are replaced, each because it would open the data boundary
 The job runs :mod:`spawner.slurm_job` on the compute node as the user's own account: it
 opens every planned folder again there and starts the server in bubblewrap, with the
 environment (an image unpacked by ``panosc-portal images export``) as its root.
+
+The session's provenance record (:mod:`spawner.provenance`) is written where the files are
+and as the user, as on the other backends: a job step in the running job (``srun
+--overlap`` as the user's account) runs the same node program, which builds a sandbox the
+same way with only the home and the processed areas, and the record program in it.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from typing import Any
 from batchspawner import JobStatus, SlurmSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, default
 
-from portal.image_export import ENVIRONMENT_FILE
 from portal.upstream import drop_batchspawner_api, log_name, stopping
 from spawner import nofollow, slurm_job
-from spawner.common import PortalSpawner, SpawnPlan
-from spawner.mounts import MountError
+from spawner.common import PortalSpawner, SpawnPlan, until_answering
+from spawner.course_library import SYSTEM_PYTHON
+from spawner.environments import UNPACKED_FILE
+from spawner.mounts import MountError, MountPlan
 from spawner.options import SpawnRefused
+from spawner.provenance import ProvenanceRecorder, processed_mounts, program
 from spawner.sandbox import Account, SandboxError, ensure_account, ensure_processed, take_home
 from spawner.seccomp import sandbox_filter
 
@@ -148,8 +155,10 @@ def node_modules() -> str:
 
 
 def node_program(plan: dict[str, Any]) -> str:
-    """The Python the job runs on the node: the modules, then ``slurm_job.main(plan)``."""
-    return node_modules() + f'\nsys.modules["spawner.slurm_job"].main("{_b64(plan)}")'
+    """The Python the job (or a step of it) runs on the node: the modules, then
+    ``slurm_job.main(plan, arguments)`` with the program's own command-line arguments."""
+    run = f'sys.modules["spawner.slurm_job"].main("{_b64(plan)}", sys.argv[1:])'
+    return node_modules() + "\n" + run
 
 
 def _b64(data: Any) -> str:
@@ -188,7 +197,7 @@ def job_script(
     return "\n".join(lines) + "\n"
 
 
-class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
+class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
     """A server per Slurm job, as the user's own account, in a bubblewrap sandbox."""
 
     supported_server_types = ("lab", "desktop")
@@ -262,9 +271,13 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
             env["SLURM_CONF"] = self.slurm_conf
         return env
 
-    async def slurm(self, *argv: str, stdin: str = "", env: dict | None = None) -> str:
-        """Run a Slurm command (no shell); its output, or :class:`RuntimeError` with its
-        error. A command that hangs (controller down) ends at ``command_timeout``."""
+    async def run_slurm(
+        self, *argv: str, stdin: str = "", env: dict | None = None, timeout: float = 0
+    ) -> tuple[int, bytes, bytes]:
+        """Run a Slurm command (no shell): exit code, output, errors. A command that hangs
+        (controller down) ends at ``timeout`` (``command_timeout`` if 0), with
+        :class:`RuntimeError`; it is asked to end first, so that ``srun`` can end its step."""
+        seconds = timeout or self.command_timeout
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -278,14 +291,24 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
                 f"{argv[0]} cannot run on the hub ({e.strerror}): install slurm-client there"
             ) from None
         try:
-            out, err = await asyncio.wait_for(
-                process.communicate(stdin.encode()), self.command_timeout
-            )
+            out, err = await asyncio.wait_for(process.communicate(stdin.encode()), seconds)
         except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise RuntimeError(f"{argv[0]} did not answer in {self.command_timeout:g} s") from None
-        if process.returncode:
+            raise RuntimeError(f"{argv[0]} did not answer in {seconds:g} s") from None
+        finally:  # timed out, or its caller stopped waiting (a record's start)
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 5)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+        return process.returncode or 0, out, err
+
+    async def slurm(self, *argv: str, stdin: str = "", env: dict | None = None) -> str:
+        """Run a Slurm command (no shell); its output, or :class:`RuntimeError` with its
+        error (:meth:`run_slurm`)."""
+        code, out, err = await self.run_slurm(*argv, stdin=stdin, env=env)
+        if code:
             raise RuntimeError(err.decode(errors="replace").strip()[-500:] or f"{argv[0]} failed")
         return out.decode(errors="replace").strip()
 
@@ -364,17 +387,28 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
             }
         }
 
+    _account: Account | None = None
+
     async def account(self) -> Account:
-        try:
-            return await asyncio.to_thread(ensure_account, self.user.name, self.account_prefix)
-        except SandboxError as e:
-            raise SpawnRefused(str(e), 500) from e
+        if self._account is None:
+            try:
+                self._account = await asyncio.to_thread(
+                    ensure_account, self.user.name, self.account_prefix
+                )
+            except SandboxError as e:
+                raise SpawnRefused(str(e), 500) from e
+        return self._account
+
+    @property
+    def home_folder(self) -> Path:
+        """The user's home on the shared filesystem, as the hub and the nodes reach it."""
+        return Path(self.home_dir_template.format(username=self.user.name))
 
     def environment_root(self, name: str) -> tuple[Path, dict[str, Any]]:
         """The unpacked environment ``name`` and what ``images export`` wrote about it."""
         root = Path(self.environments_dir) / name
         try:
-            info = json.loads((root / ENVIRONMENT_FILE).read_text())
+            info = json.loads((root / UNPACKED_FILE).read_text())
         except (OSError, ValueError):
             raise SpawnRefused(
                 f"the environment {name} is not unpacked on the cluster's shared storage"
@@ -384,11 +418,21 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
             ) from None
         return root, info
 
-    def job_plan(
-        self, spawn: SpawnPlan, account: Account, home: Path, root: Path, info: dict
+    def sandbox_plan(
+        self,
+        mounts: MountPlan,
+        account: Account,
+        root: Path,
+        info: dict,
+        command: list[str],
+        *,
+        report_port: bool,
     ) -> dict[str, Any]:
-        """What the node program needs: every path with the inode the hub checked."""
-        mounts = [
+        """What the node program needs to build a sandbox and run ``command`` in it: every
+        path with the inode the hub checked. The server's and the record's sandboxes are
+        both made from this, so they differ only in their mounts and command."""
+        home = self.home_folder
+        planned = [
             {
                 "source": str(m.source),
                 "target": str(m.target),
@@ -396,23 +440,28 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
                 "pid": m.pid,
                 "inode": m.identity[1] if m.identity else None,
             }
-            for m in spawn.mounts.mounts
+            for m in mounts.mounts
         ]
-        # Every job on a node shares its network: kernels talk over Unix sockets in the
-        # user's runtime folder, not TCP ports anyone on the node could subscribe to.
-        server = [*self.cmd, *self.get_args(), "--KernelManager.transport=ipc"]
         return {
             "rootfs": str(root),
             "path": info.get("path") or "/usr/local/bin:/usr/bin:/bin",
             "home": str(home),
             "home_inode": home.lstat().st_ino,
             "home_target": str(account.home),
-            "mounts": mounts,
-            "manifest": spawn.mounts.manifest_json(),
+            "mounts": planned,
+            "manifest": mounts.manifest_json(),
             "seccomp": base64.b64encode(sandbox_filter()).decode(),
-            "command": server,
+            "command": command,
             "env": {"USER": account.name, "LANG": "C.UTF-8"},
+            "report_port": report_port,
         }
+
+    def job_plan(self, spawn: SpawnPlan, account: Account, root: Path, info: dict) -> dict:
+        """The server's sandbox: the spawn's datasets and processed areas, JupyterLab."""
+        # Every job on a node shares its network: kernels talk over Unix sockets in the
+        # user's runtime folder, not TCP ports anyone on the node could subscribe to.
+        server = [*self.cmd, *self.get_args(), "--KernelManager.transport=ipc"]
+        return self.sandbox_plan(spawn.mounts, account, root, info, server, report_port=True)
 
     async def start(self) -> tuple[str, int]:
         """Check everything, submit, then report the queue until the job runs and its
@@ -434,7 +483,7 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
             )
         root, info = self.environment_root(spawn.environment.name)
         account = await self.account()
-        home = Path(self.home_dir_template.format(username=self.user.name))
+        home = self.home_folder
         try:
             await asyncio.to_thread(take_home, home, account)
             for mount in spawn.mounts.mounts:
@@ -453,7 +502,7 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
             output=str(home / ".panosc-portal-job.log"),
             extra=list(self.extra_sbatch),
             python=self.node_python,
-            plan=self.job_plan(spawn, account, home, root, info),
+            plan=self.job_plan(spawn, account, root, info),
         )
         env = {k: v for k, v in self.get_env().items() if k.startswith("JUPYTERHUB_")}
         try:
@@ -465,38 +514,53 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
         except (RuntimeError, ValueError, IndexError) as e:
             raise SpawnRefused(f"the cluster refused the job: {e}", 503) from e
         self.progress_event(f"Submitted job {self.job_id} to partition {job.partition}", 40)
-        await self.until_running(job.partition)
+        running = await self.until_running(job.partition)
+        await self.record_start(spawn, running)
         return self.ip, self.port
 
-    async def until_running(self, partition: str) -> None:
+    async def until_running(self, partition: str) -> float:
         """Follow the job: queued (with Slurm's reason and the position), starting on node
-        N, then wait for the port the node program reports. A job that ends first raises
-        a message saying why; the hub then shows it and keeps nothing pending."""
-        said = ""
-        deadline = 0.0
+        N, then wait for the port the node program reports and for the server to answer;
+        returns when the job began running (the session's start: the time it queued is not
+        part of it). A job that ends first raises a message saying why; the hub then shows
+        it and keeps nothing pending.
+
+        ``squeue`` is asked 0.1 s after the submission, then at doubling intervals up to
+        ``startup_poll_interval``: a free cluster starts a job within a second, a busy one
+        must not be asked ten times a second by every waiting user. The port is looked for
+        every 50 ms (the hub's own API sets it).
+        """
+        said, delay, due = "", 0.1, time.monotonic() + 0.1
+        deadline = running = 0.0
+        state: JobState | None = None
         while True:
-            status = await self.query_job_status()
-            state = JobState.parse(self.job_status)
-            if status == JobStatus.NOTFOUND:
-                why = self.ended
-                self.clear_state()
-                raise SpawnRefused(f"Your session did not start: {why}.", 503)
-            if status == JobStatus.PENDING and state is not None:
-                position = await self.queue_position(partition)
-                where = f", position {position} in the queue" if position else ""
-                why = f": {state.reason}" if state.reason not in ("", "None") else ""
-                message = f"Queued on the cluster (job {self.job_id}{why}{where})"
-                if message != said:
-                    self.progress_event(message, 50)
-                    said = message
-            if status == JobStatus.RUNNING and state is not None and not self.ip:
-                self.ip = await self.node_address(state.node)
-                self.job_end = time.time() + time_left(state.time_left)
-                self.progress_event(f"Starting on {state.node} ({self.ip})", 70)
-                deadline = time.monotonic() + self.port_timeout
-            if self.ip and self.port:
+            if time.monotonic() >= due:
+                status = await self.query_job_status()
+                state = JobState.parse(self.job_status)
+                due, delay = time.monotonic() + delay, min(2 * delay, self.startup_poll_interval)
+                if status == JobStatus.NOTFOUND:
+                    why = self.ended
+                    self.clear_state()
+                    raise SpawnRefused(f"Your session did not start: {why}.", 503)
+                if status == JobStatus.PENDING and state is not None:
+                    position = await self.queue_position(partition)
+                    where = f", position {position} in the queue" if position else ""
+                    why = f": {state.reason}" if state.reason not in ("", "None") else ""
+                    message = f"Queued on the cluster (job {self.job_id}{why}{where})"
+                    if message != said:
+                        self.progress_event(message, 50)
+                        said = message
+                if status == JobStatus.RUNNING and state is not None and not self.ip:
+                    self.ip = await self.node_address(state.node)
+                    running = time.time()
+                    self.job_end = running + time_left(state.time_left)
+                    self.progress_event(f"Starting on {state.node} ({self.ip})", 70)
+                    deadline = time.monotonic() + self.port_timeout
+            if self.ip and self.port and state is not None:
                 self.progress_event(f"Server listening on {state.node}:{self.port}", 90)
-                return
+                url = f"http://{self.ip}:{self.port}{self.server.base_url}api"
+                await until_answering(url, self.http_timeout)
+                return running
             if deadline and time.monotonic() > deadline:
                 await self.cancel_batch_job()
                 raise SpawnRefused(
@@ -504,7 +568,7 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
                     f" not report in {self.port_timeout:g} s; see ~/.panosc-portal-job.log",
                     503,
                 )
-            await asyncio.sleep(self.startup_poll_interval)
+            await asyncio.sleep(0.05)
 
     async def poll(self) -> int | None:
         """batchspawner's poll (and the portal's audit); a job that ended by itself leaves
@@ -521,9 +585,60 @@ class PortalSlurmSpawner(PortalSpawner, SlurmSpawner):
         return env
 
     async def stop(self, now: bool = False) -> None:
-        """Cancel the job (scancel), and wait for Slurm to end it unless ``now``."""
+        """Complete the provenance record while the job runs, then cancel the job (scancel)
+        and wait for Slurm to end it unless ``now``."""
         if self.job_id:
+            await self.record_stop()  # a failure is only logged
             await super().stop(now=now)
+
+    # -- provenance ---------------------------------------------------------------------
+
+    async def environment_identity(self) -> tuple[str, str, str]:
+        """The unpacked environment, as ``images export`` described it: the image it was
+        unpacked from and that image's id. No registry digest exists on the cluster: the
+        root the job mounts is a copy of exactly that image, whose id names its content."""
+        root, info = self.environment_root(self.environment_name)
+        image = str(info.get("image") or "")
+        return (
+            image,
+            str(info.get("id") or ""),
+            f"Docker image {image}, unpacked to {root} by panosc-portal images export",
+        )
+
+    def record_home(self) -> str:
+        """The home where the sandbox shows it (``/home/<account>``)."""
+        assert self._account is not None  # record_start runs after account()
+        return str(self._account.home)
+
+    async def run_record(self, arguments: list[str], home: str) -> tuple[int, bytes, bytes]:
+        """:mod:`spawner.provenance_record` in the running job, as the user's account: a
+        step (``srun --overlap``, sharing the server's CPUs and memory) running the node
+        program with a plan of its own, the home and the processed areas and nothing else,
+        the environment's Python and no port to report. The hub never writes into a home,
+        and the step ends with the job's allocation whatever it does.
+
+        The facts are the step's arguments, after the node program: at most 100 kB each
+        (:func:`spawner.provenance.program_arguments`), as one argument must be.
+        """
+        if not self.job_id:
+            raise RuntimeError("no job to run the record in")
+        account = await self.account()
+        root, info = self.environment_root(self.environment_name)
+        plan = self.sandbox_plan(
+            MountPlan(processed_mounts(self.processed_root, self.member_of), ()),
+            account,
+            root,
+            info,
+            [SYSTEM_PYTHON, "-I", "-S", "-c", program()],
+            report_port=False,
+        )
+        step = ["srun", f"--jobid={self.job_id}", "--overlap", "-N1", "-n1", "--quiet"]
+        step += ["--chdir=/", f"--time={math.ceil(self.provenance_timeout / 60)}"]
+        return await self.run_slurm(
+            "runuser", "-u", account.name, "--", *step,
+            self.node_python, "-I", "-S", "-c", node_program(plan), *arguments,
+            timeout=self.provenance_timeout,
+        )  # fmt: skip
 
 
 def time_left(text: str) -> float:

@@ -17,6 +17,12 @@ It is given the job's plan (from the hub, which asked the catalogue at spawn tim
 
 Unlike the local backend the sandbox keeps the node's network: the server must be reached
 by the hub's proxy at the node's address, as on any cluster.
+
+The same program builds the sandbox of the session's provenance record (a job step the hub
+runs in the job, :meth:`spawner.slurm.PortalSlurmSpawner.run_record`): its plan mounts only
+the processed areas, reports no port, and runs the record program with the facts the hub
+passes as further arguments. One way of building a sandbox, so the record sees no more of
+the node than the server does.
 """
 
 from __future__ import annotations
@@ -167,17 +173,28 @@ def sandbox_command(plan: dict, port: int) -> tuple[list[str], dict[str, str]]:
     return args, env
 
 
-def main(encoded: str) -> None:
+def main(encoded: str, arguments: list[str] | None = None) -> None:
+    """Become the sandbox the plan describes, running its command with ``arguments`` added.
+
+    A server's plan (``report_port``) first tells the hub its port; a provenance record's
+    does not (the hub is not waiting for a server, and the record's step holds no server
+    token). ``arguments`` come from the command line, not the plan: the record's facts may
+    be larger than one argument may be (the kernel's limit is 128 kB), so the hub passes
+    them in pieces.
+    """
     plan = json.loads(base64.b64decode(encoded))
-    port = free_port()
+    serving = plan["report_port"]
+    port = free_port() if serving else 0
     try:
         argv, env = sandbox_command(plan, port)
-        report_port(port, dict(os.environ))
+        if serving:
+            report_port(port, dict(os.environ))
     except (JobError, OSError) as e:
-        print(f"panosc-portal: the session cannot start on {socket.gethostname()}: {e}")
+        what = "the session cannot start" if serving else "no sandbox for the record"
+        print(f"panosc-portal: {what} on {socket.gethostname()}: {e}", file=sys.stderr)
         sys.exit(1)
-    os.execvpe(argv[0], argv, env)
+    os.execvpe(argv[0], [*argv, *(arguments or ())], env)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

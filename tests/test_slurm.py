@@ -9,6 +9,7 @@ base image, unpacked by ``panosc-portal images export`` as a site would.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import pwd
 import shutil
@@ -25,8 +26,10 @@ from tornado.websocket import websocket_connect
 
 from portal.demo.sampledata import DEMO_USERS, generate
 from portal.settings import SettingsError, parse
-from spawner.environments import load_environments
+from spawner.environments import UNPACKED_FILE, load_environments
 from spawner.form import form_context, render_form
+from spawner.provenance import read_records
+from spawner.provenance_record import CRATE_FILE
 from spawner.slurm import JobOptions, job_script
 from tests.support.net import free_port
 from tests.support.portal_client import PortalClient
@@ -154,6 +157,20 @@ def progress(client: PortalClient, server: str, until: str, timeout: float = 120
 
 def home_page(client: PortalClient) -> str:
     return client.click("/hub/home").text
+
+
+def until_no_jobs(cluster: SlurmCluster, timeout: float = 30) -> list[str]:
+    """The user's jobs once Slurm has ended them all (or what is left after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while jobs(cluster) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return jobs(cluster)
+
+
+def record_of(site: Path, proposal: str, server: str):
+    """The provenance record of alice's server ``server``, read on the host."""
+    [record] = [r for r in read_records(site / "processed" / proposal) if r.server_name == server]
+    return record
 
 
 # -- refusals: nothing reaches the cluster -------------------------------------------------
@@ -308,19 +325,70 @@ def test_the_home_page_shows_the_jobs_time_limit(alice: PortalClient, session: s
 
 @pytest.mark.e2e
 def test_a_hub_restart_finds_the_running_job_and_stop_cancels_it(
-    alice: PortalClient, session: str, hub: Hub, cluster: SlurmCluster
+    alice: PortalClient, session: str, hub: Hub, cluster: SlurmCluster, site: Path
 ) -> None:
     [before] = jobs(cluster)
+    assert record_of(site, "ES1001", session).stopped is None
     hub.stop()
     hub.start()
     assert alice.wait_ready(session)["ready"]
     assert alice.run_python("print(6 * 7)", session).strip() == "42"
     assert jobs(cluster) == [before]
     alice.stop(session)
-    deadline = time.monotonic() + 30
-    while jobs(cluster) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert jobs(cluster) == []
+    assert until_no_jobs(cluster) == []
+    # the restarted hub still completes the record the first one started
+    assert record_of(site, "ES1001", session).stopped is not None
+
+
+PLANT = """
+import os
+os.symlink("/etc/passwd", "passwd.py")
+os.symlink("/etc", "etc-link")
+with open("datasets/ES1001/processed/reduce.py", "w") as f:
+    f.write("print(2)\\n")
+print(open("analysis.ipynb", "rb").read().hex())
+"""
+
+
+@pytest.mark.e2e
+def test_a_session_is_recorded_by_the_user_in_a_step_of_its_job(
+    alice: PortalClient, cluster: SlurmCluster, environments: Path, site: Path
+) -> None:
+    """The record is written on the node as alice's account, in a sandbox of its own in her
+    job; at stop it lists what she saved, and a link she planted out of the home is neither
+    followed nor hashed."""
+    before = time.time()
+    alice.spawn("prov", {"type": "lab", "environment": "base", "datasets": [XRF, CEO2]}, 180)
+    try:
+        after = time.time()
+        record = record_of(site, "ES1001", "prov")  # alice's first mounted proposal, sorted
+        assert {pid for pid, _ in record.datasets} == {XRF, CEO2}
+        assert all(title for _, title in record.datasets)
+        exported = json.loads((environments / "base" / UNPACKED_FILE).read_text())
+        assert (record.image, record.digest) == (exported["image"], exported["id"])
+        assert record.environment == "base" and record.server_type == "lab"
+        assert record.user == "alice" and record.stopped is None
+        started = time.mktime(time.strptime(record.started, "%Y-%m-%dT%H:%M:%SZ"))
+        assert int(before) <= started - time.timezone <= after
+        owner = (record.path / CRATE_FILE).stat().st_uid
+        assert owner == pwd.getpwnam("panosc-alice").pw_uid  # written by alice, not the hub
+        notebook = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+        r = alice.api(
+            "PUT",
+            "user/alice/prov/api/contents/analysis.ipynb",
+            json={"type": "notebook", "format": "json", "content": notebook},
+        )
+        assert r.status_code in (200, 201), r.text
+        saved = bytes.fromhex(alice.run_python(PLANT, "prov").strip())
+    finally:
+        alice.stop("prov")
+    assert until_no_jobs(cluster) == []
+    record = record_of(site, "ES1001", "prov")
+    assert record.stopped is not None and record.stopped >= record.started
+    assert dict(record.files) == {
+        "analysis.ipynb": hashlib.sha256(saved).hexdigest(),
+        "datasets/ES1001/processed/reduce.py": hashlib.sha256(b"print(2)\n").hexdigest(),
+    }
 
 
 async def vnc_banner(client: PortalClient, server: str) -> bytes:
