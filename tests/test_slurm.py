@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from playwright.sync_api import expect
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -31,6 +32,7 @@ from spawner.form import form_context, render_form
 from spawner.provenance import read_records
 from spawner.provenance_record import CRATE_FILE
 from spawner.slurm import JobOptions, job_script
+from tests.support.accessibility import assert_accessible
 from tests.support.net import free_port
 from tests.support.portal_client import PortalClient
 from tests.support.slurm import SlurmCluster
@@ -446,7 +448,9 @@ def test_a_full_cluster_queues_the_spawn_with_its_reason_and_position(
     alice: PortalClient, cluster: SlurmCluster
 ) -> None:
     blockers = [
-        cluster.slurm("sbatch", "--parsable", "-w", node, "-c", "2", "--wrap", "sleep 600")
+        cluster.slurm(
+            "sbatch", "--parsable", "-w", node, "-c", "2", "-o", "/dev/null", "--wrap", "sleep 600"
+        )
         for node in cluster.names()
     ]
     try:
@@ -592,3 +596,40 @@ def test_the_spawn_form_offers_the_sites_partitions_and_a_time_limit() -> None:
     page = render_form({**context, "problem": "", "chosen_type": "lab", "batch": batch})
     assert '<option value="short">short (up to 60 min)</option>' in page
     assert 'name="walltime" id="panosc-walltime"' in page and 'max="600" value="30"' in page
+
+
+@pytest.mark.e2e
+@pytest.mark.browser
+def test_in_the_browser_the_form_offers_the_partitions_and_home_counts_down_the_time_limit(
+    hub: Hub, browser, artifacts: Path, cluster: SlurmCluster
+) -> None:
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.set_default_timeout(90_000)
+    page.goto(f"{hub.url}/hub/home")
+    page.get_by_text("Sign in with Umbrella").click()
+    page.fill("input[name=sub]", DEMO_USERS["bob"]["sub"])
+    page.get_by_role("button", name="Authorize").click()
+    page.goto(f"{hub.url}/hub/spawn/bob/cluster")
+    job = page.get_by_role("group", name="Cluster job")
+    expect(job.get_by_label("Partition")).to_have_value("short")
+    expect(job.get_by_label("Time limit (minutes)")).to_have_value("30")
+    job.get_by_label("Partition").select_option("long")
+    job.get_by_label("Time limit (minutes)").fill("45")
+    page.locator("input[name=environment][value=base]").check()
+    page.screenshot(path=artifacts / "slurm-spawn-form.png", full_page=True)
+    assert_accessible(page)
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url("**/user/bob/cluster/**", timeout=180_000)
+    [line] = jobs(cluster, "panosc-bob")
+    assert line.endswith("RUNNING")
+    partition = cluster.slurm("squeue", "-h", "-u", "panosc-bob", "-o", "%P %l").split()
+    assert partition == ["long", "45:00"]
+    page.goto(f"{hub.url}/hub/home")
+    left = page.locator('tr[data-server-name="cluster"] .portal-remaining')
+    expect(left).to_contain_text("(time limit)")  # sooner than the culler's hour
+    page.screenshot(path=artifacts / "slurm-home.png", full_page=True)
+    assert_accessible(page)
+    page.locator('button[aria-label="Stop cluster"]').click()
+    expect(page.locator('tr[data-server-name="cluster"]')).to_have_count(0, timeout=60_000)
+    page.close()
+    assert jobs(cluster, "panosc-bob") == []

@@ -88,15 +88,19 @@ class SlurmCluster:
         for sub in ("ctld", "munge", *(f"spool{n}" for n in range(1, self.nodes + 1))):
             (self.folder / sub).mkdir(parents=True)
         self.folder.chmod(0o755)
-        self._network()
-        self._munge()
-        self._config()
-        self._daemon(["slurmctld", "-D", "-f", str(self.conf)], "ctld.log")
-        for n, name in enumerate(self.names(), 1):
-            slurmd = f"hostname {name}; exec slurmd -D -N {name} -f {self.conf}"
-            netns = ["ip", "netns", "exec", self.netns(n), "unshare", "--uts", "sh", "-c"]
-            self._daemon([*netns, slurmd], f"slurmd-{name}.log")
-        self.wait_idle()
+        try:
+            self._network()
+            self._munge()
+            self._config()
+            self._daemon(["slurmctld", "-D", "-f", str(self.conf)], "ctld.log")
+            for n, name in enumerate(self.names(), 1):
+                slurmd = f"hostname {name}; exec slurmd -D -N {name} -f {self.conf}"
+                netns = ["ip", "netns", "exec", self.netns(n), "unshare", "--uts", "sh", "-c"]
+                self._daemon([*netns, slurmd], f"slurmd-{name}.log")
+            self.wait_idle()
+        except BaseException:
+            self.stop()  # no daemon outlives a cluster that did not come up
+            raise
         return self
 
     def _network(self) -> None:
@@ -213,9 +217,9 @@ PartitionName=long Nodes={names} MaxTime=INFINITE State=UP
             except subprocess.TimeoutExpired:
                 process.kill()
         self.processes.clear()
-        pid = self.folder / "munge" / "munged.pid"
-        if pid.exists():
-            run("kill", pid.read_text().strip(), check=False)
+        # and those of an earlier run in this folder that was killed before its stop
+        run("pkill", "-f", f"(slurmctld|slurmd) -D .*-f {self.conf}$", check=False)
+        run("pkill", "-f", f"munged --socket={self.folder}/", check=False)
         for n in range(1, self.nodes + 1):
             run("ip", "netns", "del", self.netns(n), check=False)
             run("ip", "link", "del", f"sp{self.net}v{n}", check=False)
