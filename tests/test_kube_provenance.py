@@ -1,7 +1,8 @@
 """Kubernetes sessions record their provenance through the pod's own lifecycle hooks.
 
-No API server can run here (see :mod:`tests.test_kube_spawner`, whose cluster-less fixtures
-these tests share). So the pod manifest kubespawner would send is built and checked, and then
+No API server can run here (see :mod:`tests.support.kube`, whose cluster-less site these
+tests share with :mod:`tests.test_kube_spawner`). So the pod manifest kubespawner would send
+is built and checked, and then
 its hooks' exact commands are run for real, as kubelet would run them, in a container of the
 real environment image on the Docker engine: as jovyan, with the home and the processed areas
 mounted where the pod mounts them. The attacks of the Docker provenance tests (links out of
@@ -22,16 +23,31 @@ import pytest
 from spawner import provenance_record
 from spawner.environments import load_environments
 from spawner.provenance import read_records
-from tests import test_kube_spawner
 from tests.support.docker_support import engine, ensure_images
-from tests.support.kube import Hubs
-from tests.test_kube_spawner import CEO2, HOME, XRF, pod_of, site_config, validate
+from tests.support.kube import (
+    CEO2,
+    HOME,
+    XRF,
+    Hubs,
+    build_facility,
+    pod_of,
+    site_config,
+    validate,
+    without_cluster,
+)
 
 pytestmark = pytest.mark.docker
 
-# The cluster-less site of the pod manifest tests: sample data, its index, no API server.
-facility = test_kube_spawner.facility
-no_cluster = test_kube_spawner.no_cluster
+
+@pytest.fixture(scope="module")
+def facility(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_facility(tmp_path_factory.mktemp("facility"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_cluster(facility: Path) -> Iterator[None]:
+    with without_cluster(facility):
+        yield
 
 
 @pytest.fixture(scope="module")

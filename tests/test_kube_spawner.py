@@ -23,96 +23,50 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import kubernetes_asyncio.config.kube_config as kube_config
 import pytest
-import yaml
 from jupyterhub.spawner import SpawnException
-from kubernetes_asyncio.client import ApiClient
 from kubespawner import KubeSpawner
 from traitlets import TraitError
 from traitlets.config import Config
 
 from portal.catalogue import PortalCatalogue
-from portal.catalogue.local import index_tree
-from portal.demo.sampledata import generate
 from portal.render import render_config
 from portal.settings import SettingsError, load, parse
 from spawner import kube, mounts
 from spawner.environments import load_environments
 from spawner.kube import PortalKubeSpawner
 from spawner.options import SpawnRefused
-from tests.support.helm import BIN, CI, KUBERNETES, hub_portal_yaml, render, selector
-from tests.support.kube import KUBECONFIG, Hubs
-
-XRF = "MA1234/ID21/xrf_map_0001"
-CEO2 = "ES1001/ID22/ceo2_powder_0001"
-TOMO = "IH2002/ID19/phantom_tomo_0001"  # embargoed; alice is not a member
-ESCAPE = "MA1234/ID21/escape_0001"  # a dataset folder that is a symlink out of the root
-HOME = "/home/jovyan"
+from tests.support.helm import CI, hub_portal_yaml, render, selector
+from tests.support.kube import (
+    CEO2,
+    ESCAPE,
+    HOME,
+    TOMO,
+    XRF,
+    Hubs,
+    build_facility,
+    pod_of,
+    site_config,
+    validate,
+    without_cluster,
+)
 
 
 @pytest.fixture(scope="module")
 def facility(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Sample data indexed by the local catalogue, plus a dataset escaping its root."""
-    base = tmp_path_factory.mktemp("facility")
-    data = base / "data"
-    generate(data)
-    outside = base / "secrets"
-    outside.mkdir()
-    (outside / "passwords.txt").write_text("not for users\n")
-    (data / ESCAPE).symlink_to(outside, target_is_directory=True)
-    index_tree(data, str(base / "catalogue.sqlite"))
-    (base / "kubeconfig").write_text(KUBECONFIG)
-    return base
+    return build_facility(tmp_path_factory.mktemp("facility"))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_cluster(facility: Path) -> Iterator[None]:
-    """The kube config kubespawner loads: an API server that is not there (see above)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(facility / "kubeconfig"))
+    with without_cluster(facility):
         yield
-
-
-def site_config(facility: Path) -> Config:
-    """A hub's config: the local catalogue, one hostPath root and an NFS processed area."""
-    config = Config()
-    config.PortalCatalogue.backend = "local"
-    config.LocalCatalogue.data_root = str(facility / "data")
-    config.LocalCatalogue.index_path = str(facility / "catalogue.sqlite")
-    config.PortalSpawner.storage_roots = {str(facility / "data"): str(facility / "data")}
-    config.PortalSpawner.processed_root = str(facility / "processed")
-    config.PortalKubeSpawner.storage_volumes = {
-        str(facility / "data"): {"hostPath": {"path": "/gpfs/visitor", "type": "Directory"}},
-        str(facility / "processed"): {"nfs": {"server": "nfs.example.eu", "path": "/processed"}},
-    }
-    return config
 
 
 @pytest.fixture
 def hubs(facility: Path) -> Iterator[Hubs]:
     yield Hubs(site_config(facility))
     PortalCatalogue.clear_instance()
-
-
-async def pod_of(spawner: PortalKubeSpawner) -> dict:
-    """What kubespawner's start would send: load_user_options, then the pod manifest."""
-    await spawner.load_user_options()
-    pod = await spawner.get_pod_manifest()
-    async with ApiClient() as api:  # only to turn the model into what goes over the wire
-        return api.sanitize_for_serialization(pod)
-
-
-def validate(pod: dict, tmp_path: Path) -> None:
-    path = tmp_path / "pod.yaml"
-    path.write_text(yaml.safe_dump(pod))
-    out = subprocess.run(
-        [BIN / "kubernetes-validate", "--strict", "-k", KUBERNETES, str(path)],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "passed for resource pod/" in out.stdout + out.stderr
 
 
 def dataset_mounts(pod: dict) -> dict[str, dict]:
