@@ -26,6 +26,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from portal.demo.sampledata import DEMO_USERS, generate
+from portal.image_export import export
 from portal.settings import SettingsError, parse
 from spawner.environments import UNPACKED_FILE, load_environments
 from spawner.form import form_context, render_form
@@ -33,6 +34,7 @@ from spawner.provenance import read_records
 from spawner.provenance_record import CRATE_FILE
 from spawner.slurm import JobOptions, job_script
 from tests.support.accessibility import assert_accessible
+from tests.support.docker_support import engine
 from tests.support.net import free_port
 from tests.support.portal_client import PortalClient
 from tests.support.slurm import SlurmCluster
@@ -633,3 +635,40 @@ def test_in_the_browser_the_form_offers_the_partitions_and_home_counts_down_the_
     expect(page.locator('tr[data-server-name="cluster"]')).to_have_count(0, timeout=60_000)
     page.close()
     assert jobs(cluster, "panosc-bob") == []
+
+
+# -- panosc-portal images export -------------------------------------------------------------
+
+
+@pytest.mark.docker
+def test_export_unpacks_an_image_once_and_replaces_it_whole_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    context = tmp_path / "context"
+    (context / "usr" / "bin").mkdir(parents=True)
+    (context / "usr" / "bin" / "hello").write_text("#!/bin/sh\necho hello\n")
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY usr /usr\nENV PATH=/usr/bin\n")
+    image = "panosc-test/export:1"
+    engine().images.build(path=str(context), tag=image, rm=True)
+    target = tmp_path / "environments"
+    assert export("tiny", image, target) is True
+    facts = json.loads((target / "tiny" / UNPACKED_FILE).read_text())
+    assert facts["id"] == engine().images.get(image).id and facts["image"] == image
+    assert (target / "tiny" / "usr" / "bin" / "hello").read_text().endswith("echo hello\n")
+    assert facts["path"] == "/usr/bin"
+    assert export("tiny", image, target) is False  # unchanged: left as it is
+    (target / "tiny" / "stale-file").write_text("from the old image")
+    (target / "tiny" / UNPACKED_FILE).write_text(json.dumps({**facts, "id": "sha256:old"}))
+    assert export("tiny", image, target) is True
+    assert not (target / "tiny" / "stale-file").exists()  # a new folder, not a merge
+    assert sorted(p.name for p in target.iterdir()) == ["tiny"]  # no .partial, no .old
+
+
+def test_export_refuses_an_unknown_environment_naming_the_available_ones(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "portal.cli", "images", "export", "--to", str(tmp_path), "xrff"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "unknown environment(s) xrff; available: base, xrf," in done.stderr
