@@ -7,16 +7,26 @@ directories are) and used read-only as the root of each job's sandbox
 ``.panosc-environment.json`` naming the image, its id (the provenance record's digest) and
 the ``PATH`` its configuration sets.
 
-An unpack goes to ``<name>.partial`` first and replaces the old folder only when
-complete, so jobs starting meanwhile see the old environment whole or the new one whole;
-an environment whose image did not change is left as it is.
+An unpack goes to ``<name>.partial`` first (a folder only root may enter) and replaces the
+old folder only when complete, so jobs starting meanwhile see the old environment whole or
+the new one whole; the old one stays as ``<name>.previous`` until the next export, so the
+sessions running in it keep their files. An environment whose image did not change is left
+as it is.
+
+Root unpacks it, but on storage that every node mounts, for every user: before the folder
+is put in place everything in it becomes root's, nothing stays setuid, setgid, sticky,
+group- or world-writable, and device nodes, FIFOs and sockets are removed
+(:func:`sanitise`). Otherwise whoever has the image user's uid on the cluster could change
+the code of every session, and any user could run the image's setuid-root programs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -50,37 +60,85 @@ def image_facts(image: str) -> dict[str, str]:
     return {"image": image, "id": facts["Id"], "path": env.get("PATH", "/usr/bin:/bin")}
 
 
+#: Version of :func:`sanitise`'s rules, recorded in the unpacked file: a tree without it
+#: (an earlier release unpacked it with the image's owners and bits) is unpacked again.
+SANITISED = 1
+
+
+def _settle(path: str, st: os.stat_result) -> None:
+    if st.st_uid or st.st_gid:
+        os.lchown(path, 0, 0)
+    if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) & ~0o755:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & 0o755)  # read and run kept, for all
+
+
+def sanitise(root: Path) -> None:
+    """Make the tree under ``root`` root's and writable by root only, without the image's
+    setuid, setgid and sticky bits, device nodes, FIFOs and sockets; symlinks stay links
+    (owned by root, never followed). Nobody but root may be able to change the tree meanwhile.
+    """
+    _settle(str(root), root.lstat())
+    folders = [str(root)]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    folders.append(entry.path)
+                elif not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                    os.unlink(entry.path)
+                    continue
+                _settle(entry.path, st)
+
+
+def _facts(tree: Path) -> dict:
+    try:
+        return json.loads((tree / UNPACKED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def export(name: str, image: str, folder: Path) -> bool:
     """Unpack ``image`` to ``folder/name``; False when it was current already."""
-    facts = image_facts(image)
+    facts = {**image_facts(image), "sanitised": SANITISED}
     target = folder / name
-    try:
-        if json.loads((target / UNPACKED_FILE).read_text())["id"] == facts["id"]:
-            return False
-    except (OSError, ValueError, KeyError):
-        pass
-    partial = folder / f"{name}.partial"
+    current = _facts(target)
+    if current.get("id") == facts["id"] and current.get("sanitised") == SANITISED:
+        return False
+    partial = folder / f"{name}.partial"  # root's only: nobody sees the tree before it is safe
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial.mkdir(parents=True, mode=0o700)
+    partial.chmod(0o700)
+    tree = partial / name
+    tree.mkdir()
     container = _docker("create", image, "true")
     try:
         with subprocess.Popen(["docker", "export", container], stdout=subprocess.PIPE) as out:
             untar = subprocess.run(
-                ["tar", "-x", "-C", str(partial), "--exclude=./dev/*", "--exclude=dev/*"],
+                ["tar", "-x", "--no-same-owner", "--no-xattrs", "-C", str(tree),
+                 "--exclude=./dev/*", "--exclude=dev/*"],
                 stdin=out.stdout,
                 capture_output=True,
-            )
+            )  # fmt: skip
         if out.returncode or untar.returncode:
             raise ExportError(f"unpacking {image} failed: {untar.stderr.decode()[-400:]}")
     finally:
         _docker("rm", container)
-    (partial / UNPACKED_FILE).write_text(json.dumps(facts, indent=2) + "\n")
-    old = folder / f"{name}.old"
-    shutil.rmtree(old, ignore_errors=True)
+    sanitise(tree)
+    tree.chmod(0o755)
+    (tree / UNPACKED_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+    (tree / UNPACKED_FILE).chmod(0o644)
+    previous = folder / f"{name}.previous"
+    shutil.rmtree(previous, ignore_errors=True)  # sessions still in it had a whole export's time
+    shutil.rmtree(folder / f"{name}.old", ignore_errors=True)  # an earlier release's leftover
     if target.exists():
-        target.rename(old)
-    partial.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+        target.rename(previous)
+    tree.rename(target)
+    partial.rmdir()
+    if previous.exists() and current.get("sanitised") != SANITISED:
+        # An earlier release's tree, with the image's owners: not made safe in place, where
+        # they could swap a folder for a link under the walk. rmtree does not follow links.
+        shutil.rmtree(previous)
     return True
 
 
@@ -107,6 +165,12 @@ def _export_command(args: argparse.Namespace) -> int:
             return 1
         what = "unpacked" if done else "already current"
         print(f"[export] {name}: {what} in {args.to / name} ({time.monotonic() - started:.0f} s)")
+        previous = args.to / f"{name}.previous"
+        if done and previous.exists():
+            print(
+                f"[export] {name}: the previous version stays in {previous} for the sessions"
+                " still running in it, until the next export of this environment"
+            )
     return 0
 
 

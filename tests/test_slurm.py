@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
+import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -661,7 +665,13 @@ def test_export_unpacks_an_image_once_and_replaces_it_whole_when_it_changes(
     (target / "tiny" / UNPACKED_FILE).write_text(json.dumps({**facts, "id": "sha256:old"}))
     assert export("tiny", image, target) is True
     assert not (target / "tiny" / "stale-file").exists()  # a new folder, not a merge
-    assert sorted(p.name for p in target.iterdir()) == ["tiny"]  # no .partial, no .old
+    # the last version stays whole for sessions still running in it, until the next export
+    assert sorted(p.name for p in target.iterdir()) == ["tiny", "tiny.previous"]  # no .partial
+    assert (target / "tiny.previous" / "stale-file").read_text() == "from the old image"
+    (target / "tiny" / UNPACKED_FILE).write_text(json.dumps({**facts, "id": "sha256:old"}))
+    assert export("tiny", image, target) is True
+    assert sorted(p.name for p in target.iterdir()) == ["tiny", "tiny.previous"]
+    assert not (target / "tiny.previous" / "stale-file").exists()  # the older one is gone
 
 
 def test_export_refuses_an_unknown_environment_naming_the_available_ones(tmp_path: Path) -> None:
@@ -672,3 +682,88 @@ def test_export_refuses_an_unknown_environment_naming_the_available_ones(tmp_pat
     )
     assert done.returncode == 2
     assert "unknown environment(s) xrff; available: base, xrf," in done.stderr
+
+
+def _crafted_image(tmp_path: Path) -> str:
+    """An image made with ``docker import`` of a tar carrying what must not reach the nodes."""
+    archive = tmp_path / "crafted.tar"
+
+    def add(tar: tarfile.TarFile, name: str, kind: bytes, mode: int, **attrs: object) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode = kind, mode
+        for key, value in attrs.items():
+            setattr(info, key, value)
+        data = attrs.get("size") and b"#!/bin/sh\necho crafted\n"
+        tar.addfile(info, io.BytesIO(data) if data else None)
+
+    script = len(b"#!/bin/sh\necho crafted\n")
+    with tarfile.open(archive, "w") as tar:
+        for folder in ("usr", "usr/bin", "opt", "etc"):
+            add(tar, folder, tarfile.DIRTYPE, 0o755)
+        add(tar, "usr/bin/mount", tarfile.REGTYPE, 0o4755, size=script)  # setuid root
+        add(tar, "usr/bin/wall", tarfile.REGTYPE, 0o2755, gid=5, size=script)  # setgid tty
+        add(tar, "usr/bin/umount", tarfile.LNKTYPE, 0o4755, linkname="usr/bin/mount")
+        add(tar, "opt/dev0", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=3)
+        add(tar, "opt/fifo0", tarfile.FIFOTYPE, 0o666)
+        add(tar, "opt/venv", tarfile.DIRTYPE, 0o775, uid=1000, gid=100)
+        add(tar, "opt/venv/run.py", tarfile.REGTYPE, 0o666, uid=1000, gid=100, size=script)
+        add(tar, "opt/shadow", tarfile.SYMTYPE, 0o777, linkname="/etc/shadow")
+        add(tar, "etc/shadow", tarfile.REGTYPE, 0o640, gid=42, size=script)
+        add(tar, "tmp", tarfile.DIRTYPE, 0o1777)
+    image = "panosc-test/export-crafted:1"
+    subprocess.run(["docker", "import", str(archive), image], check=True, capture_output=True)
+    return image
+
+
+def _unsafe(root: Path) -> list[str]:
+    """Whatever under ``root`` (itself included) is not root's, or is setuid, setgid,
+    sticky, group- or world-writable, or a device, FIFO or socket."""
+    found = []
+    for entry in [root, *root.rglob("*")]:
+        st = entry.lstat()
+        if (st.st_uid, st.st_gid) != (0, 0):
+            found.append(f"{entry} owned by {st.st_uid}:{st.st_gid}")
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o7022:
+            found.append(f"{entry} mode {stat.filemode(st.st_mode)}")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            found.append(f"{entry} is a {stat.filemode(st.st_mode)[0]} node")
+    return found
+
+
+@pytest.mark.docker
+def test_export_leaves_nothing_a_cluster_user_could_abuse(tmp_path: Path) -> None:
+    """Root unpacks to storage every node mounts: owners, s-bits, writable folders and
+    device nodes of the image must not survive there (nor in ``.previous``)."""
+    image = _crafted_image(tmp_path)
+    host_shadow = Path("/etc/shadow").stat()
+    folder = tmp_path / "environments"
+    assert export("crafted", image, folder) is True
+    root = folder / "crafted"
+    assert _unsafe(root) == []
+    assert not (root / "opt" / "dev0").exists() and not (root / "opt" / "fifo0").exists()
+    mode = {p: stat.S_IMODE((root / p).lstat().st_mode) for p in ("usr/bin/mount", "tmp")}
+    assert mode == {"usr/bin/mount": 0o755, "tmp": 0o755}  # read and run kept, bits gone
+    assert stat.S_IMODE((root / "usr/bin/wall").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "opt/venv").stat().st_mode) == 0o755
+    assert stat.S_IMODE((root / "opt/venv/run.py").stat().st_mode) == 0o644
+    assert (root / "opt/venv/run.py").read_text() == "#!/bin/sh\necho crafted\n"
+    assert (root / "opt" / "shadow").is_symlink()  # kept as a link, not followed
+    assert (root / "opt" / "shadow").readlink() == Path("/etc/shadow")
+    assert stat.S_IMODE((root / "etc/shadow").stat().st_mode) == 0o640
+    assert Path("/etc/shadow").stat() == host_shadow  # the walk did not follow the link
+
+    # A tree an earlier release unpacked (owners and bits kept, no record of the checks) is
+    # unpacked again though its image did not change, and not kept as the previous version:
+    # its owners could swap a folder for a link while it was being made safe in place.
+    os.chown(root / "opt" / "venv", 1000, 100)
+    (root / "usr/bin/mount").chmod(0o4755)
+    facts = json.loads((root / UNPACKED_FILE).read_text())
+    del facts["sanitised"]
+    (root / UNPACKED_FILE).write_text(json.dumps(facts))
+    assert export("crafted", image, folder) is True
+    assert sorted(p.name for p in folder.iterdir()) == ["crafted"]
+    assert _unsafe(root) == []
+    assert export("crafted", image, folder) is False  # now current
+    (root / UNPACKED_FILE).write_text(json.dumps({**facts, "sanitised": 1, "id": "sha256:old"}))
+    assert export("crafted", image, folder) is True
+    assert _unsafe(folder / "crafted.previous") == []  # the one kept is safe too
