@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import grp
 import json
 import math
+import os
 import re
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,14 +42,21 @@ from batchspawner import JobStatus, SlurmSpawner
 from traitlets import Dict, Float, Integer, List, Unicode, default
 
 from portal.upstream import drop_batchspawner_api, log_name, stopping
-from spawner import nofollow, slurm_job
+from spawner import nofollow, sandbox_init, slurm_job
 from spawner.common import PortalSpawner, SpawnPlan, until_answering
 from spawner.course_library import SYSTEM_PYTHON
 from spawner.environments import UNPACKED_FILE
 from spawner.mounts import MountError, MountPlan
 from spawner.options import SpawnRefused
 from spawner.provenance import ProvenanceRecorder, processed_mounts, program
-from spawner.sandbox import Account, SandboxError, ensure_account, ensure_processed, take_home
+from spawner.sandbox import (
+    Account,
+    SandboxError,
+    account_comment,
+    ensure_account,
+    ensure_processed,
+    take_home,
+)
 from spawner.seccomp import sandbox_filter
 
 drop_batchspawner_api()  # importing batchspawner added it to the hub's API
@@ -115,7 +125,7 @@ def parse_job_options(
     walltime = single("walltime")
     if walltime is None:
         return JobOptions(partition, min(minutes, limit))
-    if not walltime.isdigit() or not 1 <= int(walltime) <= limit:
+    if not re.fullmatch(r"[0-9]{1,6}", walltime) or not 1 <= int(walltime) <= limit:
         raise SpawnRefused(
             f"time limit {walltime!r} is not allowed on partition {partition}: give a whole"
             f" number of minutes from 1 to {limit}",
@@ -134,11 +144,13 @@ def memory_mb(memory: str) -> int:
 
 
 def node_modules() -> str:
-    """Python that makes :mod:`spawner.nofollow` and :mod:`spawner.slurm_job` importable
-    from their sources, for the node's own ``python3 -I -S``. Only base64 text between
-    double quotes, so the job script can hold it in single quotes as it is."""
+    """Python that makes :mod:`spawner.nofollow`, :mod:`spawner.sandbox_init` and
+    :mod:`spawner.slurm_job` importable from their sources, for the node's own
+    ``python3 -I -S`` (which reads it on its standard input: nothing of the plan is on a
+    command line, where anyone on the node could read it)."""
     modules = {
         "spawner.nofollow": Path(nofollow.__file__).read_bytes(),
+        "spawner.sandbox_init": Path(sandbox_init.__file__).read_bytes(),
         "spawner.slurm_job": Path(slurm_job.__file__).read_bytes(),
     }
     encoded = {name: base64.b64encode(source).decode() for name, source in modules.items()}
@@ -165,6 +177,37 @@ def _b64(data: Any) -> str:
     return base64.b64encode(json.dumps(data).encode()).decode()
 
 
+#: The group of every portal account (an account name never has this shape: accounts are
+#: ``panosc-<name>``): on a cluster, the processed root is open to it and to nobody else.
+PORTAL_GROUP = "panosc_users"
+
+
+def guard_processed_root(root: Path, account: Account) -> None:
+    """Close the processed root to every cluster account but the portal's, and put
+    ``account`` in their group.
+
+    A job opens its processed areas on the node as the user, so the root cannot be root's
+    alone as on the local backend; the areas in it are open to every member's account, so
+    the root must keep everyone else out: other users of the cluster can log in to the nodes.
+    Portal accounts run nothing of their own outside a sandbox, which holds only the areas
+    of the user's proposals.
+    """
+    for command in (
+        ["groupadd", "-f", PORTAL_GROUP],
+        ["usermod", "-aG", PORTAL_GROUP, account.name],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise SandboxError(f"{' '.join(command)}: {done.stderr.strip()}")
+    root.mkdir(parents=True, exist_ok=True)
+    os.chown(root, 0, grp.getgrnam(PORTAL_GROUP).gr_gid)
+    root.chmod(0o750)
+
+
+#: The here-document's end: a line neither Python nor base64 can make.
+END_OF_PROGRAM = "PANOSC-PORTAL-END-OF-PROGRAM"
+
+
 def job_script(
     *,
     name: str,
@@ -177,7 +220,11 @@ def job_script(
     python: str,
     plan: dict[str, Any],
 ) -> str:
-    """The batch script: ``#SBATCH`` lines from checked values only, then the node program."""
+    """The batch script: ``#SBATCH`` lines from checked values only, then the node program
+    (in a quoted here-document: the shell expands nothing in it)."""
+    values = [name, job.partition, account, output, python, *extra]
+    if any(ch in value for value in values for ch in "\n\r\0"):
+        raise SpawnRefused("a value of the job script holds a line break; refusing it", 400)
     lines = [
         "#!/bin/sh",
         f"#SBATCH --job-name={name}",
@@ -193,7 +240,8 @@ def job_script(
     if account:
         lines.append(f"#SBATCH --account={account}")
     lines += extra
-    lines.append(f"exec {python} -I -S -c '{node_program(plan)}'")
+    lines.append(f"exec {python} -I -S - <<'{END_OF_PROGRAM}'")
+    lines += [node_program(plan), END_OF_PROGRAM]
     return "\n".join(lines) + "\n"
 
 
@@ -224,6 +272,7 @@ class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
         help="Shared folder of the unpacked environments (panosc-portal images export).",
     )
     node_python = Unicode("/usr/bin/python3", config=True, help="Python on the compute nodes.")
+    bwrap = Unicode("/usr/bin/bwrap", config=True, help="bubblewrap on the compute nodes.")
     home_dir_template = Unicode(
         "/home/panosc/{username}",
         config=True,
@@ -254,7 +303,7 @@ class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
     def load_state(self, state: dict) -> None:
         super().load_state(state)
         self.job_end = float(state.get("walltime_end") or 0)
-        self.ip = state.get("node_ip", self.ip)
+        self.ip = state.get("node_ip", "")  # none yet: a start that was still waiting
 
     def clear_state(self) -> None:
         super().clear_state()
@@ -332,7 +381,9 @@ class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
             return JobStatus.NOTFOUND
         if state.state == "RUNNING":
             return JobStatus.RUNNING
-        if state.state in ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"):
+        if state.state in (
+            "PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "STOPPED"
+        ):  # fmt: skip
             return JobStatus.PENDING
         self.ended = self.ended_because()
         return JobStatus.NOTFOUND
@@ -454,13 +505,15 @@ class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
             "command": command,
             "env": {"USER": account.name, "LANG": "C.UTF-8"},
             "report_port": report_port,
+            "uid": account.uid,
+            "comment": account_comment(self.user.name),
+            "bwrap": self.bwrap,
+            "sandbox_init": base64.b64encode(Path(sandbox_init.__file__).read_bytes()).decode(),
         }
 
     def job_plan(self, spawn: SpawnPlan, account: Account, root: Path, info: dict) -> dict:
         """The server's sandbox: the spawn's datasets and processed areas, JupyterLab."""
-        # Every job on a node shares its network: kernels talk over Unix sockets in the
-        # user's runtime folder, not TCP ports anyone on the node could subscribe to.
-        server = [*self.cmd, *self.get_args(), "--KernelManager.transport=ipc"]
+        server = [*self.cmd, *self.get_args()]
         return self.sandbox_plan(spawn.mounts, account, root, info, server, report_port=True)
 
     async def start(self) -> tuple[str, int]:
@@ -486,6 +539,8 @@ class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
         home = self.home_folder
         try:
             await asyncio.to_thread(take_home, home, account)
+            if self.processed_root:
+                await asyncio.to_thread(guard_processed_root, Path(self.processed_root), account)
             for mount in spawn.mounts.mounts:
                 if not mount.read_only:
                     await asyncio.to_thread(ensure_processed, mount.source)
@@ -513,6 +568,10 @@ class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
             self.job_id = self.parse_job_id(out)
         except (RuntimeError, ValueError, IndexError) as e:
             raise SpawnRefused(f"the cluster refused the job: {e}", 503) from e
+        # Kept at once, not only once the server is up: a hub restarted while the job waits
+        # in the queue finds it (and cancels it, see poll) instead of leaving it to run.
+        self.orm_spawner.state = self.get_state()
+        self.db.commit()
         self.progress_event(f"Submitted job {self.job_id} to partition {job.partition}", 40)
         running = await self.until_running(job.partition)
         await self.record_start(spawn, running)
@@ -572,8 +631,19 @@ class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
 
     async def poll(self) -> int | None:
         """batchspawner's poll (and the portal's audit); a job that ended by itself leaves
-        the home page a line saying why (kept in the state the audit's reasons use)."""
+        the home page a line saying why (kept in the state the audit's reasons use), and a
+        job whose start an earlier hub process was following is cancelled."""
         self.ended = ""
+        if self.job_id and not self.ip and self.pending != "spawn" and not stopping(self):
+            # a start this hub process is not following: the hub restarted while the job
+            # was queued or starting, and nobody waits for it any more
+            await self.cancel_batch_job()
+            self.access_revoked = (
+                f"Your session {self.name or 'default'} did not start: the portal restarted"
+                " while it was waiting on the cluster. Start it again."
+            )
+            self.clear_state()
+            return 1
         status = await super().poll()
         if status is not None and self.ended and not stopping(self):
             self.access_revoked = f"Your session {self.name or 'default'} ended: {self.ended}."
@@ -586,9 +656,12 @@ class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
 
     async def stop(self, now: bool = False) -> None:
         """Complete the provenance record while the job runs, then cancel the job (scancel)
-        and wait for Slurm to end it unless ``now``."""
+        and wait for Slurm to end it. Stopped ``now`` (the access audit found a dataset the
+        user lost), the job is cancelled first: the record is left unfinished rather than
+        the data left mounted while it is written."""
         if self.job_id:
-            await self.record_stop()  # a failure is only logged
+            if not now:
+                await self.record_stop()  # a failure is only logged
             await super().stop(now=now)
 
     # -- provenance ---------------------------------------------------------------------
@@ -636,8 +709,8 @@ class PortalSlurmSpawner(ProvenanceRecorder, PortalSpawner, SlurmSpawner):
         step += ["--chdir=/", f"--time={math.ceil(self.provenance_timeout / 60)}"]
         return await self.run_slurm(
             "runuser", "-u", account.name, "--", *step,
-            self.node_python, "-I", "-S", "-c", node_program(plan), *arguments,
-            timeout=self.provenance_timeout,
+            self.node_python, "-I", "-S", "-", *arguments,
+            stdin=node_program(plan), timeout=self.provenance_timeout,
         )  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from spawner.environments import UNPACKED_FILE, load_environments
 from spawner.form import form_context, render_form
 from spawner.provenance import read_records
 from spawner.provenance_record import CRATE_FILE
-from spawner.slurm import JobOptions, job_script
+from spawner.slurm import JobOptions, job_script, node_program
 from tests.support.accessibility import assert_accessible
 from tests.support.docker_support import engine
 from tests.support.net import free_port
@@ -273,34 +273,81 @@ def test_inside_the_job_only_the_two_approved_datasets_are_visible_read_only(
     assert write == 30  # EROFS: the dataset is read-only
 
 
-LISTENING = """
-import glob, json, os
-ports = []
-for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-    for line in open(table).read().splitlines()[1:]:
-        f = line.split()
-        if f[3] == "0A" and int(f[7]) == os.getuid():
-            ports.append(f[1])
-runtime = os.path.expanduser("~/.local/share/jupyter/runtime/kernel-*.json")
-transports = [json.load(open(f))["transport"] for f in glob.glob(runtime)]
-print(json.dumps([sorted(ports), transports]))
+NODE_PYTHON = "/usr/bin/python3"  # the node's own, which any account may run
+REACH = """
+import json, socket, sys, threading
+def reaches(host, port):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+mine = socket.socket()
+mine.bind(("127.0.0.1", 0))
+mine.listen()
+threading.Thread(target=lambda: [mine.accept() for _ in range(9)], daemon=True).start()
+print(json.dumps({
+    "mine": mine.getsockname()[1],
+    "theirs": reaches("127.0.0.1", int(sys.argv[1])),
+    "node": reaches(sys.argv[2], int(sys.argv[3])),
+}))
 """
 
 
 @pytest.mark.e2e
-def test_nothing_of_the_user_listens_on_the_node_but_their_server(
-    alice: PortalClient, session: str
+def test_another_user_on_the_node_and_the_session_cannot_reach_each_other(
+    alice: PortalClient, session: str, cluster: SlurmCluster
 ) -> None:
-    """Every job on a node shares its network. A kernel's TCP ports would let anyone on the
-    node subscribe to its output (iopub needs no key): kernels use Unix sockets instead."""
-    ports, transports = json.loads(alice.run_python(LISTENING, session))
-    assert transports == ["ipc"]  # the kernel running this very code
-    everywhere = [p for p in ports if p.split(":")[0].strip("0") == ""]
-    loopback = [p for p in ports if p.startswith("0100007F:")]
-    assert len(everywhere) == 1, ports  # the server, which the proxy reaches
-    # and at most ipykernel's output pipe on loopback, which only takes messages tagged
-    # with the kernel's own random id
-    assert len(loopback) <= 1 and len(ports) == len(everywhere) + len(loopback), ports
+    """Every job on a node would share the node's network, loopback included: another
+    user's code could then connect to whatever a session serves on 127.0.0.1 (a Dask
+    scheduler, a file server, a kernel's ports), and take the server's port before it
+    binds. The sandbox has a network of its own; only the node program's bridges cross."""
+    node = alice.run_python("import socket; print(socket.gethostname())", session).strip()
+    n = cluster.names().index(node) + 1
+    netns = ["ip", "netns", "exec", cluster.netns(n)]
+    theirs = free_port()  # another user's service on the node's loopback
+    service = subprocess.Popen(
+        [*netns, "runuser", "-u", "nobody", "--", NODE_PYTHON, "-m", "http.server",
+         "--bind", "127.0.0.1", str(theirs)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(1)
+        slurmd = 10001 + 10 * cluster.net
+        argv = [str(theirs), cluster.node_ip(n), str(slurmd)]
+        code = f"import sys\nsys.argv = ['reach', *{argv!r}]\n{REACH}"
+        seen = json.loads(alice.run_python(code, session))
+        assert seen["theirs"] is False  # the other user's service, from the session
+        assert seen["node"] is False  # the node's own address (slurmd), from the session
+        connect = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 3)"
+        probe = [*netns, "runuser", "-u", "nobody", "--", NODE_PYTHON, "-c", connect]
+        back = subprocess.run([*probe, str(seen["mine"])], capture_output=True)
+        assert back.returncode != 0  # the reverse: the session's service, from the node
+        # while the same probe does reach the other user's service on the node's loopback
+        assert subprocess.run([*probe, str(theirs)], capture_output=True).returncode == 0
+    finally:
+        service.terminate()
+        service.wait()
+
+
+@pytest.mark.e2e
+def test_other_cluster_accounts_cannot_enter_the_processed_areas(
+    alice: PortalClient, session: str, site: Path
+) -> None:
+    """Jobs open the processed areas as their users, so the root is open to the portal's
+    accounts: but not to the cluster's other users, who can log in to the nodes."""
+    written = alice.run_python(
+        "import os; p = os.path.expanduser('~/datasets/MA1234/processed/mine.txt');"
+        " open(p, 'w').write('x'); print('ok')",
+        session,
+    )
+    assert written.strip() == "ok"
+    area = site / "processed" / "MA1234"
+    assert (area / "mine.txt").exists()
+    outsider = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "ls", str(area)], capture_output=True, text=True
+    )
+    assert outsider.returncode != 0 and "Permission denied" in outsider.stderr
 
 
 @pytest.mark.e2e
@@ -474,6 +521,30 @@ def test_a_full_cluster_queues_the_spawn_with_its_reason_and_position(
 
 
 @pytest.mark.e2e
+def test_a_hub_restart_while_a_job_waits_cancels_it_and_says_so(
+    alice: PortalClient, cluster: SlurmCluster, hub: Hub
+) -> None:
+    """Nobody follows a queued start across a restart: its job must not run on unseen."""
+    blockers = [
+        cluster.slurm("sbatch", "--parsable", "-w", node, "-c", "2", "-o", "/dev/null",
+                      "--wrap", "sleep 600").strip()
+        for node in cluster.names()
+    ]  # fmt: skip
+    try:
+        r = alice.api("POST", "hub/api/users/alice/servers/waiting", json={"environment": "base"})
+        assert r.status_code == 202, r.text
+        progress(alice, "waiting", "Resources")
+        [queued] = jobs(cluster)
+        assert queued.endswith("PENDING")
+        hub.stop()
+        hub.start()
+        wait_home_says(alice, "Your session waiting did not start: the portal restarted")
+        assert until_no_jobs(cluster) == []
+    finally:
+        cluster.slurm("scancel", *blockers, check=False)
+
+
+@pytest.mark.e2e
 def test_a_job_cancelled_on_the_cluster_ends_with_a_clear_message(
     alice: PortalClient, cluster: SlurmCluster
 ) -> None:
@@ -568,10 +639,10 @@ def test_a_bad_slurm_section_is_refused_naming_the_field(spawner: str, words: st
     assert words in str(refused.value)
 
 
-def test_nothing_a_catalogue_or_user_wrote_can_leave_the_job_scripts_quotes() -> None:
-    """The plan carries dataset titles from the catalogue; the script holds the node
-    program in single quotes, so the plan goes in as base64."""
-    title = "O'Brien's powder'; rm -rf ~; echo '"
+def test_nothing_a_catalogue_or_user_wrote_reaches_the_job_scripts_shell() -> None:
+    """The plan carries dataset titles from the catalogue; the script hands the node
+    program to Python in a quoted here-document (no expansion), the plan as base64."""
+    title = "O'Brien's powder'; rm -rf ~; echo '$(id)`id`\nPANOSC-PORTAL-END-OF-PROGRAM"
     plan = {"manifest": json.dumps({"datasets": [{"title": title}]}), "mounts": []}
     script = job_script(
         name="portal-panosc-alice-default",
@@ -584,12 +655,27 @@ def test_nothing_a_catalogue_or_user_wrote_can_leave_the_job_scripts_quotes() ->
         python="/usr/bin/python3",
         plan=plan,
     )
-    header, _, command = script.partition("\nexec ")
+    header, _, rest = script.partition("\nexec ")
     directives = header.splitlines()
     assert all(line.startswith("#") for line in directives)
-    assert command.startswith("/usr/bin/python3 -I -S -c '") and command.count("'") == 2
-    assert command.rstrip().endswith("'") and title not in command
+    command, *program, end, tail = rest.split("\n")
+    assert command == "/usr/bin/python3 -I -S - <<'PANOSC-PORTAL-END-OF-PROGRAM'"
+    assert end == "PANOSC-PORTAL-END-OF-PROGRAM" and tail == ""
+    assert "PANOSC-PORTAL-END-OF-PROGRAM" not in "\n".join(program)
+    assert title not in script and "$(id)" not in script
     assert "#SBATCH --time=30" in directives and "#SBATCH --qos=portal" in directives
+
+
+def test_a_node_that_knows_the_account_by_another_uid_runs_nothing() -> None:
+    """The hub makes the accounts; a node whose directory gives another name or uid (or
+    an account the portal did not make) must not run the job as whoever that is."""
+    plan = {"env": {"USER": "panosc-alice"}, "uid": 4242, "comment": "x", "report_port": True}
+    done = subprocess.run(
+        ["/usr/bin/python3", "-I", "-S", "-"], input=node_program(plan), capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "not as the portal's account panosc-alice (uid 4242)" in done.stderr
 
 
 def test_the_spawn_form_offers_the_sites_partitions_and_a_time_limit() -> None:
