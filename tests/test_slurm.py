@@ -559,6 +559,16 @@ def test_a_job_cancelled_on_the_cluster_ends_with_a_clear_message(
 
 
 @pytest.mark.e2e
+def test_a_job_at_its_time_limit_ends_with_a_clear_message(
+    alice: PortalClient, cluster: SlurmCluster
+) -> None:
+    """The user asked for one minute: Slurm ends the job (it checks limits every ~30 s)."""
+    alice.spawn("short", {"environment": "base", "walltime": "1"}, 180)
+    wait_home_says(alice, "Your session short ended: the job reached its time limit", timeout=180)
+    assert until_no_jobs(cluster) == []
+
+
+@pytest.mark.e2e
 def test_a_node_taken_down_ends_the_session_with_a_clear_message(
     alice: PortalClient, cluster: SlurmCluster
 ) -> None:
