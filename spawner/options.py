@@ -60,7 +60,7 @@ class ServerOptions:
         return options
 
 
-def _single(raw: Mapping[str, Any], key: str) -> str | None:
+def single_option(raw: Mapping[str, Any], key: str) -> str | None:
     """One string option; form and query data come as one-element lists."""
     value = raw.get(key)
     if isinstance(value, list):
@@ -84,12 +84,12 @@ def parse_options(
             f"unknown server option(s) {', '.join(unknown)}; allowed: {', '.join(OPTION_KEYS)}",
             400,
         )
-    server_type = _single(raw, "type") or "lab"
+    server_type = single_option(raw, "type") or "lab"
     if server_type not in SERVER_TYPES:
         raise SpawnRefused(
             f"unknown server type {server_type!r}; choose one of {', '.join(SERVER_TYPES)}", 400
         )
-    environment = _single(raw, "environment")
+    environment = single_option(raw, "environment")
     if environment is not None:
         if environment not in environments:
             raise SpawnRefused(
@@ -102,7 +102,7 @@ def parse_options(
                 f" (it offers {', '.join(environments[environment].server_types)})",
                 400,
             )
-    resources = _single(raw, "resources") or ENVIRONMENT_DEFAULT
+    resources = single_option(raw, "resources") or ENVIRONMENT_DEFAULT
     allowed = [ENVIRONMENT_DEFAULT, *presets]
     if resources not in allowed:
         raise SpawnRefused(

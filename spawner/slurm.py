@@ -47,7 +47,7 @@ from spawner.common import PortalSpawner, SpawnPlan, until_answering
 from spawner.course_library import SYSTEM_PYTHON
 from spawner.environments import UNPACKED_FILE
 from spawner.mounts import MountError, MountPlan
-from spawner.options import SpawnRefused
+from spawner.options import SpawnRefused, single_option
 from spawner.provenance import ProvenanceRecorder, processed_mounts, program
 from spawner.sandbox import (
     Account,
@@ -106,23 +106,13 @@ def parse_job_options(
 ) -> JobOptions:
     """Check the partition and time limit a user asked for; refuse naming what is allowed."""
 
-    def single(key: str) -> str | None:
-        value = raw.get(key)
-        if isinstance(value, list):
-            value = value[0] if len(value) == 1 else value
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise SpawnRefused(f"server option {key!r} must be a single string", 400)
-        return value
-
-    partition = single("partition") or default
+    partition = single_option(raw, "partition") or default
     if partition not in partitions:
         raise SpawnRefused(
             f"unknown partition {partition!r}; choose one of {', '.join(partitions)}", 400
         )
     limit = int(partitions[partition].get("max_minutes", minutes))
-    walltime = single("walltime")
+    walltime = single_option(raw, "walltime")
     if walltime is None:
         return JobOptions(partition, min(minutes, limit))
     if not re.fullmatch(r"[0-9]{1,6}", walltime) or not 1 <= int(walltime) <= limit:
