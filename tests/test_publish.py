@@ -5,7 +5,6 @@ DTOs do, and refuses what real SciCat refuses."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,32 +20,17 @@ from portal.publish import (
     refuse_read_only,
     scicat_derived,
 )
-from spawner.provenance_record import crate, folder_name, write
 from tests.support.catalogue_examples import ALICE, BOB, MATRIX, TRUST, scicat_server
 from tests.support.fake_scicat import SciCatServer, derived_problems
+from tests.support.records import write_record
 
 INPUT = MATRIX["member"]  # MA1234's XRF map: alice may read it
 EMBARGOED = MATRIX["non-member"]  # IH2002: alice may not
 
 
-def record(area: Path, datasets: list, server: str = "lab-1", started: float = 0.0) -> str:
-    """A provenance record in ``area``, written by the provenance helper's own writer."""
-    started = started or time.time() - 3600
-    name = folder_name(started, server)
-    facts = {
-        "crate": f"provenance/{name}",
-        "user": "alice",
-        "server_name": server,
-        "server_type": "lab",
-        "started": started,
-        "stopped": started + 600,
-        "environment": "xrf",
-        "image": "panosc/xrf:latest",
-        "digest": "sha256:" + "ab" * 32,
-        "datasets": [[d.pid, d.title] for d in datasets],
-    }
-    write(str(area), facts, crate(facts, [], ""))
-    return name
+def record(area: Path, datasets: list, server: str = "lab-1") -> str:
+    """A record of a session in the xrf environment built as ``panosc/xrf:latest``."""
+    return write_record(area, datasets, server=server, image="panosc/xrf:latest")
 
 
 @pytest.fixture

@@ -9,44 +9,23 @@ alice's ES1001 results is refused by SciCat itself, and the refusal must reach t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from portal.demo.sampledata import DEMO_USERS
-from spawner.provenance_record import crate, folder_name, write
 from tests.support.catalogue_examples import MATRIX, TRUST, scicat_server
 from tests.support.fake_scicat import SciCatServer, SciCatUser, derived_problems
 from tests.support.net import free_port
 from tests.support.portal_client import PortalClient
+from tests.support.records import write_record
 from tests.support.umbrella import Hub, Provider
 
 pytestmark = pytest.mark.e2e
 
 INPUT = MATRIX["member"]  # MA1234's XRF map: alice may read it
 DIGEST = "sha256:" + "ef" * 32
-
-
-def record(area: Path, server: str) -> str:
-    """A provenance record of a session that read INPUT, as the record program writes it."""
-    started = time.time() - 600
-    name = folder_name(started, server)
-    facts = {
-        "crate": f"provenance/{name}",
-        "user": "alice",
-        "server_name": server,
-        "server_type": "lab",
-        "started": started,
-        "stopped": started + 300,
-        "environment": "xrf",
-        "image": "panosc/xrf:0.1.0",
-        "digest": DIGEST,
-        "datasets": [[INPUT.pid, INPUT.title]],
-    }
-    write(str(area), facts, crate(facts, [], ""))
-    return name
 
 
 class Site:
@@ -61,7 +40,9 @@ class Site:
             results = self.processed / proposal / "results" / "fit-1"
             results.mkdir(parents=True)
             (results / "peaks.csv").write_text("energy,counts\n1,2\n")
-            self.records[proposal] = record(self.processed / proposal, f"lab-{proposal}")
+            self.records[proposal] = write_record(
+                self.processed / proposal, [INPUT], server=f"lab-{proposal}", digest=DIGEST
+            )
         token = scicat.issue("portal")
         self.hub = Hub(
             {

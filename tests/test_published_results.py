@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,32 +24,12 @@ from portal.catalogue.local import DERIVED_FILE, LocalCatalogue
 from portal.catalogue.model import Dataset
 from portal.publish import PublishRefused, prepare, publish_local
 from spawner.mounts import StorageRoot, plan_mounts
-from spawner.provenance_record import crate, folder_name, write
 from tests.support.catalogue_examples import ALICE, BOB
+from tests.support.records import write_record
 
 RAW = "MA1234/ID21/xrf_map_0001"
 EMBARGOED = "IH2002/ID19/tomo_0001"  # alice is no member of IH2002
 PEAKS = b"energy,counts\n1,2\n"
-
-
-def record(area: Path, inputs: list[Dataset]) -> str:
-    """A provenance record of a session that read ``inputs``, as the record program writes."""
-    started = time.time() - 3600
-    name = folder_name(started, "lab")
-    facts = {
-        "crate": f"provenance/{name}",
-        "user": "alice",
-        "server_name": "lab",
-        "server_type": "lab",
-        "started": started,
-        "stopped": started + 60,
-        "environment": "xrf",
-        "image": "panosc/xrf:0.1.0",
-        "digest": "sha256:" + "cd" * 32,
-        "datasets": [[d.pid, d.title] for d in inputs],
-    }
-    write(str(area), facts, crate(facts, [], ""))
-    return name
 
 
 class Site:
@@ -77,7 +56,7 @@ class Site:
         (results / "peaks.csv").write_bytes(PEAKS)
         (results / "plots" / "map.png").write_bytes(b"\x89PNG" + b"0" * 96)
         self.results = results
-        self.record = record(self.area, [self.catalogue.get(RAW, ALICE)])
+        self.record = write_record(self.area, [self.catalogue.get(RAW, ALICE)])
 
     def prepare(self, folder: str = "results/fit-1"):
         return prepare(
