@@ -14,8 +14,9 @@ Test modules import from here, never from ``conftest`` or from one another:
 - :mod:`~tests.support.docker_support`: the Docker engine, the test images, cleaning up;
 - :mod:`~tests.support.helm`: rendering the Helm chart and reading what it renders;
 - :mod:`~tests.support.slurm`: a real Slurm cluster on this machine for the Slurm backend;
-- :mod:`~tests.support.kube`: JupyterHub users of a Kubernetes hub, without a cluster;
+- :mod:`~tests.support.kube`: JupyterHub users of a Kubernetes hub and its site, no cluster;
 - :mod:`~tests.support.notebooks`: notebooks written for a test;
+- :mod:`~tests.support.records`: provenance records as a session leaves them;
 - :mod:`~tests.support.catalogue_examples`: the example facility's people and datasets;
 - :mod:`~tests.support.catalogue_servers`, :mod:`~tests.support.fake_scicat`,
   :mod:`~tests.support.fake_search_api`: HTTP catalogue servers that behave like the real ones.
